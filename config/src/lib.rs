@@ -1,0 +1,115 @@
+//! Meridian's configuration file: its schema, loading with diagnostics that name file, line
+//! and field, and every validation rule (`meridian check`).
+//!
+//! The file declares regions, geo mapping, clusters, probes, apps, DNS zones and the
+//! settings of each process (controller, proxy, dns). [`Config::base_table`] turns it into
+//! the routing table the controller starts from; the controller owns everything after that.
+//!
+//! What it must not do: open sockets, start anything, or know about runtime state (health,
+//! overrides). It reads one file and answers whether it is right, and what it says.
+//!
+//! # Layout
+//!
+//! - [`schema`]: the types the YAML maps to, with defaults.
+//! - [`controller`], [`proxy`], [`dns`]: each process's own section.
+//! - `locate`: a map from a field's path (`apps[0].targets[1].cluster`) to its line and column.
+//! - `validate`: the rules beyond types, each reported with the path of the offending field.
+
+mod error;
+mod locate;
+mod validate;
+pub mod zone;
+
+pub mod controller;
+pub mod dns;
+pub mod proxy;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, Diagnostic};
+pub use schema::*;
+
+/// The demo configuration `meridian up` runs when no file is given.
+pub const DEMO_CONFIG: &str = include_str!("../../deploy/examples/demo.yaml");
+
+/// A config file that passed every rule, with where it came from.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    /// The file it was read from (or a label such as `<embedded demo>`).
+    pub file: PathBuf,
+    /// Its contents.
+    pub config: Config,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text; `file` names it in diagnostics and anchors relative paths.
+pub fn parse(text: &str, file: &Path) -> Result<LoadedConfig, ConfigError> {
+    let locations = locate::Locations::index(text);
+    let deserializer = serde_norway::Deserializer::from_str(text);
+    let config: Config = match serde_path_to_error::deserialize(deserializer) {
+        Ok(config) => config,
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let (line, column) = match inner.location() {
+                Some(loc) => (Some(loc.line()), Some(loc.column())),
+                None => locations.find(&path),
+            };
+            return Err(ConfigError::Invalid(vec![Diagnostic {
+                file: file.to_path_buf(),
+                line,
+                column,
+                path: if path == "." { String::new() } else { path },
+                message: strip_path(strip_location(&inner.to_string()), &path),
+            }]));
+        }
+    };
+    let problems = validate::validate(&config, file);
+    if problems.is_empty() {
+        Ok(LoadedConfig {
+            file: file.to_path_buf(),
+            config,
+        })
+    } else {
+        Err(ConfigError::Invalid(
+            problems
+                .into_iter()
+                .map(|problem| {
+                    let (line, column) = locations.find(&problem.path);
+                    Diagnostic {
+                        file: file.to_path_buf(),
+                        line,
+                        column,
+                        path: problem.path,
+                        message: problem.message,
+                    }
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// serde_norway starts its message with the field's path; the diagnostic carries it itself.
+fn strip_path(message: String, path: &str) -> String {
+    match message.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => rest.to_string(),
+        _ => message,
+    }
+}
+
+/// serde_norway appends " at line L column C"; the diagnostic carries those itself.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(pos) => message[..pos].to_string(),
+        None => message.to_string(),
+    }
+}

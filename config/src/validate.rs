@@ -1,0 +1,206 @@
+//! Every rule a config must satisfy beyond its types. The routing table's own rules are
+//! applied by building the base table, so they are written once, in the routing crate.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use meridian_routing::{Problem, RoutingTable, TableError};
+
+use crate::schema::{Config, RecordType, normalize_host};
+use crate::zone::{in_zone, normalize_name};
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { path: path.into(), message: message.into() });
+    }
+}
+
+pub(crate) fn validate(config: &Config, file: &Path) -> Vec<Problem> {
+    let mut p = Problems(Vec::new());
+    if let Err(TableError::Invalid(problems)) = RoutingTable::new(config.base_table(1, 0)) {
+        p.0.extend(problems);
+    }
+    probes(config, &mut p);
+    zones(config, &mut p);
+    geo_databases(config, file, &mut p);
+    listeners(config, &mut p);
+    p.0
+}
+
+fn probes(config: &Config, p: &mut Problems) {
+    let mut names = HashSet::new();
+    for (i, probe) in config.probes.iter().enumerate() {
+        let path = format!("probes[{i}]");
+        if !names.insert(probe.name.as_str()) {
+            p.add(format!("{path}.name"), format!("duplicate probe {:?}", probe.name));
+        }
+        if !probe.path.starts_with('/') {
+            p.add(format!("{path}.path"), format!("{:?} must start with '/'", probe.path));
+        }
+        if probe.expect_status.is_empty() {
+            p.add(format!("{path}.expect_status"), "needs at least one status code");
+        }
+        for (j, status) in probe.expect_status.iter().enumerate() {
+            if !(100..=599).contains(status) {
+                p.add(format!("{path}.expect_status[{j}]"), format!("{status} is not an HTTP status code (100-599)"));
+            }
+        }
+        if probe.interval < Duration::from_millis(100) {
+            p.add(format!("{path}.interval"), "must be at least 100ms");
+        }
+        if probe.timeout.is_zero() || probe.timeout > probe.interval {
+            p.add(
+                format!("{path}.timeout"),
+                format!(
+                    "{} must be above zero and at most the interval ({})",
+                    humantime::format_duration(probe.timeout),
+                    humantime::format_duration(probe.interval)
+                ),
+            );
+        }
+        if probe.rise == 0 {
+            p.add(format!("{path}.rise"), "must be at least 1");
+        }
+        if probe.fall == 0 {
+            p.add(format!("{path}.fall"), "must be at least 1");
+        }
+    }
+    for (i, app) in config.apps.iter().enumerate() {
+        if let Some(probe) = &app.probe
+            && !names.contains(probe.as_str())
+        {
+            p.add(format!("apps[{i}].probe"), format!("unknown probe {probe:?}"));
+        }
+    }
+}
+
+fn zones(config: &Config, p: &mut Problems) {
+    let mut apexes = HashSet::new();
+    // Owner name → app, for collisions between static records and app hostnames.
+    let app_hosts: HashMap<String, &str> = config
+        .apps
+        .iter()
+        .flat_map(|a| a.hostnames.iter().map(|h| (normalize_host(h), a.name.as_str())))
+        .collect();
+    for (i, zone) in config.zones.iter().enumerate() {
+        let path = format!("zones[{i}]");
+        let apex = match normalize_name(&zone.name) {
+            Some(apex) if !apex.is_empty() => apex,
+            _ => {
+                p.add(format!("{path}.name"), format!("{:?} is not a valid zone name", zone.name));
+                continue;
+            }
+        };
+        if !apexes.insert(apex.clone()) {
+            p.add(format!("{path}.name"), format!("duplicate zone {apex:?}"));
+        }
+        for (field, value) in [("mname", &zone.soa.mname), ("rname", &zone.soa.rname)] {
+            if normalize_name(value).is_none_or(|n| n.is_empty()) {
+                p.add(format!("{path}.soa.{field}"), format!("{value:?} is not a valid domain name"));
+            }
+        }
+        if zone.ns.is_empty() {
+            p.add(format!("{path}.ns"), "a zone needs at least one name server");
+        }
+        for (j, ns) in zone.ns.iter().enumerate() {
+            if normalize_name(ns).is_none_or(|n| n.is_empty()) {
+                p.add(format!("{path}.ns[{j}]"), format!("{ns:?} is not a valid domain name"));
+            }
+        }
+        // Per owner name, the types present, for CNAME exclusivity.
+        let mut types: HashMap<String, Vec<(usize, RecordType)>> = HashMap::new();
+        let mut delegations = Vec::new();
+        for (j, record) in zone.records.iter().enumerate() {
+            let rpath = format!("{path}.records[{j}]");
+            let owner = match zone.owner(record) {
+                Ok(owner) => owner,
+                Err(message) => {
+                    p.add(format!("{rpath}.name"), message);
+                    continue;
+                }
+            };
+            if let Err(message) = record.data() {
+                p.add(format!("{rpath}.value"), message);
+            }
+            if let Some(app) = app_hosts.get(&owner) {
+                p.add(format!("{rpath}.name"), format!("{owner:?} is a hostname of app {app:?}, which answers for it"));
+            }
+            match record.rtype {
+                RecordType::Cname if owner == apex => {
+                    p.add(format!("{rpath}.type"), "a CNAME cannot be at the zone apex");
+                }
+                RecordType::Ns if owner == apex => {
+                    p.add(format!("{rpath}.type"), "apex NS records come from the zone's ns list");
+                }
+                RecordType::Ns => delegations.push(owner.clone()),
+                _ => {}
+            }
+            types.entry(owner).or_default().push((j, record.rtype));
+        }
+        for (owner, list) in &types {
+            if list.len() > 1 && list.iter().any(|(_, t)| *t == RecordType::Cname) {
+                let (j, _) = list.iter().find(|(_, t)| *t == RecordType::Cname).copied().unwrap_or((0, RecordType::Cname));
+                p.add(format!("{path}.records[{j}].name"), format!("{owner:?} has a CNAME and other records"));
+            }
+            // Below a delegation only glue (A/AAAA for the name servers) belongs in this zone.
+            for delegation in &delegations {
+                if owner != delegation && in_zone(owner, delegation) {
+                    for (j, rtype) in list {
+                        if !matches!(rtype, RecordType::A | RecordType::Aaaa) {
+                            p.add(
+                                format!("{path}.records[{j}].name"),
+                                format!("{owner:?} is below the delegation {delegation:?}; only glue A/AAAA records belong here"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !apexes.is_empty() {
+        for (i, app) in config.apps.iter().enumerate() {
+            for (j, host) in app.hostnames.iter().enumerate() {
+                let host = normalize_host(host);
+                let name = host.strip_prefix("*.").unwrap_or(&host);
+                if !apexes.iter().any(|apex| in_zone(name, apex)) {
+                    let mut zones: Vec<_> = apexes.iter().map(String::as_str).collect();
+                    zones.sort_unstable();
+                    p.add(
+                        format!("apps[{i}].hostnames[{j}]"),
+                        format!("{host:?} is outside every zone ({})", zones.join(", ")),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn geo_databases(config: &Config, file: &Path, p: &mut Problems) {
+    let base = file.parent().unwrap_or(Path::new("."));
+    for (i, database) in config.geo.databases.iter().enumerate() {
+        let path = base.join(database);
+        if !path.is_file() {
+            p.add(format!("geo.databases[{i}]"), format!("{} does not exist or is not a file", path.display()));
+        }
+    }
+}
+
+fn listeners(config: &Config, p: &mut Problems) {
+    let listeners: [(&str, SocketAddr); 3] = [
+        ("controller.listen", config.controller.listen),
+        ("proxy.listen", config.proxy.listen),
+        ("dns.listen", config.dns.listen),
+    ];
+    for (i, (name, addr)) in listeners.iter().enumerate() {
+        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+            p.add(*name, format!("{addr} is also {other}"));
+        }
+    }
+    if !(1..=8).contains(&config.dns.max_answers) {
+        p.add("dns.max_answers", format!("{} is out of range 1..=8", config.dns.max_answers));
+    }
+}
