@@ -68,8 +68,8 @@ pub fn parse(text: &str, file: &Path) -> Result<LoadedConfig, ConfigError> {
                 file: file.to_path_buf(),
                 line,
                 column,
-                path: if path == "." { String::new() } else { path },
                 message: strip_path(strip_location(&inner.to_string()), &path),
+                path: if path == "." { String::new() } else { path },
             }]));
         }
     };
