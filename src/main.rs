@@ -9,7 +9,13 @@ use clap::{Parser, Subcommand};
 #[command(name = "meridian", version, about, propagate_version = true)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "MERIDIAN_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "MERIDIAN_LOG_FORMAT"
+    )]
     log_format: cmd::LogFormat,
     #[command(subcommand)]
     command: Command,

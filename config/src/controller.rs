@@ -19,6 +19,8 @@ pub struct ControllerConfig {
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        ControllerConfig { listen: default_listen() }
+        ControllerConfig {
+            listen: default_listen(),
+        }
     }
 }

@@ -25,6 +25,9 @@ pub struct DnsConfig {
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { listen: default_listen(), max_answers: default_max_answers() }
+        DnsConfig {
+            listen: default_listen(),
+            max_answers: default_max_answers(),
+        }
     }
 }

@@ -52,7 +52,9 @@ impl ConfigError {
     /// Every diagnostic (one for an unreadable file).
     pub fn diagnostics(&self) -> Vec<String> {
         match self {
-            ConfigError::Invalid(diagnostics) => diagnostics.iter().map(ToString::to_string).collect(),
+            ConfigError::Invalid(diagnostics) => {
+                diagnostics.iter().map(ToString::to_string).collect()
+            }
             other => vec![other.to_string()],
         }
     }

@@ -38,12 +38,18 @@ impl Builder {
 
     fn record(&mut self, path: &str, mark: Marker) {
         // yaml-rust2 columns are 0-based; editors and serde's locations are 1-based.
-        self.by_path.entry(path.to_string()).or_insert((mark.line(), mark.col() + 1));
+        self.by_path
+            .entry(path.to_string())
+            .or_insert((mark.line(), mark.col() + 1));
     }
 }
 
 fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 impl MarkedEventReceiver for Builder {
@@ -51,7 +57,11 @@ impl MarkedEventReceiver for Builder {
         match event {
             Event::Scalar(value, ..) => {
                 // A scalar in key position names the next value.
-                if let Some(Frame::Mapping { key: key @ None, path }) = self.stack.last_mut() {
+                if let Some(Frame::Mapping {
+                    key: key @ None,
+                    path,
+                }) = self.stack.last_mut()
+                {
                     let path = join(path, &value);
                     *key = Some(value);
                     self.record(&path, mark);
@@ -84,7 +94,9 @@ impl Locations {
     pub(crate) fn index(text: &str) -> Self {
         let mut builder = Builder::default();
         let _ = Parser::new_from_str(text).load(&mut builder, false);
-        Locations { by_path: builder.by_path }
+        Locations {
+            by_path: builder.by_path,
+        }
     }
 
     /// The line and column of `path`, or of its nearest ancestor that is in the file.
@@ -111,8 +123,14 @@ mod tests {
         let text = "apps:\n  - name: a\n    targets:\n      - cluster: x\n        weight: 5\n      - {cluster: y, weight: 7}\nzones: []\n";
         let locations = Locations::index(text);
         assert_eq!(locations.find("apps[0].name"), (Some(2), Some(11)));
-        assert_eq!(locations.find("apps[0].targets[0].weight"), (Some(5), Some(17)));
-        assert_eq!(locations.find("apps[0].targets[1].weight"), (Some(6), Some(31)));
+        assert_eq!(
+            locations.find("apps[0].targets[0].weight"),
+            (Some(5), Some(17))
+        );
+        assert_eq!(
+            locations.find("apps[0].targets[1].weight"),
+            (Some(6), Some(31))
+        );
         assert_eq!(locations.find("zones"), (Some(7), Some(1)));
         // A missing field falls back to its parent.
         assert_eq!(locations.find("apps[0].targets[1].tier").0, Some(6));

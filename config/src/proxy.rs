@@ -19,6 +19,8 @@ pub struct ProxyConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxyConfig { listen: default_listen() }
+        ProxyConfig {
+            listen: default_listen(),
+        }
     }
 }

@@ -377,7 +377,12 @@ impl Config {
                     targets: a
                         .targets
                         .iter()
-                        .map(|t| Target { cluster: t.cluster.clone(), weight: t.weight, tier: t.tier, health: Health::Healthy })
+                        .map(|t| Target {
+                            cluster: t.cluster.clone(),
+                            weight: t.weight,
+                            tier: t.tier,
+                            health: Health::Healthy,
+                        })
                         .collect(),
                 })
                 .collect(),
@@ -387,7 +392,10 @@ impl Config {
                     .geo
                     .subnets
                     .iter()
-                    .map(|s| SubnetRegion { cidr: s.cidr, region: s.region.clone() })
+                    .map(|s| SubnetRegion {
+                        cidr: s.cidr,
+                        region: s.region.clone(),
+                    })
                     .collect(),
             },
             rtt: Vec::new(),

@@ -15,7 +15,10 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { path: path.into(), message: message.into() });
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -36,17 +39,29 @@ fn probes(config: &Config, p: &mut Problems) {
     for (i, probe) in config.probes.iter().enumerate() {
         let path = format!("probes[{i}]");
         if !names.insert(probe.name.as_str()) {
-            p.add(format!("{path}.name"), format!("duplicate probe {:?}", probe.name));
+            p.add(
+                format!("{path}.name"),
+                format!("duplicate probe {:?}", probe.name),
+            );
         }
         if !probe.path.starts_with('/') {
-            p.add(format!("{path}.path"), format!("{:?} must start with '/'", probe.path));
+            p.add(
+                format!("{path}.path"),
+                format!("{:?} must start with '/'", probe.path),
+            );
         }
         if probe.expect_status.is_empty() {
-            p.add(format!("{path}.expect_status"), "needs at least one status code");
+            p.add(
+                format!("{path}.expect_status"),
+                "needs at least one status code",
+            );
         }
         for (j, status) in probe.expect_status.iter().enumerate() {
             if !(100..=599).contains(status) {
-                p.add(format!("{path}.expect_status[{j}]"), format!("{status} is not an HTTP status code (100-599)"));
+                p.add(
+                    format!("{path}.expect_status[{j}]"),
+                    format!("{status} is not an HTTP status code (100-599)"),
+                );
             }
         }
         if probe.interval < Duration::from_millis(100) {
@@ -73,7 +88,10 @@ fn probes(config: &Config, p: &mut Problems) {
         if let Some(probe) = &app.probe
             && !names.contains(probe.as_str())
         {
-            p.add(format!("apps[{i}].probe"), format!("unknown probe {probe:?}"));
+            p.add(
+                format!("apps[{i}].probe"),
+                format!("unknown probe {probe:?}"),
+            );
         }
     }
 }
@@ -84,14 +102,21 @@ fn zones(config: &Config, p: &mut Problems) {
     let app_hosts: HashMap<String, &str> = config
         .apps
         .iter()
-        .flat_map(|a| a.hostnames.iter().map(|h| (normalize_host(h), a.name.as_str())))
+        .flat_map(|a| {
+            a.hostnames
+                .iter()
+                .map(|h| (normalize_host(h), a.name.as_str()))
+        })
         .collect();
     for (i, zone) in config.zones.iter().enumerate() {
         let path = format!("zones[{i}]");
         let apex = match normalize_name(&zone.name) {
             Some(apex) if !apex.is_empty() => apex,
             _ => {
-                p.add(format!("{path}.name"), format!("{:?} is not a valid zone name", zone.name));
+                p.add(
+                    format!("{path}.name"),
+                    format!("{:?} is not a valid zone name", zone.name),
+                );
                 continue;
             }
         };
@@ -100,15 +125,24 @@ fn zones(config: &Config, p: &mut Problems) {
         }
         for (field, value) in [("mname", &zone.soa.mname), ("rname", &zone.soa.rname)] {
             if normalize_name(value).is_none_or(|n| n.is_empty()) {
-                p.add(format!("{path}.soa.{field}"), format!("{value:?} is not a valid domain name"));
+                p.add(
+                    format!("{path}.soa.{field}"),
+                    format!("{value:?} is not a valid domain name"),
+                );
             }
         }
         if zone.ns.is_empty() {
-            p.add(format!("{path}.ns"), "a zone needs at least one name server");
+            p.add(
+                format!("{path}.ns"),
+                "a zone needs at least one name server",
+            );
         }
         for (j, ns) in zone.ns.iter().enumerate() {
             if normalize_name(ns).is_none_or(|n| n.is_empty()) {
-                p.add(format!("{path}.ns[{j}]"), format!("{ns:?} is not a valid domain name"));
+                p.add(
+                    format!("{path}.ns[{j}]"),
+                    format!("{ns:?} is not a valid domain name"),
+                );
             }
         }
         // Per owner name, the types present, for CNAME exclusivity.
@@ -127,14 +161,23 @@ fn zones(config: &Config, p: &mut Problems) {
                 p.add(format!("{rpath}.value"), message);
             }
             if let Some(app) = app_hosts.get(&owner) {
-                p.add(format!("{rpath}.name"), format!("{owner:?} is a hostname of app {app:?}, which answers for it"));
+                p.add(
+                    format!("{rpath}.name"),
+                    format!("{owner:?} is a hostname of app {app:?}, which answers for it"),
+                );
             }
             match record.rtype {
                 RecordType::Cname if owner == apex => {
-                    p.add(format!("{rpath}.type"), "a CNAME cannot be at the zone apex");
+                    p.add(
+                        format!("{rpath}.type"),
+                        "a CNAME cannot be at the zone apex",
+                    );
                 }
                 RecordType::Ns if owner == apex => {
-                    p.add(format!("{rpath}.type"), "apex NS records come from the zone's ns list");
+                    p.add(
+                        format!("{rpath}.type"),
+                        "apex NS records come from the zone's ns list",
+                    );
                 }
                 RecordType::Ns => delegations.push(owner.clone()),
                 _ => {}
@@ -143,8 +186,15 @@ fn zones(config: &Config, p: &mut Problems) {
         }
         for (owner, list) in &types {
             if list.len() > 1 && list.iter().any(|(_, t)| *t == RecordType::Cname) {
-                let (j, _) = list.iter().find(|(_, t)| *t == RecordType::Cname).copied().unwrap_or((0, RecordType::Cname));
-                p.add(format!("{path}.records[{j}].name"), format!("{owner:?} has a CNAME and other records"));
+                let (j, _) = list
+                    .iter()
+                    .find(|(_, t)| *t == RecordType::Cname)
+                    .copied()
+                    .unwrap_or((0, RecordType::Cname));
+                p.add(
+                    format!("{path}.records[{j}].name"),
+                    format!("{owner:?} has a CNAME and other records"),
+                );
             }
             // Below a delegation only glue (A/AAAA for the name servers) belongs in this zone.
             for delegation in &delegations {
@@ -184,7 +234,10 @@ fn geo_databases(config: &Config, file: &Path, p: &mut Problems) {
     for (i, database) in config.geo.databases.iter().enumerate() {
         let path = base.join(database);
         if !path.is_file() {
-            p.add(format!("geo.databases[{i}]"), format!("{} does not exist or is not a file", path.display()));
+            p.add(
+                format!("geo.databases[{i}]"),
+                format!("{} does not exist or is not a file", path.display()),
+            );
         }
     }
 }
@@ -201,6 +254,9 @@ fn listeners(config: &Config, p: &mut Problems) {
         }
     }
     if !(1..=8).contains(&config.dns.max_answers) {
-        p.add("dns.max_answers", format!("{} is out of range 1..=8", config.dns.max_answers));
+        p.add(
+            "dns.max_answers",
+            format!("{} is out of range 1..=8", config.dns.max_answers),
+        );
     }
 }

@@ -57,7 +57,10 @@ pub fn normalize_name(name: &str) -> Option<String> {
 
 /// True when `name` is `zone` or below it.
 pub fn in_zone(name: &str, zone: &str) -> bool {
-    name == zone || name.strip_suffix(zone).is_some_and(|rest| rest.ends_with('.'))
+    name == zone
+        || name
+            .strip_suffix(zone)
+            .is_some_and(|rest| rest.ends_with('.'))
 }
 
 impl ZoneConfig {
@@ -73,7 +76,8 @@ impl ZoneConfig {
         let name = if record.name == "@" {
             apex.clone()
         } else if record.name.ends_with('.') {
-            normalize_name(&record.name).ok_or_else(|| format!("{:?} is not a valid name", record.name))?
+            normalize_name(&record.name)
+                .ok_or_else(|| format!("{:?} is not a valid name", record.name))?
         } else {
             normalize_name(&format!("{}.{apex}", record.name))
                 .ok_or_else(|| format!("{:?} is not a valid name", record.name))?
@@ -93,7 +97,9 @@ fn name_value(value: &str) -> Result<String, String> {
 }
 
 fn number<T: std::str::FromStr>(field: &str, what: &str) -> Result<T, String> {
-    field.parse().map_err(|_| format!("{what} {field:?} is not a number in range"))
+    field
+        .parse()
+        .map_err(|_| format!("{what} {field:?} is not a number in range"))
 }
 
 impl RecordConfig {
@@ -102,18 +108,31 @@ impl RecordConfig {
         let value = self.value.trim();
         let fields: Vec<&str> = value.split_whitespace().collect();
         let expect = |n: usize, shape: &str| {
-            if fields.len() == n { Ok(()) } else { Err(format!("{value:?} is not of the form {shape:?}")) }
+            if fields.len() == n {
+                Ok(())
+            } else {
+                Err(format!("{value:?} is not of the form {shape:?}"))
+            }
         };
         Ok(match self.rtype {
-            RecordType::A => RecordData::A(value.parse().map_err(|_| format!("{value:?} is not an IPv4 address"))?),
-            RecordType::Aaaa => {
-                RecordData::Aaaa(value.parse().map_err(|_| format!("{value:?} is not an IPv6 address"))?)
-            }
+            RecordType::A => RecordData::A(
+                value
+                    .parse()
+                    .map_err(|_| format!("{value:?} is not an IPv4 address"))?,
+            ),
+            RecordType::Aaaa => RecordData::Aaaa(
+                value
+                    .parse()
+                    .map_err(|_| format!("{value:?} is not an IPv6 address"))?,
+            ),
             RecordType::Cname => RecordData::Cname(name_value(value)?),
             RecordType::Ns => RecordData::Ns(name_value(value)?),
             RecordType::Mx => {
                 expect(2, "PREFERENCE EXCHANGE")?;
-                RecordData::Mx { preference: number(fields[0], "preference")?, exchange: name_value(fields[1])? }
+                RecordData::Mx {
+                    preference: number(fields[0], "preference")?,
+                    exchange: name_value(fields[1])?,
+                }
             }
             RecordType::Srv => {
                 expect(4, "PRIORITY WEIGHT PORT TARGET")?;
@@ -132,16 +151,27 @@ impl RecordConfig {
             }
             RecordType::Caa => {
                 let mut parts = value.splitn(3, char::is_whitespace);
-                let (Some(flags), Some(tag), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+                let (Some(flags), Some(tag), Some(rest)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
                     return Err(format!("{value:?} is not of the form \"FLAGS TAG VALUE\""));
                 };
                 let tag = tag.to_ascii_lowercase();
                 if !matches!(tag.as_str(), "issue" | "issuewild" | "iodef") {
-                    return Err(format!("CAA tag {tag:?} is not one of issue, issuewild, iodef"));
+                    return Err(format!(
+                        "CAA tag {tag:?} is not one of issue, issuewild, iodef"
+                    ));
                 }
                 let rest = rest.trim();
-                let unquoted = rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(rest);
-                RecordData::Caa { flags: number(flags, "flags")?, tag, value: unquoted.to_string() }
+                let unquoted = rest
+                    .strip_prefix('"')
+                    .and_then(|r| r.strip_suffix('"'))
+                    .unwrap_or(rest);
+                RecordData::Caa {
+                    flags: number(flags, "flags")?,
+                    tag,
+                    value: unquoted.to_string(),
+                }
             }
         })
     }
@@ -152,25 +182,65 @@ mod tests {
     use super::*;
 
     fn record(rtype: RecordType, value: &str) -> RecordConfig {
-        RecordConfig { name: "x".into(), rtype, ttl: 60, value: value.into() }
+        RecordConfig {
+            name: "x".into(),
+            rtype,
+            ttl: 60,
+            value: value.into(),
+        }
     }
 
     #[test]
     fn values_parse_per_type() {
-        assert_eq!(record(RecordType::A, "192.0.2.1").data(), Ok(RecordData::A("192.0.2.1".parse().unwrap())));
-        assert!(record(RecordType::A, "::1").data().unwrap_err().contains("not an IPv4 address"));
+        assert_eq!(
+            record(RecordType::A, "192.0.2.1").data(),
+            Ok(RecordData::A("192.0.2.1".parse().unwrap()))
+        );
+        assert!(
+            record(RecordType::A, "::1")
+                .data()
+                .unwrap_err()
+                .contains("not an IPv4 address")
+        );
         assert_eq!(
             record(RecordType::Mx, "10 Mail.Demo.Test.").data(),
-            Ok(RecordData::Mx { preference: 10, exchange: "mail.demo.test".into() })
+            Ok(RecordData::Mx {
+                preference: 10,
+                exchange: "mail.demo.test".into()
+            })
         );
-        assert!(record(RecordType::Mx, "mail.demo.test").data().unwrap_err().contains("PREFERENCE EXCHANGE"));
-        assert!(record(RecordType::Srv, "1 2 99999 a.b").data().unwrap_err().contains("port \"99999\""));
+        assert!(
+            record(RecordType::Mx, "mail.demo.test")
+                .data()
+                .unwrap_err()
+                .contains("PREFERENCE EXCHANGE")
+        );
+        assert!(
+            record(RecordType::Srv, "1 2 99999 a.b")
+                .data()
+                .unwrap_err()
+                .contains("port \"99999\"")
+        );
         assert_eq!(
             record(RecordType::Caa, "0 issue \"letsencrypt.org\"").data(),
-            Ok(RecordData::Caa { flags: 0, tag: "issue".into(), value: "letsencrypt.org".into() })
+            Ok(RecordData::Caa {
+                flags: 0,
+                tag: "issue".into(),
+                value: "letsencrypt.org".into()
+            })
         );
-        assert!(record(RecordType::Caa, "0 bogus x").data().unwrap_err().contains("CAA tag"));
-        assert!(record(RecordType::Cname, "not a name").data().unwrap_err().contains("not a valid domain name"));
+        assert!(
+            record(RecordType::Caa, "0 bogus x")
+                .data()
+                .unwrap_err()
+                .contains("CAA tag")
+        );
+        assert!(
+            record(RecordType::Cname, "not a name")
+                .data()
+                .unwrap_err()
+                .contains("not a valid domain name")
+        );
     }
 
     #[test]
@@ -181,11 +251,22 @@ mod tests {
             ns: vec![],
             records: vec![],
         };
-        let owner = |name: &str| zone.owner(&RecordConfig { name: name.into(), rtype: RecordType::A, ttl: 1, value: String::new() });
+        let owner = |name: &str| {
+            zone.owner(&RecordConfig {
+                name: name.into(),
+                rtype: RecordType::A,
+                ttl: 1,
+                value: String::new(),
+            })
+        };
         assert_eq!(owner("@"), Ok("demo.test".into()));
         assert_eq!(owner("WWW"), Ok("www.demo.test".into()));
         assert_eq!(owner("www.demo.test."), Ok("www.demo.test".into()));
-        assert!(owner("www.other.test.").unwrap_err().contains("outside zone"));
+        assert!(
+            owner("www.other.test.")
+                .unwrap_err()
+                .contains("outside zone")
+        );
         assert!(in_zone("a.demo.test", "demo.test"));
         assert!(!in_zone("ademo.test", "demo.test"));
     }

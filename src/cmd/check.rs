@@ -36,7 +36,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} config files failed the check", args.files.len());
+        bail!(
+            "{failed} of {} config files failed the check",
+            args.files.len()
+        );
     }
     Ok(())
 }

@@ -1,0 +1,1 @@
+//! The L7 edge proxy (being built: issue 4).

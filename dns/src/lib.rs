@@ -1,0 +1,1 @@
+//! The GeoDNS server (being built: issue 5).
