@@ -74,6 +74,7 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(..) => {
                 let path = self.value_path().unwrap_or_default();
+                self.record(&path, mark);
                 self.stack.push(Frame::Mapping { path, key: None });
             }
             Event::SequenceStart(..) => {
@@ -129,7 +130,7 @@ mod tests {
         );
         assert_eq!(
             locations.find("apps[0].targets[1].weight"),
-            (Some(6), Some(31))
+            (Some(6), Some(30))
         );
         assert_eq!(locations.find("zones"), (Some(7), Some(1)));
         // A missing field falls back to its parent.

@@ -65,9 +65,35 @@ pub struct GeoConfig {
 #[serde(deny_unknown_fields)]
 pub struct SubnetConfig {
     /// The client network, such as `198.51.100.0/24`.
+    #[serde(deserialize_with = "cidr")]
     pub cidr: IpNet,
     /// Its region.
     pub region: String,
+}
+
+fn cidr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a CIDR network (address/prefix-length, such as 198.51.100.0/24)"
+        ))
+    })
+}
+
+fn endpoints<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<SocketAddr>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not an endpoint address:port (IPv6 as [address]:port; names are not resolved)"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// A cluster.
@@ -84,6 +110,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub location: Option<Location>,
     /// Ingress endpoints, `address:port` (IPv6 as `[addr]:port`).
+    #[serde(deserialize_with = "endpoints")]
     pub endpoints: Vec<SocketAddr>,
 }
 

@@ -25,7 +25,19 @@ impl Problems {
 pub(crate) fn validate(config: &Config, file: &Path) -> Vec<Problem> {
     let mut p = Problems(Vec::new());
     if let Err(TableError::Invalid(problems)) = RoutingTable::new(config.base_table(1, 0)) {
-        p.0.extend(problems);
+        // A cluster without a location inherits its region's; a bad one is reported there.
+        let inherited = |path: &str| {
+            config
+                .clusters
+                .iter()
+                .enumerate()
+                .any(|(i, c)| c.location.is_none() && path == format!("clusters[{i}].location"))
+        };
+        p.0.extend(
+            problems
+                .into_iter()
+                .filter(|problem| !inherited(&problem.path)),
+        );
     }
     probes(config, &mut p);
     zones(config, &mut p);
@@ -249,8 +261,10 @@ fn listeners(config: &Config, p: &mut Problems) {
         ("dns.listen", config.dns.listen),
     ];
     for (i, (name, addr)) in listeners.iter().enumerate() {
+        // Reported at both fields: the one written in the file gets the line number.
         if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
             p.add(*name, format!("{addr} is also {other}"));
+            p.add(*other, format!("{addr} is also {name}"));
         }
     }
     if !(1..=8).contains(&config.dns.max_answers) {
