@@ -1,11 +1,32 @@
-//! The controller's section: its HTTP port (API, dashboard, metrics, watch stream).
+//! The controller's section: its HTTP port (API, dashboard, metrics, watch stream), where it
+//! keeps durable state, who may call it, and how verdicts are reached.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8090))
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_vantage_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_flap_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_flap_threshold() -> u32 {
+    3
+}
+fn default_hold_down() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_hold_down_max() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// The controller process.
@@ -15,12 +36,136 @@ pub struct ControllerConfig {
     /// Address of the API, dashboard, metrics and watch stream.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Directory of the embedded store (overrides, audit log, failover history, last table),
+    /// relative to the config file. Unset: state lives in memory and is lost on exit.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Bearer tokens. With none configured the API is open (fit for loopback only).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// How often an idle watch stream carries a heartbeat line.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A vantage whose last report is older than this no longer votes.
+    #[serde(default = "default_vantage_ttl", with = "humantime_serde")]
+    pub vantage_ttl: Duration,
+    /// Verdict changes within this window count towards flap damping.
+    #[serde(default = "default_flap_window", with = "humantime_serde")]
+    pub flap_window: Duration,
+    /// Changes within the window from which a recovering target is held down.
+    #[serde(default = "default_flap_threshold")]
+    pub flap_threshold: u32,
+    /// The first hold-down; each further flap in the window doubles it.
+    #[serde(default = "default_hold_down", with = "humantime_serde")]
+    pub hold_down: Duration,
+    /// The longest hold-down.
+    #[serde(default = "default_hold_down_max", with = "humantime_serde")]
+    pub hold_down_max: Duration,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             listen: default_listen(),
+            data_dir: None,
+            tokens: Vec::new(),
+            heartbeat: default_heartbeat(),
+            vantage_ttl: default_vantage_ttl(),
+            flap_window: default_flap_window(),
+            flap_threshold: default_flap_threshold(),
+            hold_down: default_hold_down(),
+            hold_down_max: default_hold_down_max(),
         }
+    }
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Read state, tables, history, audit log and explanations.
+    ReadOnly,
+    /// A proxy or DNS server: follow the watch stream, fetch probes, send reports.
+    Subscriber,
+    /// Everything read-only may, plus changing weights and drains.
+    Operator,
+}
+
+impl Role {
+    /// The role's name as written in config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Subscriber => "subscriber",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// One bearer token. The secret itself never sits in the config: either its SHA-256 (hex)
+/// or a file holding it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it; recorded in the audit log.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Lower-case hex SHA-256 of the token.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// A file whose content (trimmed) is the token, relative to the config file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl ControllerConfig {
+    /// Problems with this section, each as (field path, message); the controller refuses to
+    /// start with any.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, token) in self.tokens.iter().enumerate() {
+            let path = format!("controller.tokens[{i}]");
+            if token.name.is_empty() {
+                out.push((format!("{path}.name"), "must not be empty".into()));
+            } else if !names.insert(token.name.as_str()) {
+                out.push((
+                    format!("{path}.name"),
+                    format!("duplicate token name {:?}", token.name),
+                ));
+            }
+            match (&token.sha256, &token.file) {
+                (Some(_), Some(_)) | (None, None) => out.push((
+                    path.clone(),
+                    "give exactly one of `sha256` and `file`".into(),
+                )),
+                (Some(hex), None) => {
+                    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        out.push((
+                            format!("{path}.sha256"),
+                            "must be 64 hexadecimal digits (the SHA-256 of the token)".into(),
+                        ));
+                    }
+                }
+                (None, Some(_)) => {}
+            }
+        }
+        if self.heartbeat < Duration::from_millis(10) {
+            out.push((
+                "controller.heartbeat".into(),
+                "must be at least 10ms".into(),
+            ));
+        }
+        if self.vantage_ttl.is_zero() {
+            out.push(("controller.vantage_ttl".into(), "must be above zero".into()));
+        }
+        if self.hold_down > self.hold_down_max {
+            out.push((
+                "controller.hold_down".into(),
+                "must be at most controller.hold_down_max".into(),
+            ));
+        }
+        out
     }
 }

@@ -98,6 +98,27 @@ pub fn parse(text: &str, file: &Path) -> Result<LoadedConfig, ConfigError> {
     }
 }
 
+/// Validates a config built in memory (for example from Kubernetes resources): the same rules
+/// as for a file, with diagnostics that name `origin` and the field path but no line.
+pub fn validate(config: Config, origin: &Path) -> Result<LoadedConfig, ConfigError> {
+    let problems = validate::validate(&config, origin);
+    if problems.is_empty() {
+        return Ok(LoadedConfig { file: origin.to_path_buf(), config });
+    }
+    Err(ConfigError::Invalid(
+        problems
+            .into_iter()
+            .map(|problem| Diagnostic {
+                file: origin.to_path_buf(),
+                line: None,
+                column: None,
+                path: problem.path,
+                message: problem.message,
+            })
+            .collect(),
+    ))
+}
+
 /// serde_norway starts its message with the field's path; the diagnostic carries it itself.
 fn strip_path(message: String, path: &str) -> String {
     match message.split_once(": ") {

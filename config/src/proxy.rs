@@ -1,11 +1,44 @@
-//! The proxy's section: where it listens.
+//! The proxy's section: where it listens, its limits and timeouts, how it retries, ejects
+//! outliers, keeps session affinity and sheds load.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9080))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_body_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_replay_buffer_bytes() -> u64 {
+    64 * 1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The proxy process.
@@ -15,12 +48,389 @@ pub struct ProxyConfig {
     /// Plain HTTP (HTTP/1.1 and h2c) listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Admin listener: `/livez`, `/readyz`, `/metrics`. Kept apart from client traffic so a
+    /// flood of clients cannot starve health checks and scrapes.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Client connections open at once; further clients wait in the kernel's accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest request body accepted, in bytes; larger gets 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Request bodies up to this size are buffered so a retry can replay them; larger
+    /// bodies are streamed and their requests are never retried.
+    #[serde(default = "default_replay_buffer_bytes")]
+    pub replay_buffer_bytes: u64,
+    /// Time a client has to send a whole request head (slowloris guard). The same timer
+    /// runs while a keep-alive connection waits for its next request, so it is also the
+    /// idle timeout of client connections.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a buffered request body.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Time to open a connection to an upstream ingress endpoint.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time for one attempt to get the upstream's response head.
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// On SIGTERM or shutdown, time in-flight requests get to finish.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Per-request failover.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// Session affinity; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityConfig>,
+    /// Requests one target may have in flight; when every candidate is at it, the proxy
+    /// answers 503 with Retry-After. No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_target: Option<u32>,
+    /// TLS termination on a listener of its own; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The TLS listener (HTTP/2 and HTTP/1.1 by ALPN) and its certificates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener.
+    pub listen: SocketAddr,
+    /// Certificates, chosen by the client's SNI name; the first one also serves clients
+    /// that send no name or one no certificate lists.
+    pub certificates: Vec<CertificateConfig>,
+    /// How often the certificate and key files are checked for changes; changed files are
+    /// loaded without a restart (a file that fails to load keeps the previous certificate).
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// One certificate chain with its key, PEM files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// SNI names it serves: exact (`shop.example.com`) or wildcard (`*.example.com`).
+    pub names: Vec<String>,
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            replay_buffer_bytes: default_replay_buffer_bytes(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            connect_timeout: default_connect_timeout(),
+            upstream_timeout: default_upstream_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+            retry: RetryConfig::default(),
+            outlier: OutlierConfig::default(),
+            affinity: None,
+            max_requests_per_target: None,
+            tls: None,
         }
+    }
+}
+
+fn default_retry_statuses() -> Vec<StatusCode> {
+    [502, 503, 504].into_iter().map(StatusCode).collect()
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_min_concurrent() -> u32 {
+    3
+}
+fn default_retry_header() -> String {
+    "x-meridian-retryable".to_string()
+}
+
+/// When a request is tried again on another target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Upstream statuses that count as a failed attempt (connect failures and timeouts
+    /// always do).
+    #[serde(default = "default_retry_statuses")]
+    pub on_status: Vec<StatusCode>,
+    /// Attempts per request, the first included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Retries in flight may be at most this share of the requests in flight…
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// …but this many concurrent retries are always allowed.
+    #[serde(default = "default_budget_min_concurrent")]
+    pub budget_min_concurrent: u32,
+    /// A request header (value `true` or `1`) that marks a non-idempotent request, such as
+    /// a POST, as safe to replay. The proxy removes it before forwarding.
+    #[serde(default = "default_retry_header")]
+    pub retryable_header: String,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            on_status: default_retry_statuses(),
+            max_attempts: default_max_attempts(),
+            budget_ratio: default_budget_ratio(),
+            budget_min_concurrent: default_budget_min_concurrent(),
+            retryable_header: default_retry_header(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    3
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejected_share() -> f64 {
+    0.5
+}
+
+/// Passive outlier detection: what real traffic says about a target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Failed attempts in a row (connect errors, timeouts, retry statuses) that eject a
+    /// target.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// First ejection's length; each further ejection in a row doubles it.
+    #[serde(default = "default_base_ejection", with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(default = "default_max_ejection", with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// Share of an app's targets that may be ejected at once, 0.0 to 1.0.
+    #[serde(default = "default_max_ejected_share")]
+    pub max_ejected_share: f64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+            max_ejected_share: default_max_ejected_share(),
+        }
+    }
+}
+
+/// Where the session key for affinity is read from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AffinityConfig {
+    /// A cookie, by name.
+    Cookie(String),
+    /// A request header, by name.
+    Header(String),
+}
+
+/// An HTTP status code, 100 to 599.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u16", into = "u16")]
+pub struct StatusCode(pub u16);
+
+impl TryFrom<u16> for StatusCode {
+    type Error = String;
+    fn try_from(code: u16) -> Result<Self, String> {
+        if (100..=599).contains(&code) {
+            Ok(StatusCode(code))
+        } else {
+            Err(format!("{code} is not an HTTP status code (100..=599)"))
+        }
+    }
+}
+
+impl From<StatusCode> for u16 {
+    fn from(code: StatusCode) -> u16 {
+        code.0
+    }
+}
+
+impl ProxyConfig {
+    /// Rules the types cannot express, as (field path, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut add = |path: &str, message: String| out.push((path.to_string(), message));
+        // Port 0 asks the system for a free port, so two of them never collide.
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            add(
+                "proxy.admin_listen",
+                format!("{} is also proxy.listen", self.admin_listen),
+            );
+        }
+        if self.max_connections == 0 {
+            add("proxy.max_connections", "must be at least 1".to_string());
+        }
+        if self.max_header_bytes < 1024 {
+            add(
+                "proxy.max_header_bytes",
+                format!("{} is below the minimum of 1024", self.max_header_bytes),
+            );
+        }
+        if self.replay_buffer_bytes > self.max_body_bytes {
+            add(
+                "proxy.replay_buffer_bytes",
+                format!(
+                    "{} is larger than proxy.max_body_bytes ({})",
+                    self.replay_buffer_bytes, self.max_body_bytes
+                ),
+            );
+        }
+        if self.retry.max_attempts == 0 {
+            add("proxy.retry.max_attempts", "must be at least 1".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.retry.budget_ratio) {
+            add(
+                "proxy.retry.budget_ratio",
+                format!("{} is out of range 0.0..=1.0", self.retry.budget_ratio),
+            );
+        }
+        if http_token(&self.retry.retryable_header).is_none() {
+            add(
+                "proxy.retry.retryable_header",
+                format!(
+                    "{:?} is not a valid header name",
+                    self.retry.retryable_header
+                ),
+            );
+        }
+        if self.outlier.consecutive_failures == 0 {
+            add(
+                "proxy.outlier.consecutive_failures",
+                "must be at least 1".to_string(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.outlier.max_ejected_share) {
+            add(
+                "proxy.outlier.max_ejected_share",
+                format!(
+                    "{} is out of range 0.0..=1.0",
+                    self.outlier.max_ejected_share
+                ),
+            );
+        }
+        if self.outlier.base_ejection > self.outlier.max_ejection {
+            add(
+                "proxy.outlier.base_ejection",
+                "is longer than proxy.outlier.max_ejection".to_string(),
+            );
+        }
+        match &self.affinity {
+            Some(AffinityConfig::Header(name)) if http_token(name).is_none() => add(
+                "proxy.affinity.header",
+                format!("{name:?} is not a valid header name"),
+            ),
+            Some(AffinityConfig::Cookie(name)) if http_token(name).is_none() => add(
+                "proxy.affinity.cookie",
+                format!("{name:?} is not a valid cookie name"),
+            ),
+            _ => {}
+        }
+        if let Some(tls) = &self.tls {
+            if tls.listen.port() != 0
+                && (tls.listen == self.listen || tls.listen == self.admin_listen)
+            {
+                add(
+                    "proxy.tls.listen",
+                    format!("{} is also another proxy listener", tls.listen),
+                );
+            }
+            if tls.certificates.is_empty() {
+                add(
+                    "proxy.tls.certificates",
+                    "a TLS listener needs at least one certificate".to_string(),
+                );
+            }
+            if tls.reload_interval.is_zero() {
+                add(
+                    "proxy.tls.reload_interval",
+                    "must be longer than zero".to_string(),
+                );
+            }
+        }
+        if self.max_requests_per_target == Some(0) {
+            add(
+                "proxy.max_requests_per_target",
+                "must be at least 1".to_string(),
+            );
+        }
+        out
+    }
+}
+
+/// The name, when it is a non-empty RFC 9110 token (what header and cookie names must be).
+fn http_token(name: &str) -> Option<&str> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(ProxyConfig::default().problems().is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = ProxyConfig::default();
+        c.admin_listen = c.listen;
+        c.retry.retryable_header = "bad header".into();
+        c.outlier.max_ejected_share = 1.5;
+        let paths: Vec<String> = c.problems().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths,
+            [
+                "proxy.admin_listen",
+                "proxy.retry.retryable_header",
+                "proxy.outlier.max_ejected_share"
+            ]
+        );
+    }
+
+    #[test]
+    fn status_codes_are_checked() {
+        assert!(StatusCode::try_from(503).is_ok());
+        assert!(StatusCode::try_from(99).is_err());
+        assert!(StatusCode::try_from(600).is_err());
     }
 }

@@ -1,1 +1,406 @@
-//! The controller (being built: issue 3).
+//! The controller: the brain of Meridian. It turns config, operator overrides, probe
+//! verdicts and traffic statistics into routing tables and publishes them to every proxy
+//! and DNS server.
+//!
+//! What it owns: probing from its own vantage (with the subscriber crate's prober), the
+//! quorum of every vantage's votes, the pure table compute, publishing over watch streams,
+//! the operator API with its tokens and audit log, and durable state in an embedded store.
+//!
+//! What it must not do: serve client traffic or DNS queries, or keep global state: several
+//! controllers can run in one process (tests, `meridian up`), each from
+//! [`Controller::start`].
+//!
+//! # Layout
+//!
+//! - [`verdict`]: quorum across vantages and flap damping (pure).
+//! - [`compute`]: (config, overrides, verdicts, stats, now) → table data (pure).
+//! - [`store`]: redb: overrides, audit log, failover history, last table.
+//! - [`publish`]: the current table and the watch streams.
+//! - [`api`]: the HTTP surface: `/api/v1/…`, `/openapi.json`, `/metrics`, `/livez`, `/readyz`.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`client`]: a typed client of the API, for the `meridian` operator commands.
+
+pub mod api;
+pub mod client;
+pub mod compute;
+mod error;
+pub mod metrics;
+pub mod publish;
+pub mod store;
+pub mod verdict;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use meridian_config::{Config, LoadedConfig};
+use meridian_routing::{Health, RoutingTable};
+use meridian_subscriber::probe::{self, Observation, ProbeJob, Prober, Sink, TlsConnectors};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+pub use error::Error;
+
+use crate::compute::{Overrides, TrafficStats};
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::store::Store;
+use crate::verdict::{VerdictOptions, Verdicts};
+
+/// How to start a controller, beyond its config.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Listen here instead of `controller.listen` (tests bind `127.0.0.1:0`).
+    pub listen: Option<SocketAddr>,
+    /// Keep state here instead of `controller.data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Run probes from the controller's own vantage.
+    pub probe: bool,
+    /// The controller's vantage name.
+    pub vantage: String,
+    /// How often the table is recomputed without an event (ramps, vote expiry).
+    pub tick: Duration,
+    /// Further routes served on the controller's port, such as the dashboard at `/` and the
+    /// demo's controls (`meridian up` adds them).
+    pub extra_routes: Option<axum::Router>,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            data_dir: None,
+            probe: true,
+            vantage: "controller".into(),
+            tick: Duration::from_millis(100),
+            extra_routes: None,
+        }
+    }
+}
+
+/// Mutable runtime state, behind one lock that is never held across an await.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) overrides: Overrides,
+    pub(crate) verdicts: Verdicts,
+    /// Latest latency per (vantage region, cluster), milliseconds.
+    pub(crate) rtt_ms: BTreeMap<(String, String), f64>,
+}
+
+/// Everything the controller's tasks and handlers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) opts: VerdictOptions,
+    pub(crate) heartbeat: Duration,
+    pub(crate) store: Store,
+    pub(crate) state: Mutex<State>,
+    /// Serialises recomputes, so versions are numbered in order.
+    compute_lock: Mutex<()>,
+    pub(crate) publisher: Publisher,
+    pub(crate) metrics: Metrics,
+    pub(crate) tokens: api::Tokens,
+    pub(crate) jobs: Vec<ProbeJob>,
+    pub(crate) report_interval: Duration,
+    pub(crate) shutdown: watch::Sender<bool>,
+    wake: Notify,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    probe::now_ms()
+}
+
+impl Shared {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one vantage's observation.
+    pub(crate) fn observe(&self, vantage: &str, region: Option<&str>, obs: &Observation) -> bool {
+        let labels = [obs.app.as_str(), obs.cluster.as_str(), vantage];
+        let known = {
+            let mut st = self.state();
+            let known = st.verdicts.record(vantage, obs);
+            if known
+                && obs.last_ok
+                && let Some(region) = region
+            {
+                st.rtt_ms.insert(
+                    (region.to_string(), obs.cluster.clone()),
+                    obs.latency_seconds * 1000.0,
+                );
+            }
+            known
+        };
+        if known {
+            let result = if obs.last_ok { "ok" } else { "fail" };
+            self.metrics
+                .probe_results
+                .with_label_values(&[labels[0], labels[1], labels[2], result])
+                .inc();
+            if obs.last_ok {
+                self.metrics
+                    .probe_latency
+                    .with_label_values(&labels)
+                    .observe(obs.latency_seconds);
+            }
+        }
+        known
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Evaluates verdicts, computes the table and publishes it when it changed. Returns the
+    /// current version.
+    pub(crate) fn recompute(&self) -> Result<u64, Error> {
+        let _serial = self.compute_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let (changes, data, elapsed) = {
+            let mut st = self.state();
+            let changes = st.verdicts.evaluate(now, &self.opts);
+            let stats = TrafficStats {
+                rtt_ms: st.rtt_ms.clone(),
+            };
+            let start = Instant::now();
+            let inputs = st.verdicts.inputs();
+            let data = compute::compute(&self.config, &st.overrides, &inputs, &stats, now);
+            (changes, data, start.elapsed())
+        };
+        for change in &changes {
+            let state = if change.healthy {
+                "healthy"
+            } else {
+                "unhealthy"
+            };
+            info!(app = %change.app, cluster = %change.cluster, state, cause = %change.cause, "verdict changed");
+            self.metrics
+                .verdict_changes
+                .with_label_values(&[change.app.as_str(), change.cluster.as_str(), state])
+                .inc();
+            self.metrics
+                .verdict_healthy
+                .with_label_values(&[change.app.as_str(), change.cluster.as_str()])
+                .set(i64::from(change.healthy));
+        }
+        if let Err(err) = self.store.append_history(&changes) {
+            error!(error = %err, "could not record verdict changes in the history");
+        }
+        let prev = self.publisher.current();
+        let Some(table) = compute::next_table(prev.as_deref(), data)? else {
+            return Ok(prev.map_or(0, |t| t.version()));
+        };
+        self.metrics.compute_seconds.observe(elapsed.as_secs_f64());
+        let table = Arc::new(table);
+        // Encoded once, for the store and for every stream. Durable before it is published:
+        // a restart serves at least this version.
+        let line = Publisher::encode_line(&table);
+        self.store.save_table(&line[..line.len() - 1])?;
+        self.metrics.table_version.set(table.version() as i64);
+        self.metrics.table_bytes.set(line.len() as i64);
+        self.publisher.publish(table.clone(), line);
+        Ok(table.version())
+    }
+}
+
+/// The controller's entry point.
+#[derive(Debug)]
+pub struct Controller;
+
+/// A started controller: its address, its tables, and how to stop it.
+#[derive(Debug)]
+pub struct RunningController {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    _prober: Option<Prober>,
+}
+
+impl Controller {
+    /// Starts a controller from a validated config: opens its store, resumes from the last
+    /// published table, binds its HTTP port, starts its probes and its compute loop. Must be
+    /// called within a tokio runtime.
+    pub async fn start(
+        loaded: LoadedConfig,
+        options: ControllerOptions,
+    ) -> Result<RunningController, Error> {
+        let LoadedConfig { file, config } = loaded;
+        let section = &config.controller;
+        if let Some((path, message)) = section.problems().into_iter().next() {
+            return Err(Error::Config {
+                file,
+                path,
+                message,
+            });
+        }
+        let base = file.parent().map(PathBuf::from).unwrap_or_default();
+        let tokens = api::Tokens::from_config(section, &base)?;
+        let data_dir = options
+            .data_dir
+            .clone()
+            .or_else(|| section.data_dir.as_ref().map(|d| base.join(d)));
+        if data_dir.is_none() {
+            warn!(
+                "controller.data_dir is not set: overrides, audit log and history live in memory only"
+            );
+        }
+        let store = Store::open(data_dir.as_deref())?;
+        let overrides = store.overrides()?;
+        let last = store.last_table()?;
+        let now = now_ms();
+        let mut verdicts = Verdicts::new(config.apps.iter().flat_map(|a| {
+            a.targets
+                .iter()
+                .map(move |t| (a.name.as_str(), t.cluster.as_str()))
+        }));
+        if options.probe {
+            verdicts = verdicts.with_own_vantage(&options.vantage);
+        }
+        if let Some(last) = &last {
+            // Targets the last table had unhealthy stay so until a quorum says otherwise.
+            for app in last.apps() {
+                for t in app.targets.iter().filter(|t| t.health == Health::Unhealthy) {
+                    verdicts.seed_unhealthy(&app.name, &t.cluster, now);
+                }
+            }
+        }
+        let jobs = probe::jobs_from_config(&config);
+        let report_interval = jobs
+            .iter()
+            .map(|j| j.probe.interval)
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let metrics = Metrics::new()?;
+        let listen = options.listen.unwrap_or(section.listen);
+        let shared = Arc::new(Shared {
+            opts: VerdictOptions::from_config(section),
+            heartbeat: section.heartbeat,
+            store,
+            state: Mutex::new(State {
+                overrides,
+                verdicts,
+                rtt_ms: BTreeMap::new(),
+            }),
+            compute_lock: Mutex::new(()),
+            publisher: Publisher::default(),
+            metrics,
+            tokens,
+            jobs,
+            report_interval,
+            shutdown: watch::channel(false).0,
+            wake: Notify::new(),
+            config,
+        });
+        if let Some(last) = last {
+            info!(
+                version = last.version(),
+                "resuming from the last published table"
+            );
+            shared.metrics.table_version.set(last.version() as i64);
+            let line = Publisher::encode_line(&last);
+            shared.publisher.publish(Arc::new(last), line);
+        }
+        shared.recompute()?;
+
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|error| Error::Bind {
+                addr: listen,
+                error,
+            })?;
+        let addr = listener.local_addr().map_err(|error| Error::Bind {
+            addr: listen,
+            error,
+        })?;
+        let mut tasks = Vec::new();
+        let router = match options.extra_routes.clone() {
+            Some(extra) => api::router(shared.clone()).merge(extra),
+            None => api::router(shared.clone()),
+        };
+        let mut stop = shared.shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(err) = serve.await {
+                error!(error = %err, "controller HTTP server failed");
+            }
+        }));
+        let loop_shared = shared.clone();
+        let tick = options.tick;
+        let mut stop = shared.shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = loop_shared.wake.notified() => {}
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Err(err) = loop_shared.recompute() {
+                    error!(error = %err, "table compute failed; still serving the previous table");
+                }
+            }
+        }));
+        let prober = options.probe.then(|| {
+            let sink_shared = shared.clone();
+            let vantage = options.vantage.clone();
+            let sink: Sink = Arc::new(move |obs: Observation| {
+                if sink_shared.observe(&vantage, None, &obs) {
+                    sink_shared.wake();
+                }
+            });
+            Prober::start(shared.jobs.clone(), TlsConnectors::new(&[]), sink)
+        });
+        info!(%addr, "controller listening");
+        Ok(RunningController {
+            addr,
+            shared,
+            tasks,
+            _prober: prober,
+        })
+    }
+}
+
+impl RunningController {
+    /// The address the HTTP server is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL of the API, `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The table being published.
+    pub fn table(&self) -> Option<Arc<RoutingTable>> {
+        self.shared.publisher.current()
+    }
+
+    /// The HTTP router of this controller (the same one it serves), for embedding.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.shared.clone())
+    }
+
+    /// Stops serving, ends watch streams and probes, and waits for the tasks to finish.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the HTTP server ends (it fails, or a shutdown was requested), then
+    /// stops everything else.
+    pub async fn wait(mut self) {
+        if !self.tasks.is_empty() {
+            let server = self.tasks.remove(0);
+            let _ = server.await;
+        }
+        self.shutdown().await;
+    }
+}

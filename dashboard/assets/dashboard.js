@@ -26,7 +26,8 @@ async function api(path, options = {}) {
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = text; }
   if (!response.ok) {
-    const message = body && body.message ? body.message : (typeof body === "string" && body ? body : response.statusText);
+    const message = body && body.error ? (body.field ? `${body.field}: ${body.error}` : body.error)
+      : (typeof body === "string" && body ? body : response.statusText);
     const err = new Error(`${response.status}: ${message}`);
     err.status = response.status;
     throw err;

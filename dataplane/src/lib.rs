@@ -1,1 +1,212 @@
-//! The L7 edge proxy (being built: issue 4).
+//! The L7 edge proxy: it stands in front of the clusters' ingresses and steers every HTTP
+//! request by the routing table, failing over to another cluster per request.
+//!
+//! It owns the request path from the client's socket to an upstream ingress endpoint and
+//! back: routing by host, target choice through the shared selection code, per-request
+//! failover under a retry budget, passive outlier detection, load shedding, limits against
+//! bad input, graceful shutdown, metrics and the access log.
+//!
+//! What it must not do: compute, change or fetch routing tables (it reads whatever is in
+//! its [`TableCell`]; the subscriber crate fills it), talk to Kubernetes or cloud APIs, or
+//! keep global state (several proxies can run in one process).
+//!
+//! # Layout
+//!
+//! - `listener`: accepting clients (HTTP/1.1 and h2c), connection limits, draining.
+//! - `forward`: one request: framing checks, routing, target choice, retries.
+//! - `headers`: framing rules, hop-by-hop headers, forwarding headers.
+//! - `framing`: follows request framing on the wire to spot what hyper folds silently.
+//! - `pool`: upstream HTTP/1.1 connections kept alive per ingress endpoint.
+//! - `state`: what traffic teaches about targets (ejections, in-flight counts), per table.
+//! - `tls`: TLS termination, certificates by SNI, reload of changed certificate files.
+//! - `metrics`: the Prometheus registry. `admin`: `/livez`, `/readyz`, `/metrics`.
+//!
+//! The access log is one `tracing` event per request on the target `meridian::access`,
+//! with fields client, method, path, app, target, attempts, status, duration_ms,
+//! upstream_ms and table_version (a JSON line with the binary's `--log-format json`).
+
+mod admin;
+mod error;
+mod forward;
+mod framing;
+mod headers;
+mod listener;
+mod metrics;
+mod pool;
+mod state;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use meridian_config::proxy::ProxyConfig;
+use meridian_subscriber::TableCell;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use error::Error;
+pub use forward::ProxyBody;
+pub use pool::Pooled;
+
+use forward::Shared;
+
+/// The tracing target of the access log.
+pub const ACCESS_LOG_TARGET: &str = "meridian::access";
+
+/// The edge proxy. Start it with [`Proxy::start`].
+pub struct Proxy;
+
+/// A proxy serving on its listeners. Dropping it stops accepting without waiting; call
+/// [`RunningProxy::shutdown`] to finish requests in flight first.
+pub struct RunningProxy {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    server: Option<JoinHandle<()>>,
+    admin: JoinHandle<()>,
+    /// Reloads changed TLS certificates.
+    reload: Option<JoinHandle<()>>,
+}
+
+/// What `/readyz` reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Status {
+    /// True when the proxy has a table and is not draining.
+    pub ready: bool,
+    /// True once shutdown has begun.
+    pub draining: bool,
+    /// The version of the table served, 0 when none.
+    pub table_version: u64,
+    /// How long ago the controller generated that table.
+    pub table_staleness: Option<Duration>,
+}
+
+pub(crate) fn status(shared: &Shared) -> Status {
+    let draining = shared.draining.load(Ordering::Relaxed);
+    let table_version = shared.cell.version();
+    Status {
+        ready: !draining && table_version > 0,
+        draining,
+        table_version,
+        table_staleness: shared.cell.staleness(),
+    }
+}
+
+impl Proxy {
+    /// Binds the client and admin listeners of `config` (port 0 picks a free port) and
+    /// starts serving from whatever table `cell` holds; until it holds one, requests get 503.
+    /// Must be called within a tokio runtime.
+    pub async fn start(config: ProxyConfig, cell: Arc<TableCell>) -> Result<RunningProxy, Error> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(Error::Config(
+                problems
+                    .into_iter()
+                    .map(|(path, message)| format!("{path}: {message}"))
+                    .collect(),
+            ));
+        }
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { what, addr, source })
+        };
+        let listener = bind("proxy", config.listen).await?;
+        let admin_listener = bind("admin", config.admin_listen).await?;
+        let local = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| Error::Bind { what, addr, source })
+        };
+        let addr = local(&listener, "proxy", config.listen)?;
+        let admin_addr = local(&admin_listener, "admin", config.admin_listen)?;
+        let (tls, tls_addr, reload) = match &config.tls {
+            Some(tls_config) => {
+                let (acceptor, reload) = tls::acceptor(tls_config)?;
+                let tls_listener = bind("tls", tls_config.listen).await?;
+                let tls_addr = local(&tls_listener, "tls", tls_config.listen)?;
+                (Some((tls_listener, acceptor)), Some(tls_addr), Some(reload))
+            }
+            None => (None, None, None),
+        };
+        let metrics = metrics::Metrics::new()?;
+        let shared = Arc::new(Shared::new(config, cell, metrics));
+        let (stop, stop_rx) = watch::channel(false);
+        let reload = reload.map(tokio::spawn);
+        let server = tokio::spawn(listener::serve(listener, tls, shared.clone(), stop_rx));
+        let admin = tokio::spawn(admin::serve(admin_listener, shared.clone()));
+        tracing::info!(%addr, %admin_addr, ?tls_addr, "proxy listening");
+        Ok(RunningProxy {
+            addr,
+            admin_addr,
+            tls_addr,
+            reload,
+            shared,
+            stop,
+            server: Some(server),
+            admin,
+        })
+    }
+}
+
+impl RunningProxy {
+    /// The client listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The TLS listener's address, when TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Readiness, table version and staleness, as `/readyz` reports them.
+    pub fn status(&self) -> Status {
+        status(&self.shared)
+    }
+
+    /// The metrics in Prometheus text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Begins a graceful shutdown: `/readyz` turns 503, the listener stops accepting, and
+    /// connections close once their requests in flight are answered.
+    pub fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.metrics.draining.set(1);
+        let _ = self.stop.send(true);
+    }
+
+    /// Shuts down gracefully: drains, waits for in-flight requests (at most the configured
+    /// grace period), then closes the admin listener.
+    pub async fn shutdown(mut self) {
+        self.begin_drain();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.admin.abort();
+        if let Some(reload) = &self.reload {
+            reload.abort();
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.admin.abort();
+        if let Some(reload) = &self.reload {
+            reload.abort();
+        }
+    }
+}

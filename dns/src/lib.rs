@@ -1,1 +1,276 @@
-//! The GeoDNS server (being built: issue 5).
+//! Meridian's authoritative GeoDNS server.
+//!
+//! It owns the DNS side of Meridian: the zones of the config file (SOA, NS, static records,
+//! delegations) and the answers for app hostnames, chosen per query from the routing table
+//! (policy, health, weight, the client's location from EDNS Client Subnet or its address).
+//! It runs in-process ([`DnsServer::start`], as `meridian up` does) or as `meridian dns`.
+//!
+//! What it must not do: compute or change routing tables, talk to Kubernetes or cloud APIs,
+//! or recurse. It reads the table from a [`TableCell`] that something else fills (the
+//! subscriber's watch stream, or the config's base table), and answers only for its zones.
+//!
+//! # Layout
+//!
+//! - `wire`: query parsing in place and the wire-format helpers.
+//! - `snapshot`: per table version, every name's records pre-rendered in wire form.
+//! - `answer`: the packet handler shared by UDP and TCP (lookup, CNAME chains, referrals,
+//!   negative answers, GSLB picks, ECS, EDNS, truncation).
+//! - `geo`: mmdb country lookups and which ECS addresses count as a location.
+//! - `udp`: the fast path (SO_REUSEPORT socket per thread, recvmmsg/sendmmsg).
+//! - `tcp`: the slow path (pipelined, idle timeout).
+//! - `rrl`: response rate limiting with slip.
+//! - `axfr`: zone transfer to the configured secondaries.
+//! - `metrics`, `admin`: counters and the `/livez`, `/readyz`, `/metrics` listener.
+
+mod admin;
+pub mod answer;
+pub mod axfr;
+mod error;
+pub mod geo;
+pub mod metrics;
+pub mod rrl;
+pub mod snapshot;
+mod tcp;
+mod udp;
+pub mod wire;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use meridian_config::LoadedConfig;
+use meridian_subscriber::TableCell;
+
+pub use answer::{Action, Handler, Transport, Worker};
+pub use error::DnsError;
+pub use metrics::Metrics;
+
+/// The DNS server, started in-process.
+pub struct DnsServer;
+
+/// A running server: its bound addresses and a way to stop it.
+pub struct RunningDns {
+    udp_addr: SocketAddr,
+    tcp_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    tcp_open: Arc<AtomicUsize>,
+    handler: Arc<Handler>,
+    cell: Arc<TableCell>,
+}
+
+impl DnsServer {
+    /// Starts the UDP workers, the TCP listener and (when configured) the admin listener
+    /// on the config's `dns` section; answers come from the config's zones and the table
+    /// in `cell`. A listen port of 0 picks a free port, the same for UDP and TCP.
+    pub fn start(config: &LoadedConfig, cell: Arc<TableCell>) -> Result<RunningDns, DnsError> {
+        let c = &config.config;
+        let dns = &c.dns;
+        let zones = snapshot::Zones::from_config(&c.zones)?;
+        let base = config.file.parent().unwrap_or(std::path::Path::new("."));
+        let geo = geo::GeoDb::open(base, &c.geo.databases)?;
+        let metrics = Arc::new(Metrics::default());
+        let rrl = dns.rrl.as_ref().map(|r| rrl::Rrl::new(r.rate, r.slip));
+        let handler = Arc::new(
+            Handler::new(zones, geo, cell.clone(), dns.max_answers, metrics, rrl)
+                .with_axfr(axfr::AxfrAcl(dns.axfr_allow.clone())),
+        );
+        let workers = match dns.udp_workers {
+            Some(0) => {
+                return Err(DnsError::Listen {
+                    addr: dns.listen,
+                    what: "udp",
+                    source: std::io::Error::other("dns.udp_workers must be at least 1"),
+                });
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+
+        let (udp_sockets, tcp_listener) = bind_pair(dns.listen, workers)?;
+        let udp_addr = udp_sockets[0]
+            .local_addr()
+            .map_err(|source| DnsError::Listen {
+                addr: dns.listen,
+                what: "udp",
+                source,
+            })?;
+        let tcp_addr = tcp_listener
+            .local_addr()
+            .map_err(|source| DnsError::Listen {
+                addr: dns.listen,
+                what: "tcp",
+                source,
+            })?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let tcp_open = Arc::new(AtomicUsize::new(0));
+        let mut threads = Vec::new();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(f)
+                .map_err(|source| DnsError::Thread { name, source })
+        };
+        let started = || -> Result<Option<SocketAddr>, DnsError> {
+            for (i, socket) in udp_sockets.into_iter().enumerate() {
+                let (h, s) = (handler.clone(), stop.clone());
+                threads.push(spawn(
+                    format!("dns-udp-{i}"),
+                    Box::new(move || udp::serve(socket, h, s, i as u64 + 1)),
+                )?);
+            }
+            let (h, s, o) = (handler.clone(), stop.clone(), tcp_open.clone());
+            let settings = tcp::TcpSettings {
+                idle_timeout: dns.tcp_idle_timeout,
+                max_connections: dns.tcp_max_connections,
+            };
+            threads.push(spawn(
+                "dns-tcp".into(),
+                Box::new(move || tcp::serve(tcp_listener, h, s, settings, o)),
+            )?);
+            match dns.admin_listen {
+                Some(addr) => {
+                    let listener =
+                        std::net::TcpListener::bind(addr).map_err(|source| DnsError::Listen {
+                            addr,
+                            what: "admin",
+                            source,
+                        })?;
+                    let bound = listener.local_addr().map_err(|source| DnsError::Listen {
+                        addr,
+                        what: "admin",
+                        source,
+                    })?;
+                    let (h, s, c) = (handler.clone(), stop.clone(), cell.clone());
+                    threads.push(spawn(
+                        "dns-admin".into(),
+                        Box::new(move || admin::serve(listener, h, c, s)),
+                    )?);
+                    Ok(Some(bound))
+                }
+                None => Ok(None),
+            }
+        };
+        let admin_addr = match started() {
+            Ok(addr) => addr,
+            Err(err) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = TcpStream::connect(tcp_addr);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(err);
+            }
+        };
+        tracing::info!(%udp_addr, %tcp_addr, workers, "dns: serving");
+        Ok(RunningDns {
+            udp_addr,
+            tcp_addr,
+            admin_addr,
+            stop,
+            threads,
+            tcp_open,
+            handler,
+            cell,
+        })
+    }
+}
+
+/// Binds `workers` UDP sockets and one TCP listener on the same address and port. With
+/// port 0 the kernel's UDP pick may be taken for TCP; then try again with a new pick.
+fn bind_pair(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<std::net::UdpSocket>, std::net::TcpListener), DnsError> {
+    let udp_err = |source| DnsError::Listen {
+        addr,
+        what: "udp",
+        source,
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let first = udp::bind(addr).map_err(udp_err)?;
+        let bound = first.local_addr().map_err(udp_err)?;
+        let tcp = match tcp::bind(bound) {
+            Ok(tcp) => tcp,
+            Err(err) if addr.port() == 0 && attempts < 20 => {
+                tracing::debug!(error = %err, "dns: tcp port taken, picking another");
+                continue;
+            }
+            Err(source) => {
+                return Err(DnsError::Listen {
+                    addr: bound,
+                    what: "tcp",
+                    source,
+                });
+            }
+        };
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(udp::bind(bound).map_err(udp_err)?);
+        }
+        return Ok((sockets, tcp));
+    }
+}
+
+impl RunningDns {
+    /// The UDP address (the same port serves TCP).
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    /// The TCP address.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// The admin listener's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.handler.metrics
+    }
+
+    /// The Prometheus text of the server's metrics.
+    pub fn render_metrics(&self) -> String {
+        admin::render(&self.handler, &self.cell)
+    }
+
+    /// Stops every thread: workers finish the batch in hand, TCP connections close at
+    /// their next poll. Waits at most a few seconds for connections to close.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        if self.stop.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // Wake the blocking accepts.
+        let _ = TcpStream::connect_timeout(&self.tcp_addr, Duration::from_secs(1));
+        if let Some(admin) = self.admin_addr {
+            let _ = TcpStream::connect_timeout(&admin, Duration::from_secs(1));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.tcp_open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RunningDns {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}

@@ -1,6 +1,13 @@
 //! One module per subcommand: argument types and the call into the owning crate.
 
 pub mod check;
+pub mod crds;
+pub mod controller;
+pub mod operator;
+pub mod demo;
+pub mod dns;
+pub mod proxy;
+pub mod up;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# Authoritative DNS side by side: Meridian, Knot and NSD serving the same zone, one worker
+# each, measured one after another in the same run (order reversed in the second round),
+# with dnsperf as the load. The figure that matters is queries per CPU-second of the
+# server (all its threads and child processes, from /proc), since dnsperf shares the
+# machine's cores; see ../../shared/bench-notes/README.md.
+#
+# Variants:
+#   static      a mix of SOA, NS, A, AAAA, two-address A, in-zone CNAME, MX and NXDOMAIN
+#   static+ecs  the same with an ECS option on every query (198.51.100.0/24)
+#   geo+ecs     one name answered by client subnet, ECS on every query
+#               (Knot: mod-geoip in subnet mode; NSD has no geo answers, so it serves the
+#               same name as a plain A record and is marked "static")
+#
+# Usage: bench/dns.sh [SECONDS_PER_RUN (default 10)] [ROUNDS (default 2)]
+# Installs (Debian): knot knot-module-geoip nsd dnsperf knot-dnsutils. Builds Meridian in
+# release mode (dns/examples/serve.rs). Everything listens on 127.0.0.1 only.
+set -euo pipefail
+
+SECS=${1:-10}
+ROUNDS=${2:-2}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/meridian-dnsbench.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need=()
+for pkg in knot knot-module-geoip nsd dnsperf knot-dnsutils; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    # Keep the packaged services from starting on install; we start each server ourselves.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The same server `meridian dns` runs, built on its own (dns/examples/serve.rs), so the
+# benchmark does not wait on every other part of the binary.
+(cd "$ROOT" && cargo build --release -p meridian-dns --example serve)
+MERIDIAN="$ROOT/target/release/examples/serve"
+
+PORT_MERIDIAN=25353
+PORT_KNOT=25354
+PORT_NSD=25355
+
+# --- the zone, in each server's format ---------------------------------------------------
+cat >"$WORK/example.test.zone" <<'EOF'
+$ORIGIN example.test.
+$TTL 300
+@       IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 604800 60
+@       IN NS  ns1.example.test.
+@       IN MX  10 mail.example.test.
+ns1     IN A   127.0.0.53
+mail    IN A   192.0.2.25
+www     IN A   192.0.2.10
+www     IN AAAA 2001:db8::10
+multi   IN A   192.0.2.11
+multi   IN A   192.0.2.12
+alias   IN CNAME www.example.test.
+geo     IN A   127.0.1.2
+EOF
+
+cat >"$WORK/meridian.yaml" <<EOF
+regions:
+  - { name: eu, location: { lat: 50.11, lon: 8.68 } }
+  - { name: us, location: { lat: 38.95, lon: -77.45 } }
+geo:
+  subnets:
+    - { cidr: 192.0.2.0/24, region: eu }
+    - { cidr: 198.51.100.0/24, region: us }
+clusters:
+  - { name: eu1, region: eu, provider: aws, endpoints: ["127.0.1.2:443"] }
+  - { name: us1, region: us, provider: aws, endpoints: ["127.0.3.1:443"] }
+apps:
+  - name: geo
+    hostnames: [geo.example.test]
+    policy: geo
+    failure_mode: fail-open
+    dns_ttl: 300
+    geo_preferences:
+      - { region: us, clusters: [us1] }
+      - { region: eu, clusters: [eu1] }
+    targets: [{ cluster: eu1 }, { cluster: us1 }]
+zones:
+  - name: example.test
+    soa: { mname: ns1.example.test, rname: hostmaster.example.test, minimum: 60, ttl: 300 }
+    ns: [ns1.example.test]
+    records:
+      - { name: "@", type: MX, value: "10 mail.example.test" }
+      - { name: ns1, type: A, value: 127.0.0.53 }
+      - { name: mail, type: A, value: 192.0.2.25 }
+      - { name: www, type: A, value: 192.0.2.10 }
+      - { name: www, type: AAAA, value: "2001:db8::10" }
+      - { name: multi, type: A, value: 192.0.2.11 }
+      - { name: multi, type: A, value: 192.0.2.12 }
+      - { name: alias, type: CNAME, value: www.example.test }
+dns:
+  listen: 127.0.0.1:$PORT_MERIDIAN
+  udp_workers: 1
+  max_answers: 1
+EOF
+
+mkdir -p "$WORK/knot"
+cat >"$WORK/knot/geo.conf" <<'EOF'
+geo.example.test:
+  - net: 198.51.100.0/24
+    A: 127.0.3.1
+  - net: 192.0.2.0/24
+    A: 127.0.1.2
+EOF
+cat >"$WORK/knot/knot.conf" <<EOF
+server:
+    listen: 127.0.0.1@$PORT_KNOT
+    rundir: "$WORK/knot"
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+    edns-client-subnet: on
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "$WORK/knot"
+mod-geoip:
+  - id: geo
+    config-file: "$WORK/knot/geo.conf"
+    ttl: 300
+    mode: subnet
+zone:
+  - domain: example.test
+    file: "$WORK/example.test.zone"
+    module: mod-geoip/geo
+EOF
+
+mkdir -p "$WORK/nsd"
+cat >"$WORK/nsd/nsd.conf" <<EOF
+server:
+    ip-address: 127.0.0.1
+    port: $PORT_NSD
+    server-count: 1
+    username: ""
+    chroot: ""
+    zonesdir: "$WORK"
+    database: ""
+    pidfile: "$WORK/nsd/nsd.pid"
+    xfrdfile: "$WORK/nsd/xfrd.state"
+    zonelistfile: "$WORK/nsd/zone.list"
+    verbosity: 0
+    # Debian's NSD limits responses to 200/s per /24 by default; a benchmark must not.
+    rrl-ratelimit: 0
+remote-control:
+    control-enable: no
+zone:
+    name: example.test
+    zonefile: example.test.zone
+EOF
+
+cat >"$WORK/static.txt" <<'EOF'
+example.test SOA
+example.test NS
+www.example.test A
+www.example.test AAAA
+multi.example.test A
+alias.example.test A
+example.test MX
+nx.example.test A
+EOF
+echo "geo.example.test A" >"$WORK/geo.txt"
+
+# --- measuring -------------------------------------------------------------------------------
+# CPU nanoseconds of a process and all its descendants (threads included), from schedstat.
+cpu_ns() {
+    python3 - "$1" <<'PY'
+import os, sys
+root = int(sys.argv[1])
+children = {}
+for entry in os.listdir('/proc'):
+    if entry.isdigit():
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+        except OSError:
+            pass
+total, todo = 0, [root]
+while todo:
+    pid = todo.pop()
+    todo.extend(children.get(pid, []))
+    try:
+        for task in os.listdir(f'/proc/{pid}/task'):
+            with open(f'/proc/{pid}/task/{task}/schedstat') as f:
+                total += int(f.read().split()[0])
+    except OSError:
+        pass
+print(total)
+PY
+}
+
+wait_ready() { # port
+    for _ in $(seq 100); do
+        if kdig @127.0.0.1 -p "$1" +time=1 +retry=0 www.example.test A 2>/dev/null | grep -q NOERROR; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "server on port $1 did not come up" >&2
+    return 1
+}
+
+start_server() { # name -> sets SERVER_PID, SERVER_PORT
+    case "$1" in
+        meridian)
+            setsid taskset -c 1 "$MERIDIAN" "$WORK/meridian.yaml" >"$WORK/meridian.log" 2>&1 &
+            SERVER_PORT=$PORT_MERIDIAN ;;
+        knot)
+            setsid taskset -c 1 knotd -c "$WORK/knot/knot.conf" >"$WORK/knot.log" 2>&1 &
+            SERVER_PORT=$PORT_KNOT ;;
+        nsd)
+            setsid taskset -c 1 nsd -d -c "$WORK/nsd/nsd.conf" >"$WORK/nsd.log" 2>&1 &
+            SERVER_PORT=$PORT_NSD ;;
+    esac
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_ready "$SERVER_PORT"
+}
+
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+}
+
+# Sanity: every server gives the geo answer (or, for NSD, the static one) before measuring.
+check_geo() {
+    kdig @127.0.0.1 -p "$SERVER_PORT" +short +subnet=198.51.100.0/24 geo.example.test A | head -1
+}
+
+RESULTS="$WORK/results.tsv"
+run_one() { # server variant
+    local server=$1 variant=$2 file ecs=()
+    case "$variant" in
+        static) file="$WORK/static.txt" ;;
+        static+ecs) file="$WORK/static.txt"; ecs=(-E 8:00011800c63364) ;;
+        geo+ecs) file="$WORK/geo.txt"; ecs=(-E 8:00011800c63364) ;;
+    esac
+    start_server "$server"
+    local answer
+    answer=$(check_geo)
+    # Warm up, then measure.
+    taskset -c 0 dnsperf -s 127.0.0.1 -p "$SERVER_PORT" -d "$file" -l 1 -c 20 -T 1 -q 200 -t 2 "${ecs[@]}" >/dev/null 2>&1 || true
+    local before after out
+    before=$(cpu_ns "$SERVER_PID")
+    out=$(taskset -c 0 dnsperf -s 127.0.0.1 -p "$SERVER_PORT" -d "$file" -l "$SECS" -c 20 -T 1 -q 200 -t 2 "${ecs[@]}" 2>&1)
+    after=$(cpu_ns "$SERVER_PID")
+    stop_server
+    local completed lost qps latency
+    completed=$(echo "$out" | awk '/Queries completed:/ {print $3}')
+    lost=$(echo "$out" | awk '/Queries lost:/ {print $3}')
+    qps=$(echo "$out" | awk '/Queries per second:/ {print $4}')
+    latency=$(echo "$out" | awk '/Average Latency/ {print $4}')
+    python3 - "$server" "$variant" "$completed" "$lost" "$qps" "$latency" "$before" "$after" "$answer" >>"$RESULTS" <<'PY'
+import sys
+server, variant, done, lost, qps, lat, before, after, answer = sys.argv[1:]
+cpu = (int(after) - int(before)) / 1e9
+per_cpu = int(done) / cpu if cpu > 0 else 0
+print(f"{server}\t{variant}\t{int(done)}\t{lost}\t{float(qps):.0f}\t{cpu:.2f}\t{per_cpu:.0f}\t{float(lat)*1e6:.0f}\t{answer}")
+PY
+}
+
+servers=(meridian knot nsd)
+variants=(static static+ecs geo+ecs)
+for round in $(seq "$ROUNDS"); do
+    order=("${servers[@]}")
+    if [ $((round % 2)) -eq 0 ]; then order=(nsd knot meridian); fi
+    for variant in "${variants[@]}"; do
+        for server in "${order[@]}"; do
+            echo "round $round: $server $variant" >&2
+            run_one "$server" "$variant"
+        done
+    done
+done
+
+echo
+echo "queries per CPU-second of the server (median over $ROUNDS rounds), ${SECS}s runs, dnsperf -c 20 -T 1 -q 200"
+python3 - "$RESULTS" <<'PY'
+import sys, statistics
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])]
+by = {}
+for r in rows:
+    by.setdefault((r[1], r[0]), []).append(r)
+variants = ["static", "static+ecs", "geo+ecs"]
+servers = ["meridian", "knot", "nsd"]
+print(f"{'variant':<11} {'server':<9} {'q/CPU-s':>9} {'q/s':>8} {'CPU s':>6} {'lat µs':>7} {'lost':>5}  geo answer (198.51.100.0/24)")
+for v in variants:
+    knot = None
+    for s in servers:
+        rs = by.get((v, s), [])
+        if not rs:
+            continue
+        per_cpu = statistics.median(float(r[6]) for r in rs)
+        if s == "knot":
+            knot = per_cpu
+        qps = statistics.median(float(r[4]) for r in rs)
+        cpu = statistics.median(float(r[5]) for r in rs)
+        lat = statistics.median(float(r[7]) for r in rs)
+        lost = sum(int(r[3]) for r in rs)
+        note = "" if not (s == "nsd" and v == "geo+ecs") else " (static: NSD has no geo)"
+        print(f"{v:<11} {s:<9} {per_cpu:>9.0f} {qps:>8.0f} {cpu:>6.2f} {lat:>7.0f} {lost:>5}  {rs[0][8]}{note}")
+    m = [float(r[6]) for r in by.get((v, "meridian"), [])]
+    if knot and m:
+        print(f"{'':<11} meridian / knot = {statistics.median(m) / knot:.2f}")
+PY

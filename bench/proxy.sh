@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Side-by-side proxy benchmark: Meridian, nginx and HAProxy as reverse proxies in front of
+# one local nginx upstream, each proxy on one worker, in one run (see
+# /work/shared/bench-notes/README.md for the method).
+#
+#   bench/proxy.sh                     # 2 rounds, wrk 15 s and h2load 10 s per proxy
+#   ROUNDS=1 DURATION=5 bench/proxy.sh # a quick look
+#   MERIDIAN_BIN=path bench/proxy.sh   # skip the release build
+#   BENCH_EXAMPLE=1 bench/proxy.sh      # build only the proxy crate (its `edge` example,
+#                                       # the same Proxy::start as `meridian proxy`)
+#   MERIDIAN_EDGE=path bench/proxy.sh   # an `edge` example built before
+#
+# Reports, per proxy: requests per CPU-second of the proxy process (utime+stime from /proc,
+# all threads and children), requests/s, p50/p99 latency (wrk), RSS after the run; then
+# the idle memory of 10,000 open client connections, Meridian against nginx.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-15}
+H2_DURATION=${H2_DURATION:-10}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+W=/tmp/meridian-bench
+rm -rf "$W" && mkdir -p "$W"
+CLK_TCK=$(getconf CLK_TCK)
+
+need=()
+for tool in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
+if ((${#need[@]})); then
+  # Keep the packaged services from starting: each peer is started here on its own port.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+MERIDIAN_CFG=$ROOT/bench/proxy-meridian.yaml
+if [[ -n "${MERIDIAN_BIN:-}" ]]; then
+  MERIDIAN_CMD=("$MERIDIAN_BIN" proxy -c "$MERIDIAN_CFG" --workers 1)
+elif [[ -n "${MERIDIAN_EDGE:-}" ]]; then
+  MERIDIAN_CMD=("$MERIDIAN_EDGE" "$MERIDIAN_CFG" 1)
+elif [[ -n "${BENCH_EXAMPLE:-}" ]]; then
+  cargo build --release -p meridian-dataplane --example edge
+  MERIDIAN_CMD=("$ROOT/target/release/examples/edge" "$MERIDIAN_CFG" 1)
+else
+  cargo build --release -p meridian
+  MERIDIAN_CMD=("$ROOT/target/release/meridian" proxy -c "$MERIDIAN_CFG" --workers 1)
+fi
+
+# As many open files as allowed: the idle-connection test holds thousands.
+ulimit -n "$(ulimit -Hn)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 did not open" >&2
+  return 1
+}
+
+# Upstream and load generators on CPU 0, the proxy under test on CPU 1.
+taskset -c 0 nginx -c "$ROOT/bench/proxy-upstream-nginx.conf" -e "$W/upstream-error.log" &
+PIDS+=($!)
+taskset -c 1 nginx -c "$ROOT/bench/proxy-nginx.conf" -e "$W/nginx-proxy-error.log" &
+NGINX=$!
+PIDS+=($NGINX)
+taskset -c 1 haproxy -f "$ROOT/bench/proxy-haproxy.cfg" -db &
+HAPROXY=$!
+PIDS+=($HAPROXY)
+RUST_LOG=warn taskset -c 1 "${MERIDIAN_CMD[@]}" &
+MERIDIAN=$!
+PIDS+=($MERIDIAN)
+for port in 19000 19001 19011 19002 19012 19003; do wait_port $port; done
+
+declare -A PID=([nginx]=$NGINX [haproxy]=$HAPROXY [meridian]=$MERIDIAN)
+declare -A H1=([nginx]=19001 [haproxy]=19002 [meridian]=19003)
+declare -A H2=([nginx]=19011 [haproxy]=19012 [meridian]=19003)
+
+# A process and its children (nginx's worker).
+family() { echo "$1" $(pgrep -P "$1" || true); }
+ticks() {
+  local sum=0 p stat
+  for p in $(family "$1"); do
+    # utime and stime are fields 14 and 15; counted after the ")" that ends the name.
+    stat=$(sed 's/^.*) //' "/proc/$p/stat")
+    read -r -a g <<<"$stat"
+    sum=$((sum + g[11] + g[12]))
+  done
+  echo $sum
+}
+rss_kb() {
+  local sum=0
+  for p in $(family "$1"); do
+    sum=$((sum + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
+  done
+  echo $sum
+}
+
+RESULTS=$W/results.tsv
+: >"$RESULTS"
+run_h1() {
+  local name=$1 port=${H1[$1]} pid=${PID[$1]}
+  taskset -c 0 wrk -t2 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null
+  local t0 t1 out
+  t0=$(ticks "$pid")
+  out=$(taskset -c 0 wrk -t2 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
+  t1=$(ticks "$pid")
+  local reqs rps p50 p99 errors
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  local cpu per_cpu
+  cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", (b - a) / hz}')
+  per_cpu=$(awk -v r="$reqs" -v c="$cpu" 'BEGIN {printf "%.0f", (c > 0 ? r / c : 0)}')
+  printf '%s\th1\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$per_cpu" "$rps" "$cpu" "$p50" "$p99" "$(rss_kb "$pid")" "$reqs" "$errors" >>"$RESULTS"
+}
+run_h2() {
+  local name=$1 port=${H2[$1]} pid=${PID[$1]}
+  taskset -c 0 h2load -t2 -c64 -m1 -D 2 "http://127.0.0.1:$port/" >/dev/null
+  local t0 t1 out
+  t0=$(ticks "$pid")
+  out=$(taskset -c 0 h2load -t2 -c64 -m1 -D "$H2_DURATION" "http://127.0.0.1:$port/")
+  t1=$(ticks "$pid")
+  local done rps failed
+  done=$(awk '/^requests:/ {print $8}' <<<"$out")
+  failed=$(awk '/^requests:/ {print $10}' <<<"$out")
+  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  local cpu per_cpu
+  cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", (b - a) / hz}')
+  per_cpu=$(awk -v r="$done" -v c="$cpu" 'BEGIN {printf "%.0f", (c > 0 ? r / c : 0)}')
+  printf '%s\th2c\t%s\t%s\t%s\t-\t-\t%s\t%s\t%s\n' "$name" "$per_cpu" "$rps" "$cpu" "$(rss_kb "$pid")" "$done" "failed=$failed" >>"$RESULTS"
+}
+
+order=(nginx haproxy meridian)
+for round in $(seq "$ROUNDS"); do
+  if ((round % 2 == 0)); then order=(meridian haproxy nginx); else order=(nginx haproxy meridian); fi
+  for name in "${order[@]}"; do
+    echo "round $round: $name h1" >&2
+    run_h1 "$name"
+  done
+  for name in "${order[@]}"; do
+    echo "round $round: $name h2c" >&2
+    run_h2 "$name"
+  done
+done
+
+# Idle memory: open IDLE_CONNS client connections and hold them, for Meridian and nginx.
+idle() {
+  local name=$1 port=${H1[$1]} pid=${PID[$1]}
+  local before after
+  before=$(rss_kb "$pid")
+  python3 - "$port" "$IDLE_CONNS" "$W/idle-$name" <<'PY' &
+import socket, sys, time
+port, n, flag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+open(flag, "w").close()
+time.sleep(4)
+PY
+  local py=$!
+  for _ in $(seq 300); do [[ -e $W/idle-$name ]] && break; sleep 0.1; done
+  sleep 1
+  after=$(rss_kb "$pid")
+  wait "$py" || true
+  printf '%s\t%s\t%s\t%s\n' "$name" "$before" "$after" "$((after - before))" >>"$W/idle.tsv"
+}
+: >"$W/idle.tsv"
+idle nginx
+idle meridian
+
+echo
+echo "| proxy | proto | req/CPU-s | req/s | proxy CPU s | p50 | p99 | RSS KiB | requests | errors |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+sort -k2,2 -k1,1 "$RESULTS" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
+echo
+echo "Mean req/CPU-s over rounds and ratio to nginx:"
+awk -F'\t' '{s[$1" "$2]+=$3; n[$1" "$2]++} END {
+  for (k in s) m[k] = s[k] / n[k];
+  for (k in m) { split(k, p, " "); printf "  %-9s %-4s %8.0f  (%.2fx nginx)\n", p[1], p[2], m[k], m[k] / m["nginx " p[2]] }
+}' "$RESULTS" | sort -k2,2 -k1,1
+echo
+echo "| proxy | RSS before KiB | RSS with $IDLE_CONNS idle connections KiB | per 10k connections KiB |"
+echo "|---|---|---|---|"
+awk -F'\t' -v n="$IDLE_CONNS" '{printf "| %s | %s | %s | %.0f |\n", $1, $2, $3, $4 * 10000 / n}' "$W/idle.tsv"

@@ -1,0 +1,533 @@
+//! Compute: (config, overrides, verdicts, traffic stats, now) → routing table data.
+//!
+//! A pure function: no I/O, no clock; the same inputs give the same table. Ramps (drain and
+//! slow start) are quantised to [`RAMP_STEPS`] steps so that a ramp yields a bounded number
+//! of table versions instead of one per tick.
+
+use std::collections::{BTreeMap, HashMap};
+
+use meridian_config::Config;
+use meridian_routing::{Health, RoutingTable, RttSample, TableData};
+use serde::{Deserialize, Serialize};
+
+/// Ramps move in steps of 1/RAMP_STEPS.
+pub const RAMP_STEPS: f64 = 20.0;
+
+/// The key of a target in override maps: `app/cluster` (names never contain `/`).
+pub fn target_key(app: &str, cluster: &str) -> String {
+    format!("{app}/{cluster}")
+}
+
+/// What a drain or undrain applies to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Scope {
+    /// Every target in a cluster.
+    Cluster {
+        /// The cluster.
+        cluster: String,
+    },
+    /// One app in one cluster.
+    Target {
+        /// The app.
+        app: String,
+        /// The cluster.
+        cluster: String,
+    },
+}
+
+impl Scope {
+    /// The key in override maps: `cluster:NAME` or `target:APP/CLUSTER`.
+    pub fn key(&self) -> String {
+        match self {
+            Scope::Cluster { cluster } => format!("cluster:{cluster}"),
+            Scope::Target { app, cluster } => format!("target:{}", target_key(app, cluster)),
+        }
+    }
+}
+
+/// Operator overrides: what the API changed on top of the config. Durable.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// Weight per target (`app/cluster`), replacing the configured weight.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+    /// Active drains by scope key, with when each began (ms since the Unix epoch).
+    #[serde(default)]
+    pub drains: BTreeMap<String, u64>,
+    /// Recent undrains by scope key, with when each happened: the start of a slow start.
+    #[serde(default)]
+    pub undrains: BTreeMap<String, u64>,
+}
+
+/// What compute needs of a target's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthInput {
+    /// Whether the verdict lets it serve.
+    pub healthy: bool,
+    /// When it last recovered (became healthy after being unhealthy), if ever.
+    pub recovered_at_ms: Option<u64>,
+}
+
+impl Default for HealthInput {
+    fn default() -> Self {
+        Self {
+            healthy: true,
+            recovered_at_ms: None,
+        }
+    }
+}
+
+/// Traffic statistics: measured round-trip times from client regions to clusters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrafficStats {
+    /// Round-trip time per (region, cluster), milliseconds.
+    pub rtt_ms: BTreeMap<(String, String), f64>,
+}
+
+fn quantise(progress: f64) -> f64 {
+    ((progress.clamp(0.0, 1.0) * RAMP_STEPS).floor() / RAMP_STEPS).clamp(0.0, 1.0)
+}
+
+fn ramp(now_ms: u64, start_ms: u64, period_ms: u64) -> f64 {
+    if period_ms == 0 {
+        return 1.0;
+    }
+    now_ms.saturating_sub(start_ms) as f64 / period_ms as f64
+}
+
+/// The verdicts that differ from "healthy and never recovered", by app and then cluster;
+/// a target that is absent is healthy. Kept sparse so compute touches only what differs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VerdictInputs(HashMap<String, HashMap<String, HealthInput>>);
+
+impl VerdictInputs {
+    /// Sets a target's input.
+    pub fn insert(&mut self, app: &str, cluster: &str, input: HealthInput) {
+        self.0
+            .entry(app.to_string())
+            .or_default()
+            .insert(cluster.to_string(), input);
+    }
+
+    /// A target's input.
+    pub fn get(&self, app: &str, cluster: &str) -> HealthInput {
+        self.0
+            .get(app)
+            .and_then(|m| m.get(cluster))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Per-app overrides of targets, by cluster.
+#[derive(Default)]
+struct AppOverrides<'a> {
+    weights: HashMap<&'a str, u32>,
+    drains: HashMap<&'a str, u64>,
+    undrains: HashMap<&'a str, u64>,
+}
+
+/// Overrides parsed for lookup by app, then cluster, without allocating per target: most
+/// apps have none, and cost one lookup each.
+struct Lookup<'a> {
+    apps: HashMap<&'a str, AppOverrides<'a>>,
+    /// Per cluster: (drain start, undrain time).
+    clusters: HashMap<&'a str, (Option<u64>, Option<u64>)>,
+}
+
+impl<'a> Lookup<'a> {
+    fn new(o: &'a Overrides) -> Self {
+        let mut apps: HashMap<&str, AppOverrides<'_>> = HashMap::new();
+        let mut clusters: HashMap<&str, (Option<u64>, Option<u64>)> = HashMap::new();
+        for (key, w) in &o.weights {
+            if let Some((app, cluster)) = key.split_once('/') {
+                apps.entry(app).or_default().weights.insert(cluster, *w);
+            }
+        }
+        for (drain, map) in [(true, &o.drains), (false, &o.undrains)] {
+            for (key, at) in map {
+                if let Some(cluster) = key.strip_prefix("cluster:") {
+                    let entry = clusters.entry(cluster).or_default();
+                    if drain {
+                        entry.0 = Some(*at);
+                    } else {
+                        entry.1 = Some(*at);
+                    }
+                } else if let Some((app, cluster)) =
+                    key.strip_prefix("target:").and_then(|t| t.split_once('/'))
+                {
+                    let entry = apps.entry(app).or_default();
+                    let target = if drain {
+                        &mut entry.drains
+                    } else {
+                        &mut entry.undrains
+                    };
+                    target.insert(cluster, *at);
+                }
+            }
+        }
+        Self { apps, clusters }
+    }
+}
+
+/// The health a target gets: the verdict first (an unhealthy target never serves), then a
+/// drain (ramping down over the app's drain period), then a slow start after a recovery or
+/// an undrain (ramping up over the app's slow start), else healthy.
+fn target_health(
+    target: (Option<u64>, Option<u64>),
+    cluster: (Option<u64>, Option<u64>),
+    periods: (u64, u64),
+    verdict: HealthInput,
+    now_ms: u64,
+) -> Health {
+    let (drain_ms, slow_start_ms) = periods;
+    if !verdict.healthy {
+        return Health::Unhealthy;
+    }
+    let drain_start = [target.0, cluster.0].into_iter().flatten().min();
+    if let Some(start) = drain_start {
+        return Health::Draining {
+            progress: quantise(ramp(now_ms, start, drain_ms)),
+        };
+    }
+    let ramp_start = [target.1, cluster.1, verdict.recovered_at_ms]
+        .into_iter()
+        .flatten()
+        .max();
+    if let Some(start) = ramp_start {
+        let progress = ramp(now_ms, start, slow_start_ms);
+        if progress < 1.0 {
+            return Health::SlowStart {
+                progress: quantise(progress),
+            };
+        }
+    }
+    Health::Healthy
+}
+
+/// Computes the table data for `now_ms`. Its version is a placeholder (1); [`next_table`]
+/// numbers it.
+pub fn compute(
+    config: &Config,
+    overrides: &Overrides,
+    verdicts: &VerdictInputs,
+    stats: &TrafficStats,
+    now_ms: u64,
+) -> TableData {
+    let lookup = Lookup::new(overrides);
+    let none = AppOverrides::default();
+    let no_verdicts = HashMap::new();
+    let mut data = config.base_table(1, now_ms);
+    for (app, app_config) in data.apps.iter_mut().zip(&config.apps) {
+        let periods = (
+            app_config.drain_period.as_millis() as u64,
+            app_config.slow_start.as_millis() as u64,
+        );
+        let app_overrides = lookup.apps.get(app.name.as_str()).unwrap_or(&none);
+        let app_verdicts = verdicts.0.get(&app.name).unwrap_or(&no_verdicts);
+        let plain = lookup.clusters.is_empty()
+            && app_verdicts.is_empty()
+            && std::ptr::eq(app_overrides, &none);
+        if plain {
+            // Healthy at configured weights, as the base table already says.
+            continue;
+        }
+        for target in &mut app.targets {
+            let cluster = target.cluster.as_str();
+            if let Some(weight) = app_overrides.weights.get(cluster) {
+                target.weight = *weight;
+            }
+            let own = (
+                app_overrides.drains.get(cluster).copied(),
+                app_overrides.undrains.get(cluster).copied(),
+            );
+            let whole = lookup.clusters.get(cluster).copied().unwrap_or_default();
+            let verdict = app_verdicts.get(cluster).copied().unwrap_or_default();
+            target.health = target_health(own, whole, periods, verdict, now_ms);
+        }
+    }
+    data.rtt = stats
+        .rtt_ms
+        .iter()
+        .filter(|((region, cluster), _)| {
+            data.regions.iter().any(|r| &r.name == region)
+                && data.clusters.iter().any(|c| &c.name == cluster)
+        })
+        .map(|((region, cluster), rtt)| RttSample {
+            region: region.clone(),
+            cluster: cluster.clone(),
+            rtt_ms: *rtt,
+        })
+        .collect();
+    data
+}
+
+/// True when two tables route alike: equal but for version and generation time.
+pub fn same_routing(a: &TableData, b: &TableData) -> bool {
+    a.regions == b.regions
+        && a.clusters == b.clusters
+        && a.apps == b.apps
+        && a.geo == b.geo
+        && a.rtt == b.rtt
+}
+
+/// The next table: `None` when `data` routes as `prev` does; otherwise `data` numbered one
+/// above `prev`, validated.
+pub fn next_table(
+    prev: Option<&RoutingTable>,
+    mut data: TableData,
+) -> Result<Option<RoutingTable>, meridian_routing::TableError> {
+    if let Some(prev) = prev {
+        if same_routing(prev.data(), &data) {
+            return Ok(None);
+        }
+        data.version = prev.version() + 1;
+    } else {
+        data.version = 1;
+    }
+    RoutingTable::new(data).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+regions:
+  - { name: eu, location: { lat: 50.0, lon: 8.0 } }
+  - { name: us, location: { lat: 39.0, lon: -77.0 } }
+clusters:
+  - { name: c1, region: eu, provider: aws, endpoints: ["127.0.0.1:1"] }
+  - { name: c2, region: us, provider: gcp, endpoints: ["127.0.0.1:2"] }
+apps:
+  - name: shop
+    hostnames: [shop.test]
+    failure_mode: fail-open
+    drain_period: 10s
+    slow_start: 20s
+    targets:
+      - { cluster: c1, weight: 100 }
+      - { cluster: c2, weight: 50 }
+"#;
+
+    fn config() -> Config {
+        meridian_config::parse(CONFIG, std::path::Path::new("test.yaml"))
+            .unwrap()
+            .config
+    }
+
+    fn healths(data: &TableData) -> Vec<(String, u32, Health)> {
+        data.apps[0]
+            .targets
+            .iter()
+            .map(|t| (t.cluster.clone(), t.weight, t.health))
+            .collect()
+    }
+
+    fn from_map(map: &BTreeMap<String, HealthInput>) -> VerdictInputs {
+        let mut inputs = VerdictInputs::default();
+        for (key, input) in map {
+            let (app, cluster) = key.split_once('/').unwrap();
+            inputs.insert(app, cluster, *input);
+        }
+        inputs
+    }
+
+    fn down(key: &str) -> BTreeMap<String, HealthInput> {
+        [(
+            key.to_string(),
+            HealthInput {
+                healthy: false,
+                recovered_at_ms: None,
+            },
+        )]
+        .into()
+    }
+
+    #[test]
+    fn table_of_cases() {
+        let cfg = config();
+        let t0 = 1_000_000;
+        let drained = |key: &str, at| Overrides {
+            drains: [(key.to_string(), at)].into(),
+            ..Default::default()
+        };
+        let undrained = |key: &str, at| Overrides {
+            undrains: [(key.to_string(), at)].into(),
+            ..Default::default()
+        };
+        let recovered = |at| -> BTreeMap<String, HealthInput> {
+            [(
+                "shop/c1".to_string(),
+                HealthInput {
+                    healthy: true,
+                    recovered_at_ms: Some(at),
+                },
+            )]
+            .into()
+        };
+        use Health::*;
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &str,
+            Overrides,
+            BTreeMap<String, HealthInput>,
+            u64,
+            Vec<(&str, u32, Health)>,
+        )> = vec![
+            (
+                "config as is",
+                Overrides::default(),
+                BTreeMap::new(),
+                t0,
+                vec![("c1", 100, Healthy), ("c2", 50, Healthy)],
+            ),
+            (
+                "weight override",
+                Overrides {
+                    weights: [("shop/c2".into(), 7)].into(),
+                    ..Default::default()
+                },
+                BTreeMap::new(),
+                t0,
+                vec![("c1", 100, Healthy), ("c2", 7, Healthy)],
+            ),
+            (
+                "unhealthy verdict",
+                Overrides::default(),
+                down("shop/c1"),
+                t0,
+                vec![("c1", 100, Unhealthy), ("c2", 50, Healthy)],
+            ),
+            (
+                "drain start",
+                drained("cluster:c1", t0),
+                BTreeMap::new(),
+                t0,
+                vec![("c1", 100, Draining { progress: 0.0 }), ("c2", 50, Healthy)],
+            ),
+            (
+                "drain half way (10 s period)",
+                drained("cluster:c1", t0),
+                BTreeMap::new(),
+                t0 + 5_000,
+                vec![("c1", 100, Draining { progress: 0.5 }), ("c2", 50, Healthy)],
+            ),
+            (
+                "drain quantised",
+                drained("target:shop/c2", t0),
+                BTreeMap::new(),
+                t0 + 5_499,
+                vec![("c1", 100, Healthy), ("c2", 50, Draining { progress: 0.5 })],
+            ),
+            (
+                "drain done",
+                drained("cluster:c1", t0),
+                BTreeMap::new(),
+                t0 + 60_000,
+                vec![("c1", 100, Draining { progress: 1.0 }), ("c2", 50, Healthy)],
+            ),
+            (
+                "unhealthy wins over drain",
+                drained("cluster:c1", t0),
+                down("shop/c1"),
+                t0 + 1000,
+                vec![("c1", 100, Unhealthy), ("c2", 50, Healthy)],
+            ),
+            (
+                "undrain slow start (20 s)",
+                undrained("cluster:c1", t0),
+                BTreeMap::new(),
+                t0 + 5_000,
+                vec![
+                    ("c1", 100, SlowStart { progress: 0.25 }),
+                    ("c2", 50, Healthy),
+                ],
+            ),
+            (
+                "slow start done",
+                undrained("cluster:c1", t0),
+                BTreeMap::new(),
+                t0 + 20_000,
+                vec![("c1", 100, Healthy), ("c2", 50, Healthy)],
+            ),
+            (
+                "recovery slow start",
+                Overrides::default(),
+                recovered(t0),
+                t0 + 10_000,
+                vec![
+                    ("c1", 100, SlowStart { progress: 0.5 }),
+                    ("c2", 50, Healthy),
+                ],
+            ),
+        ];
+        for (name, overrides, verdicts, now, want) in cases {
+            let data = compute(
+                &cfg,
+                &overrides,
+                &from_map(&verdicts),
+                &TrafficStats::default(),
+                now,
+            );
+            let want: Vec<_> = want
+                .into_iter()
+                .map(|(c, w, h)| (c.to_string(), w, h))
+                .collect();
+            assert_eq!(healths(&data), want, "case: {name}");
+            assert_eq!(data.generated_at_ms, now, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn new_version_only_on_change() {
+        let cfg = config();
+        let none = BTreeMap::new();
+        let stats = TrafficStats::default();
+        let first = next_table(
+            None,
+            compute(&cfg, &Overrides::default(), &from_map(&none), &stats, 1),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(first.version(), 1);
+        // Only the time moved: no new version.
+        let same = compute(&cfg, &Overrides::default(), &from_map(&none), &stats, 5_000);
+        assert!(next_table(Some(&first), same).unwrap().is_none());
+        let changed = compute(
+            &cfg,
+            &Overrides::default(),
+            &from_map(&down("shop/c2")),
+            &stats,
+            6_000,
+        );
+        let second = next_table(Some(&first), changed).unwrap().unwrap();
+        assert_eq!(second.version(), 2);
+        assert_eq!(second.data().generated_at_ms, 6_000);
+    }
+
+    #[test]
+    fn rtt_samples_of_known_regions_and_clusters_only() {
+        let cfg = config();
+        let stats = TrafficStats {
+            rtt_ms: [
+                (("eu".into(), "c1".into()), 4.0),
+                (("mars".into(), "c1".into()), 9.0),
+                (("us".into(), "c9".into()), 9.0),
+            ]
+            .into(),
+        };
+        let data = compute(
+            &cfg,
+            &Overrides::default(),
+            &VerdictInputs::default(),
+            &stats,
+            1,
+        );
+        assert_eq!(data.rtt.len(), 1);
+        assert_eq!(data.rtt[0].rtt_ms, 4.0);
+        RoutingTable::new(data).unwrap();
+    }
+}

@@ -1,0 +1,130 @@
+//! The controller's Prometheus metrics, in its own registry (no global state, so several
+//! controllers can run in one process, as tests and `meridian up` do).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the controller exports.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Probe results per target, vantage and result (`ok`, `fail`).
+    pub probe_results: IntCounterVec,
+    /// Probe latency per target and vantage, seconds.
+    pub probe_latency: HistogramVec,
+    /// Verdict changes per target and new state.
+    pub verdict_changes: IntCounterVec,
+    /// Current verdict per target (1 healthy, 0 not).
+    pub verdict_healthy: IntGaugeVec,
+    /// The version of the table being published.
+    pub table_version: IntGauge,
+    /// Time to compute a table, seconds.
+    pub compute_seconds: Histogram,
+    /// Size of the encoded table, bytes.
+    pub table_bytes: IntGauge,
+    /// Watch streams open.
+    pub subscribers_connected: IntGauge,
+    /// The version last sent to each subscriber.
+    pub subscriber_version: IntGaugeVec,
+    /// API requests per route and status.
+    pub api_requests: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Self {
+            probe_results: IntCounterVec::new(
+                Opts::new(
+                    "meridian_probe_results_total",
+                    "Probe rounds by target, vantage and result",
+                ),
+                &["app", "cluster", "vantage", "result"],
+            )?,
+            probe_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "meridian_probe_latency_seconds",
+                    "Latency of passing probe rounds",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+                &["app", "cluster", "vantage"],
+            )?,
+            verdict_changes: IntCounterVec::new(
+                Opts::new(
+                    "meridian_verdict_changes_total",
+                    "Verdict changes by target and new state",
+                ),
+                &["app", "cluster", "state"],
+            )?,
+            verdict_healthy: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_verdict_healthy",
+                    "Current verdict: 1 healthy, 0 unhealthy",
+                ),
+                &["app", "cluster"],
+            )?,
+            table_version: IntGauge::new(
+                "meridian_table_version",
+                "Version of the published routing table",
+            )?,
+            compute_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "meridian_table_compute_seconds",
+                    "Time to compute a routing table",
+                )
+                .buckets(vec![
+                    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+                ]),
+            )?,
+            table_bytes: IntGauge::new(
+                "meridian_table_encoded_bytes",
+                "Size of the encoded routing table",
+            )?,
+            subscribers_connected: IntGauge::new(
+                "meridian_subscribers_connected",
+                "Watch streams open",
+            )?,
+            subscriber_version: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_subscriber_table_version",
+                    "Table version last sent to each subscriber",
+                ),
+                &["subscriber"],
+            )?,
+            api_requests: IntCounterVec::new(
+                Opts::new(
+                    "meridian_api_requests_total",
+                    "API requests by route and status",
+                ),
+                &["route", "status"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.probe_results.clone()))?;
+        m.registry.register(Box::new(m.probe_latency.clone()))?;
+        m.registry.register(Box::new(m.verdict_changes.clone()))?;
+        m.registry.register(Box::new(m.verdict_healthy.clone()))?;
+        m.registry.register(Box::new(m.table_version.clone()))?;
+        m.registry.register(Box::new(m.compute_seconds.clone()))?;
+        m.registry.register(Box::new(m.table_bytes.clone()))?;
+        m.registry
+            .register(Box::new(m.subscribers_connected.clone()))?;
+        m.registry
+            .register(Box::new(m.subscriber_version.clone()))?;
+        m.registry.register(Box::new(m.api_requests.clone()))?;
+        Ok(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding gathered families into memory cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,432 @@
+//! Verdicts: the quorum of vantage observations for each target, with flap damping.
+//!
+//! Pure state transitions: the caller brings the time. A target changes state only when a
+//! quorum of the vantages that reported recently agree: a strict majority of them, and at
+//! least two whenever two or more vantages probe the target, so one vantage that loses its
+//! network never moves traffic. A target that keeps changing state is held down: once it
+//! has changed `flap_threshold` times within `flap_window`, a recovery waits `hold_down`,
+//! doubled for each further change, up to `hold_down_max`. Failing is never delayed.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use meridian_subscriber::probe::Observation;
+use serde::{Deserialize, Serialize};
+
+/// The tunables of quorum and flap damping, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerdictOptions {
+    /// A vantage's vote counts for this long after its observation.
+    pub vantage_ttl_ms: u64,
+    /// Window of flap counting.
+    pub flap_window_ms: u64,
+    /// Changes within the window from which recoveries are held down.
+    pub flap_threshold: u32,
+    /// First hold-down.
+    pub hold_down_ms: u64,
+    /// Longest hold-down.
+    pub hold_down_max_ms: u64,
+}
+
+impl VerdictOptions {
+    /// The options of a config's controller section.
+    pub fn from_config(c: &meridian_config::controller::ControllerConfig) -> Self {
+        Self {
+            vantage_ttl_ms: c.vantage_ttl.as_millis() as u64,
+            flap_window_ms: c.flap_window.as_millis() as u64,
+            flap_threshold: c.flap_threshold,
+            hold_down_ms: c.hold_down.as_millis() as u64,
+            hold_down_max_ms: c.hold_down_max.as_millis() as u64,
+        }
+    }
+}
+
+/// One vantage's latest vote on one target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Vote {
+    /// The vantage.
+    pub vantage: String,
+    /// Healthy by the vantage's rise/fall.
+    pub healthy: bool,
+    /// Whether its latest check passed.
+    pub last_ok: bool,
+    /// Best latency of its latest round, seconds.
+    pub latency_seconds: f64,
+    /// What it saw.
+    pub detail: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// The verdict on one target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Whether the target may serve.
+    pub healthy: bool,
+    /// When the verdict last changed (0: never, the initial state).
+    pub changed_at_ms: u64,
+    /// While set and in the future, a recovery is being held down until then.
+    pub held_until_ms: Option<u64>,
+    /// Times of recent changes, for flap damping.
+    changes: VecDeque<u64>,
+}
+
+impl Default for Verdict {
+    fn default() -> Self {
+        Self {
+            healthy: true,
+            changed_at_ms: 0,
+            held_until_ms: None,
+            changes: VecDeque::new(),
+        }
+    }
+}
+
+/// A verdict change, as the failover history records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Change {
+    /// The app.
+    pub app: String,
+    /// The cluster.
+    pub cluster: String,
+    /// The new verdict.
+    pub healthy: bool,
+    /// When.
+    pub at_ms: u64,
+    /// Why, in words.
+    pub cause: String,
+    /// The votes that counted.
+    pub votes: Vec<Vote>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct TargetState {
+    votes: BTreeMap<String, Vote>,
+    verdict: Verdict,
+}
+
+/// Every target's votes and verdict. Keys are `(app, cluster)`.
+#[derive(Clone, Debug, Default)]
+pub struct Verdicts {
+    /// app → cluster → state: nested so lookups by `&str` need no allocation.
+    targets: BTreeMap<String, BTreeMap<String, TargetState>>,
+    /// A vantage counted as known even before its first vote: the controller's own, so a
+    /// subscriber reporting before the controller's first probe round is not alone.
+    own: Option<String>,
+}
+
+/// Votes older than this many TTLs are forgotten: the vantage is gone, and must not keep
+/// raising the quorum.
+const FORGET_AFTER_TTLS: u64 = 10;
+
+impl Verdicts {
+    /// Verdicts for these targets, all healthy.
+    pub fn new<'a>(targets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut map: BTreeMap<String, BTreeMap<String, TargetState>> = BTreeMap::new();
+        for (a, c) in targets {
+            map.entry(a.to_string())
+                .or_default()
+                .insert(c.to_string(), TargetState::default());
+        }
+        Self {
+            targets: map,
+            own: None,
+        }
+    }
+
+    /// Counts `vantage` as known from the start (see [`Verdicts`]).
+    pub fn with_own_vantage(mut self, vantage: &str) -> Self {
+        self.own = Some(vantage.to_string());
+        self
+    }
+
+    /// Starts a target unhealthy (after a restart, as the last published table had it), so
+    /// a restart never sends traffic to a target before probes confirm it.
+    pub fn seed_unhealthy(&mut self, app: &str, cluster: &str, now_ms: u64) {
+        if let Some(t) = self.get_mut(app, cluster) {
+            t.verdict.healthy = false;
+            t.verdict.changed_at_ms = now_ms;
+        }
+    }
+
+    fn get(&self, app: &str, cluster: &str) -> Option<&TargetState> {
+        self.targets.get(app)?.get(cluster)
+    }
+
+    fn get_mut(&mut self, app: &str, cluster: &str) -> Option<&mut TargetState> {
+        self.targets.get_mut(app)?.get_mut(cluster)
+    }
+
+    /// Records a vantage's observation; `false` when the target is unknown.
+    pub fn record(&mut self, vantage: &str, obs: &Observation) -> bool {
+        let Some(t) = self.get_mut(&obs.app, &obs.cluster) else {
+            return false;
+        };
+        t.votes.insert(
+            vantage.to_string(),
+            Vote {
+                vantage: vantage.to_string(),
+                healthy: obs.healthy,
+                last_ok: obs.last_ok,
+                latency_seconds: obs.latency_seconds,
+                detail: obs.detail.clone(),
+                at_ms: obs.at_ms,
+            },
+        );
+        true
+    }
+
+    /// The verdict on a target.
+    pub fn verdict(&self, app: &str, cluster: &str) -> Option<&Verdict> {
+        self.get(app, cluster).map(|t| &t.verdict)
+    }
+
+    /// A target's votes, by vantage.
+    pub fn votes(&self, app: &str, cluster: &str) -> Vec<Vote> {
+        self.get(app, cluster)
+            .map(|t| t.votes.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every target's verdict, as (app, cluster, verdict).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Verdict)> {
+        self.targets.iter().flat_map(|(app, clusters)| {
+            clusters
+                .iter()
+                .map(move |(cluster, t)| (app.as_str(), cluster.as_str(), &t.verdict))
+        })
+    }
+
+    /// What compute needs of the verdicts: the targets that are unhealthy or have recovered.
+    pub fn inputs(&self) -> crate::compute::VerdictInputs {
+        let mut inputs = crate::compute::VerdictInputs::default();
+        for (app, cluster, v) in self.iter() {
+            if !v.healthy || v.changed_at_ms > 0 {
+                inputs.insert(
+                    app,
+                    cluster,
+                    crate::compute::HealthInput {
+                        healthy: v.healthy,
+                        recovered_at_ms: (v.healthy && v.changed_at_ms > 0)
+                            .then_some(v.changed_at_ms),
+                    },
+                );
+            }
+        }
+        inputs
+    }
+
+    /// Applies quorum and flap damping at `now_ms`; returns the changes.
+    pub fn evaluate(&mut self, now_ms: u64, opts: &VerdictOptions) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let own = self.own.as_deref();
+        for (app, cluster, t) in self.targets.iter_mut().flat_map(|(app, clusters)| {
+            clusters
+                .iter_mut()
+                .map(move |(cluster, t)| (app, cluster, t))
+        }) {
+            let forget = opts.vantage_ttl_ms.saturating_mul(FORGET_AFTER_TTLS);
+            t.votes
+                .retain(|_, v| now_ms.saturating_sub(v.at_ms) <= forget);
+            let known = t.votes.len() + usize::from(own.is_some_and(|o| !t.votes.contains_key(o)));
+            let fresh: Vec<&Vote> = t
+                .votes
+                .values()
+                .filter(|v| now_ms.saturating_sub(v.at_ms) <= opts.vantage_ttl_ms)
+                .collect();
+            let n = fresh.len();
+            if n == 0 {
+                continue;
+            }
+            let needed = if known >= 2 { (n / 2 + 1).max(2) } else { 1 };
+            let failing = fresh.iter().filter(|v| !v.healthy).count();
+            let passing = n - failing;
+            let v = &mut t.verdict;
+            while v
+                .changes
+                .front()
+                .is_some_and(|at| now_ms.saturating_sub(*at) > opts.flap_window_ms)
+            {
+                v.changes.pop_front();
+            }
+            let new_state = if v.healthy && failing >= needed {
+                v.held_until_ms = None;
+                Some((
+                    false,
+                    format!("{failing} of {n} vantages report it failing (quorum {needed})"),
+                ))
+            } else if !v.healthy && passing >= needed {
+                let recent = v.changes.len() as u32;
+                if recent >= opts.flap_threshold {
+                    match v.held_until_ms {
+                        None => {
+                            let doublings = (recent - opts.flap_threshold).min(20);
+                            let hold = opts
+                                .hold_down_ms
+                                .saturating_mul(1 << doublings)
+                                .min(opts.hold_down_max_ms);
+                            v.held_until_ms = Some(now_ms + hold);
+                            None
+                        }
+                        Some(until) if now_ms < until => None,
+                        Some(until) => Some((
+                            true,
+                            format!(
+                                "{passing} of {n} vantages report it passing (quorum {needed}); \
+                                 held down until {until} after {recent} changes"
+                            ),
+                        )),
+                    }
+                } else {
+                    Some((
+                        true,
+                        format!("{passing} of {n} vantages report it passing (quorum {needed})"),
+                    ))
+                }
+            } else {
+                if !v.healthy && passing < needed {
+                    // The recovery did not hold through the hold-down: start over.
+                    v.held_until_ms = None;
+                }
+                None
+            };
+            if let Some((healthy, cause)) = new_state {
+                v.healthy = healthy;
+                v.changed_at_ms = now_ms;
+                v.held_until_ms = None;
+                v.changes.push_back(now_ms);
+                changes.push(Change {
+                    app: app.clone(),
+                    cluster: cluster.clone(),
+                    healthy,
+                    at_ms: now_ms,
+                    cause,
+                    votes: fresh.into_iter().cloned().collect(),
+                });
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: VerdictOptions = VerdictOptions {
+        vantage_ttl_ms: 1000,
+        flap_window_ms: 60_000,
+        flap_threshold: 2,
+        hold_down_ms: 1000,
+        hold_down_max_ms: 3000,
+    };
+
+    fn obs(healthy: bool, at_ms: u64) -> Observation {
+        Observation {
+            app: "shop".into(),
+            cluster: "c1".into(),
+            healthy,
+            last_ok: healthy,
+            latency_seconds: 0.001,
+            detail: String::new(),
+            at_ms,
+        }
+    }
+
+    fn healthy(v: &Verdicts) -> bool {
+        v.verdict("shop", "c1").unwrap().healthy
+    }
+
+    #[test]
+    fn one_vantage_alone_moves_nothing_when_others_probe() {
+        let mut v = Verdicts::new([("shop", "c1")]);
+        v.record("a", &obs(false, 100));
+        v.record("b", &obs(true, 100));
+        v.record("c", &obs(true, 100));
+        assert!(v.evaluate(200, &OPTS).is_empty());
+        assert!(healthy(&v));
+        // A second vantage seeing failures makes a majority of three.
+        v.record("b", &obs(false, 300));
+        let changes = v.evaluate(400, &OPTS);
+        assert_eq!(changes.len(), 1);
+        assert!(!changes[0].healthy);
+        assert_eq!(changes[0].votes.len(), 3);
+        assert!(changes[0].cause.contains("2 of 3"), "{}", changes[0].cause);
+    }
+
+    #[test]
+    fn two_vantages_need_both_and_stale_votes_do_not_count() {
+        let mut v = Verdicts::new([("shop", "c1")]);
+        v.record("a", &obs(false, 100));
+        v.record("b", &obs(true, 100));
+        assert!(v.evaluate(200, &OPTS).is_empty());
+        // b goes silent: a alone is the only fresh vote, and still cannot move traffic.
+        v.record("a", &obs(false, 1500));
+        assert!(v.evaluate(1600, &OPTS).is_empty());
+        assert!(healthy(&v));
+        v.record("b", &obs(false, 1700));
+        assert_eq!(v.evaluate(1700, &OPTS).len(), 1);
+        assert!(!healthy(&v));
+    }
+
+    #[test]
+    fn the_own_vantage_counts_before_its_first_vote() {
+        let mut v = Verdicts::new([("shop", "c1")]).with_own_vantage("controller");
+        v.record("edge", &obs(false, 100));
+        assert!(v.evaluate(100, &OPTS).is_empty());
+        v.record("controller", &obs(false, 150));
+        assert_eq!(v.evaluate(150, &OPTS).len(), 1);
+    }
+
+    #[test]
+    fn a_single_vantage_decides_when_it_is_the_only_one() {
+        let mut v = Verdicts::new([("shop", "c1")]);
+        v.record("controller", &obs(false, 100));
+        assert_eq!(v.evaluate(100, &OPTS).len(), 1);
+        v.record("controller", &obs(true, 200));
+        let c = v.evaluate(200, &OPTS);
+        assert!(c[0].healthy);
+        assert_eq!(v.verdict("shop", "c1").unwrap().changed_at_ms, 200);
+    }
+
+    #[test]
+    fn flapping_is_held_down_with_growing_hold() {
+        let mut v = Verdicts::new([("shop", "c1")]);
+        let mut t = 0;
+        let step = |v: &mut Verdicts, ok: bool, at: u64| {
+            v.record("controller", &obs(ok, at));
+            v.evaluate(at, &OPTS)
+        };
+        t += 100;
+        assert_eq!(step(&mut v, false, t).len(), 1); // change 1
+        t += 100;
+        assert_eq!(step(&mut v, true, t).len(), 1); // change 2
+        t += 100;
+        assert_eq!(step(&mut v, false, t).len(), 1); // change 3: down at once
+        t += 100;
+        // 3 changes ≥ threshold 2: recovery held for 1000 ms × 2^(3-2) = 2000 ms.
+        assert!(step(&mut v, true, t).is_empty());
+        let until = v.verdict("shop", "c1").unwrap().held_until_ms.unwrap();
+        assert_eq!(until, t + 2000);
+        assert!(step(&mut v, true, t + 1999).is_empty());
+        assert!(!healthy(&v));
+        let c = step(&mut v, true, t + 2000);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].cause.contains("held down"));
+        assert!(healthy(&v));
+    }
+
+    #[test]
+    fn failing_during_hold_restarts_it() {
+        let mut v = Verdicts::new([("shop", "c1")]);
+        for (i, ok) in [false, true, false].into_iter().enumerate() {
+            v.record("controller", &obs(ok, i as u64 * 10));
+            v.evaluate(i as u64 * 10, &OPTS);
+        }
+        v.record("controller", &obs(true, 100));
+        v.evaluate(100, &OPTS);
+        assert!(v.verdict("shop", "c1").unwrap().held_until_ms.is_some());
+        v.record("controller", &obs(false, 200));
+        v.evaluate(200, &OPTS);
+        assert_eq!(v.verdict("shop", "c1").unwrap().held_until_ms, None);
+    }
+}

@@ -1,0 +1,429 @@
+//! The operator API: every endpoint, every role, malformed input (4xx naming the field,
+//! state unchanged), the OpenAPI document, metrics and health endpoints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use meridian_controller::RunningController;
+
+const OP: &str = "op-secret-1";
+const RO: &str = "ro-secret-2";
+const SUB: &str = "sub-secret-3";
+
+async fn setup(name: &str) -> (RunningController, std::path::PathBuf, Backend, Backend) {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir(name);
+    std::fs::write(dir.join("ro.token"), format!("{RO}\n")).unwrap();
+    let tokens = format!(
+        "  tokens:\n    - {{ name: alice, role: operator, sha256: \"{}\" }}\n    - {{ name: robot, role: read-only, file: ro.token }}\n    - {{ name: edge, role: subscriber, sha256: \"{}\" }}\n",
+        sha256_hex(OP),
+        sha256_hex(SUB)
+    );
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, &tokens), &dir, true).await;
+    (ctl, dir, b1, b2)
+}
+
+/// Every endpoint and the status each role gets (401: no token / unknown token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_on_every_endpoint() {
+    let (ctl, dir, _b1, _b2) = setup("roles").await;
+    let report = serde_json::json!({"vantage": "edge-1", "observations": []}).to_string();
+    // (method, path, body, [none, unknown, read-only, subscriber, operator])
+    let cases: Vec<(Method, &str, Option<&str>, [u16; 5])> = vec![
+        (
+            Method::GET,
+            "/api/v1/status",
+            None,
+            [401, 401, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/apps/shop",
+            None,
+            [401, 401, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/table",
+            None,
+            [401, 401, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/explain?host=shop.test&client=192.0.2.7",
+            None,
+            [401, 401, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/history",
+            None,
+            [401, 401, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit",
+            None,
+            [401, 401, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/probes",
+            None,
+            [401, 401, 403, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/reports",
+            Some(&report),
+            [401, 401, 403, 200, 200],
+        ),
+        (
+            Method::PUT,
+            "/api/v1/apps/shop/targets/c2/weight",
+            Some(r#"{"weight": 40}"#),
+            [401, 401, 403, 403, 200],
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/apps/shop/targets/c2/weight",
+            None,
+            [401, 401, 403, 403, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/apps/shop/targets/c2/drain",
+            None,
+            [401, 401, 403, 403, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/apps/shop/targets/c2/undrain",
+            None,
+            [401, 401, 403, 403, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/clusters/c2/drain",
+            None,
+            [401, 401, 403, 403, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/clusters/c2/undrain",
+            None,
+            [401, 401, 403, 403, 200],
+        ),
+    ];
+    let tokens = [None, Some("wrong"), Some(RO), Some(SUB), Some(OP)];
+    for (method, path, body, want) in &cases {
+        for (token, want) in tokens.iter().zip(want) {
+            let c = client(&ctl, *token);
+            let (status, json) = call(&c, method.clone(), path, *body).await;
+            assert_eq!(status, *want, "{method} {path} as {token:?}: {json}");
+            if status == 401 || status == 403 {
+                assert!(json["error"].is_string(), "{json}");
+            }
+        }
+    }
+    // The watch stream: read-only, subscriber and operator may follow; others may not.
+    for (token, want) in tokens.iter().zip([401, 401, 200, 200, 200]) {
+        let c = client(&ctl, *token);
+        let response = c
+            .send(Method::GET, "/api/v1/watch?version=0", None)
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), want, "watch as {token:?}");
+    }
+    // Every change was audited with who made it; reads were not.
+    let (_, audit) = call(&client(&ctl, Some(RO)), Method::GET, "/api/v1/audit", None).await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "undrain",
+            "drain",
+            "undrain",
+            "drain",
+            "reset-weight",
+            "set-weight"
+        ]
+    );
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["who"] == "alice" && e["role"] == "operator")
+    );
+    assert_eq!(audit[5]["subject"], "target:shop/c2");
+    assert_eq!(audit[5]["detail"]["weight"], 40);
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_name_the_field_and_change_nothing() {
+    let (ctl, dir, _b1, _b2) = setup("malformed").await;
+    let op = client(&ctl, Some(OP));
+    let version_before = ctl.table().unwrap().version();
+    let weight = "/api/v1/apps/shop/targets/c1/weight";
+    let cases: Vec<(Method, &str, Option<&str>, u16, &str)> = vec![
+        (
+            Method::PUT,
+            weight,
+            Some(r#"{"weight": "heavy"}"#),
+            422,
+            "weight",
+        ),
+        (
+            Method::PUT,
+            weight,
+            Some(r#"{"weight": -1}"#),
+            422,
+            "weight",
+        ),
+        (
+            Method::PUT,
+            weight,
+            Some(r#"{"weight": 20000}"#),
+            422,
+            "weight",
+        ),
+        (Method::PUT, weight, Some(r#"{}"#), 422, "weight"),
+        (
+            Method::PUT,
+            weight,
+            Some(r#"{"weight": 5, "wieght": 5}"#),
+            422,
+            "wieght",
+        ),
+        (Method::PUT, weight, Some("not json"), 422, "request body"),
+        (Method::PUT, weight, None, 400, ""),
+        (
+            Method::PUT,
+            "/api/v1/apps/nope/targets/c1/weight",
+            Some(r#"{"weight": 5}"#),
+            404,
+            "app",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/apps/shop/targets/c9/weight",
+            Some(r#"{"weight": 5}"#),
+            404,
+            "cluster",
+        ),
+        (Method::DELETE, weight, None, 409, ""),
+        (
+            Method::POST,
+            "/api/v1/clusters/c9/drain",
+            None,
+            404,
+            "cluster",
+        ),
+        (Method::POST, "/api/v1/clusters/c1/undrain", None, 409, ""),
+        (
+            Method::POST,
+            "/api/v1/apps/shop/targets/c1/undrain",
+            None,
+            409,
+            "",
+        ),
+        (
+            Method::GET,
+            "/api/v1/explain?host=shop.test&client=not-an-ip",
+            None,
+            400,
+            "client",
+        ),
+        (
+            Method::GET,
+            "/api/v1/explain?client=192.0.2.1",
+            None,
+            400,
+            "host",
+        ),
+        (
+            Method::GET,
+            "/api/v1/explain?host=other.test&client=192.0.2.1",
+            None,
+            404,
+            "host",
+        ),
+        (
+            Method::GET,
+            "/api/v1/history?limit=many",
+            None,
+            400,
+            "limit",
+        ),
+        (Method::GET, "/api/v1/watch?version=x", None, 400, "version"),
+        (
+            Method::POST,
+            "/api/v1/reports",
+            Some(r#"{"vantage": "e", "observations": [{"app": "shop"}]}"#),
+            422,
+            "observations[0]",
+        ),
+        (
+            Method::POST,
+            "/api/v1/reports",
+            Some(
+                r#"{"vantage": "e", "observations": [{"app": "zzz", "cluster": "c1", "healthy": false, "last_ok": false, "latency_seconds": 0, "detail": "", "at_ms": 1}]}"#,
+            ),
+            422,
+            "observations[0]",
+        ),
+        (Method::GET, "/api/v1/nothing-here", None, 404, ""),
+    ];
+    for (method, path, body, want, field) in cases {
+        let (status, json) = call(&op, method.clone(), path, body).await;
+        assert_eq!(status, want, "{method} {path} {body:?}: {json}");
+        if !field.is_empty() {
+            assert_eq!(json["field"], field, "{method} {path} {body:?}: {json}");
+            assert!(json["error"].as_str().unwrap().starts_with(field), "{json}");
+        }
+    }
+    // Nothing changed: no audit entry, no override, the same table version.
+    let (_, audit) = call(&op, Method::GET, "/api/v1/audit", None).await;
+    assert_eq!(audit, serde_json::json!([]));
+    let (_, status) = call(&op, Method::GET, "/api/v1/status", None).await;
+    for target in status["apps"][0]["targets"].as_array().unwrap() {
+        assert_eq!(target["weight_override"], serde_json::Value::Null);
+        assert_eq!(target["drain_started_at_ms"], serde_json::Value::Null);
+        assert_eq!(target["weight"], 100);
+    }
+    assert_eq!(ctl.table().unwrap().version(), version_before);
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_explain_and_status_show_the_change() {
+    let (ctl, dir, _b1, _b2) = setup("weight").await;
+    let op = client(&ctl, Some(OP));
+    let (status, change) = call(
+        &op,
+        Method::PUT,
+        "/api/v1/apps/shop/targets/c1/weight",
+        Some(r#"{"weight": 0}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{change}");
+    let version = change["table_version"].as_u64().unwrap();
+    assert_eq!(ctl.table().unwrap().version(), version);
+    let (_, status) = call(&op, Method::GET, "/api/v1/status", None).await;
+    let c1 = &status["apps"][0]["targets"][0];
+    assert_eq!(
+        (c1["cluster"].as_str(), c1["weight"].as_u64()),
+        (Some("c1"), Some(0))
+    );
+    assert_eq!(c1["weight_override"], 0);
+    assert_eq!(c1["configured_weight"], 100);
+    // With c1 at weight 0 every client goes to c2, and explain says so.
+    for client_addr in ["192.0.2.1", "198.51.100.9", "2001:db8::1"] {
+        let (code, explanation) = call(
+            &op,
+            Method::GET,
+            &format!("/api/v1/explain?host=SHOP.test&client={client_addr}"),
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{explanation}");
+        assert_eq!(explanation["chosen"], "c2", "{explanation}");
+        assert_eq!(explanation["table_version"], version);
+        assert!(explanation["summary"].as_str().unwrap().contains("c2"));
+    }
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_metrics_and_health_endpoints() {
+    let (ctl, dir, _b1, _b2) = setup("surface").await;
+    let anon = client(&ctl, None);
+    let (status, doc) = call(&anon, Method::GET, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/status",
+        "/api/v1/apps/{app}/targets/{cluster}/weight",
+        "/api/v1/clusters/{cluster}/drain",
+        "/api/v1/explain",
+        "/api/v1/history",
+        "/api/v1/audit",
+        "/api/v1/watch",
+        "/api/v1/reports",
+    ] {
+        assert!(doc["paths"][path].is_object(), "missing {path}");
+    }
+    assert!(doc["components"]["schemas"]["WeightRequest"].is_object());
+    assert_eq!(call(&anon, Method::GET, "/livez", None).await.0, 200);
+    let (ready, text) = call(&anon, Method::GET, "/readyz", None).await;
+    assert_eq!(ready, 200, "{text}");
+    // Let the probes run a few rounds, then read the metrics.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let op = client(&ctl, Some(OP));
+    call(&op, Method::GET, "/api/v1/status", None).await;
+    let (status, metrics) = call(&anon, Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap().to_string();
+    for needle in [
+        "meridian_table_version ",
+        "meridian_table_compute_seconds_count",
+        "meridian_table_encoded_bytes ",
+        "meridian_subscribers_connected ",
+        "meridian_probe_results_total{app=\"shop\",cluster=\"c1\",result=\"ok\",vantage=\"controller\"}",
+        "meridian_probe_latency_seconds_bucket",
+        "meridian_api_requests_total{route=\"/api/v1/status\",status=\"200\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn bad_token_settings_refuse_to_start_naming_the_field() {
+    let dir = temp_dir("badtokens");
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cases = [
+        (
+            "  tokens:\n    - { name: a, role: operator, sha256: \"xyz\" }\n",
+            "controller.tokens[0].sha256",
+        ),
+        (
+            "  tokens:\n    - { name: a, role: operator, sha256: \"00\", file: t }\n",
+            "controller.tokens[0]",
+        ),
+        (
+            "  tokens:\n    - { name: a, role: operator, file: missing.token }\n",
+            "missing.token",
+        ),
+        (
+            "  tokens:\n    - { name: a, role: operator, file: t }\n    - { name: a, role: read-only, file: t }\n",
+            "controller.tokens[1].name",
+        ),
+    ];
+    std::fs::write(dir.join("t"), "secret").unwrap();
+    for (tokens, needle) in cases {
+        let file = dir.join("meridian.yaml");
+        std::fs::write(&file, config_yaml(addr, addr, tokens)).unwrap();
+        let loaded = meridian_config::load(&file).unwrap();
+        let err = meridian_controller::Controller::start(loaded, Default::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,308 @@
+//! Probes, quorum and ramps end to end: real HTTP backends on loopback, a real controller,
+//! a real subscriber following its watch stream.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Method;
+use meridian_routing::{Client, Health, Pick, TargetSet};
+use meridian_subscriber::TableCell;
+use meridian_subscriber::watch::{WatchConfig, follow};
+
+fn follow_cell(url: String, token: Option<&str>) -> (Arc<TableCell>, tokio::task::JoinHandle<()>) {
+    let cell = Arc::new(TableCell::new());
+    let config = WatchConfig {
+        controller: url,
+        token: token.map(str::to_string),
+        state_dir: None,
+        subscriber: "test@loopback".into(),
+    };
+    let task_cell = cell.clone();
+    let task = tokio::spawn(async move {
+        let _ = follow(config, task_cell).await;
+    });
+    (cell, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_answering_leaves_the_table_within_fall_times_interval() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("stop");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, true).await;
+    let (cell, follower) = follow_cell(ctl.url(), None);
+    wait_for(Duration::from_secs(5), || cell.load())
+        .await
+        .expect("the subscriber gets a table");
+    // Let a few probe rounds pass so both targets are known healthy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        health_of(&cell.load().unwrap(), "shop", "c1"),
+        Health::Healthy
+    );
+
+    b1.stop();
+    let stopped = Instant::now();
+    let table = wait_for(Duration::from_secs(3), || {
+        cell.load()
+            .filter(|t| health_of(t, "shop", "c1") == Health::Unhealthy)
+    })
+    .await
+    .expect("c1 becomes unhealthy at the subscriber");
+    let took = stopped.elapsed();
+    // fall (2) × interval (100 ms), plus up to 10 % jitter, one timeout and compute/publish.
+    assert!(
+        took <= Duration::from_millis(2 * 110 + 80 + 200),
+        "took {took:?}"
+    );
+    // It left the table: no pick chooses it.
+    let app = table.app_by_name("shop").unwrap();
+    let client = Client {
+        addr: "192.0.2.1".parse().unwrap(),
+        region: None,
+    };
+    for n in 0..200 {
+        let choice = table
+            .select(app, &client, Pick::Spread(n), TargetSet::EMPTY)
+            .unwrap();
+        assert_eq!(table.app(app).targets[choice.target].cluster, "c2");
+    }
+    // The history says why, with the controller's vote.
+    let http = client_for(&ctl);
+    let (status, history) = call(&http, Method::GET, "/api/v1/history", None).await;
+    assert_eq!(status, 200);
+    let entry = &history[0];
+    assert_eq!(entry["cluster"], "c1");
+    assert_eq!(entry["healthy"], false);
+    assert_eq!(entry["votes"][0]["vantage"], "controller");
+    assert!(entry["cause"].as_str().unwrap().contains("1 of 1"));
+
+    follower.abort();
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn client_for(
+    ctl: &meridian_controller::RunningController,
+) -> meridian_subscriber::http::ControllerClient {
+    client(ctl, None)
+}
+
+fn report(vantage: &str, healthy: bool) -> String {
+    serde_json::json!({
+        "vantage": vantage,
+        "observations": [{
+            "app": "shop", "cluster": "c1", "healthy": healthy, "last_ok": healthy,
+            "latency_seconds": 0.001, "detail": "test vantage",
+            "at_ms": meridian_subscriber::probe::now_ms(),
+        }]
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_vantage_seeing_failures_does_not_change_the_verdict() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("quorum");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, true).await;
+    let http = client_for(&ctl);
+    // The controller's own probes see c1 healthy; a second vantage reports it failing for
+    // a whole second (ten of its report rounds).
+    for _ in 0..10 {
+        let (status, _) = call(
+            &http,
+            Method::POST,
+            "/api/v1/reports",
+            Some(&report("edge-a", false)),
+        )
+        .await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            health_of(&ctl.table().unwrap(), "shop", "c1"),
+            Health::Healthy
+        );
+    }
+    let (_, status) = call(&http, Method::GET, "/api/v1/apps/shop", None).await;
+    let votes = &status["targets"][0]["verdict"]["votes"];
+    assert_eq!(votes.as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(status["targets"][0]["verdict"]["healthy"], true);
+
+    // A second vantage agreeing makes a quorum (2 of 3) even while the controller disagrees.
+    call(
+        &http,
+        Method::POST,
+        "/api/v1/reports",
+        Some(&report("edge-a", false)),
+    )
+    .await;
+    call(
+        &http,
+        Method::POST,
+        "/api/v1/reports",
+        Some(&report("edge-b", false)),
+    )
+    .await;
+    wait_for(Duration::from_secs(2), || {
+        ctl.table()
+            .filter(|t| health_of(t, "shop", "c1") == Health::Unhealthy)
+    })
+    .await
+    .expect("two of three vantages move the verdict");
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_and_slow_start_ramp_over_the_configured_periods() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("drain");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, true).await;
+    let (cell, follower) = follow_cell(ctl.url(), None);
+    wait_for(Duration::from_secs(5), || cell.load())
+        .await
+        .unwrap();
+    let http = client_for(&ctl);
+
+    let (status, body) = call(&http, Method::POST, "/api/v1/clusters/c1/drain", None).await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    wait_for(Duration::from_millis(200), || {
+        cell.load()
+            .filter(|t| matches!(health_of(t, "shop", "c1"), Health::Draining { .. }))
+    })
+    .await
+    .expect("the drain reaches the subscriber at once");
+    let mut seen = Vec::new();
+    while started.elapsed() < Duration::from_millis(1300) {
+        let h = health_of(&cell.load().unwrap(), "shop", "c1");
+        seen.push((started.elapsed(), h));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let progress: Vec<f64> = seen
+        .iter()
+        .map(|(_, h)| match h {
+            Health::Draining { progress } => *progress,
+            other => panic!("expected draining, saw {other:?}"),
+        })
+        .collect();
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "monotonic: {progress:?}"
+    );
+    assert!(progress[0] <= 0.1, "starts near full weight: {progress:?}");
+    assert_eq!(*progress.last().unwrap(), 1.0, "drained after the period");
+    // Half way through the period, about half drained.
+    let mid = seen
+        .iter()
+        .find(|(t, _)| *t >= Duration::from_millis(500))
+        .map(|(_, h)| h.weight_factor())
+        .unwrap();
+    assert!((0.3..=0.65).contains(&mid), "factor at 500 ms: {mid}");
+
+    let (status, _) = call(&http, Method::POST, "/api/v1/clusters/c1/undrain", None).await;
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    wait_for(Duration::from_millis(200), || {
+        cell.load()
+            .filter(|t| matches!(health_of(t, "shop", "c1"), Health::SlowStart { .. }))
+    })
+    .await
+    .expect("the undrain reaches the subscriber at once");
+    let mut ramp = Vec::new();
+    while started.elapsed() < Duration::from_millis(1300) {
+        ramp.push(health_of(&cell.load().unwrap(), "shop", "c1"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        matches!(ramp[0], Health::SlowStart { progress } if progress <= 0.1),
+        "{:?}",
+        ramp[0]
+    );
+    let factors: Vec<f64> = ramp.iter().map(Health::weight_factor).collect();
+    assert!(factors.windows(2).all(|w| w[0] <= w[1]), "{factors:?}");
+    assert!(ramp.iter().any(
+        |h| matches!(h, Health::SlowStart { progress } if *progress >= 0.4 && *progress <= 0.6)
+    ));
+    assert_eq!(*ramp.last().unwrap(), Health::Healthy);
+
+    follower.abort();
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_vantage_probes_what_it_is_assigned_and_reports() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("vantage");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, true).await;
+    let url = ctl.url();
+    let vantage = tokio::spawn(async move {
+        meridian_subscriber::report::probe_and_report(
+            &url,
+            None,
+            "edge@test".into(),
+            Some("eu".into()),
+        )
+        .await
+    });
+    let http = client_for(&ctl);
+    let mut saw_both = false;
+    for _ in 0..300 {
+        let (_, app) = call(&http, Method::GET, "/api/v1/apps/shop", None).await;
+        let votes = app["targets"][0]["verdict"]["votes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let names: Vec<&str> = votes
+            .iter()
+            .map(|v| v["vantage"].as_str().unwrap())
+            .collect();
+        if names == ["controller", "edge@test"] {
+            saw_both = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(saw_both, "both vantages vote");
+    // The subscriber's region makes its latencies the table's round-trip times.
+    wait_for(Duration::from_secs(2), || {
+        ctl.table().filter(|t| {
+            t.data()
+                .rtt
+                .iter()
+                .any(|s| s.region == "eu" && s.cluster == "c1")
+        })
+    })
+    .await
+    .expect("rtt samples from the vantage's region");
+
+    // Both vantages see c1 answer 503: a quorum of two moves it.
+    b1.set_healthy(false);
+    wait_for(Duration::from_secs(3), || {
+        ctl.table()
+            .filter(|t| health_of(t, "shop", "c1") == Health::Unhealthy)
+    })
+    .await
+    .expect("c1 fails by a quorum of both vantages");
+    let (_, history) = call(&http, Method::GET, "/api/v1/history", None).await;
+    assert_eq!(
+        history[0]["votes"].as_array().unwrap().len(),
+        2,
+        "{history}"
+    );
+    assert!(history[0]["cause"].as_str().unwrap().contains("2 of 2"));
+    // And recovers when it answers again (rise 2), into slow start.
+    b1.set_healthy(true);
+    wait_for(Duration::from_secs(3), || {
+        ctl.table()
+            .filter(|t| matches!(health_of(t, "shop", "c1"), Health::SlowStart { .. }))
+    })
+    .await
+    .expect("c1 recovers into slow start");
+    vantage.abort();
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

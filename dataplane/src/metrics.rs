@@ -1,0 +1,166 @@
+//! The proxy's Prometheus metrics, on a registry of its own (no global state, so several
+//! proxies can run in one process, as in tests).
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// Upstream latency buckets, seconds: from a loopback hop to a slow cross-cloud one.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) ejections: IntCounterVec,
+    pub(crate) upstream_failures: IntCounterVec,
+    pub(crate) upstream_latency: HistogramVec,
+    pub(crate) shed: IntCounterVec,
+    pub(crate) budget_exhausted: IntCounter,
+    pub(crate) refused: IntCounterVec,
+    pub(crate) request_duration: Histogram,
+    pub(crate) connections: IntGauge,
+    pub(crate) active_requests: IntGauge,
+    pub(crate) table_version: IntGauge,
+    pub(crate) table_staleness: Gauge,
+    pub(crate) draining: IntGauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_requests_total",
+                "Requests answered, by app, the target that answered and status class",
+            ),
+            &["app", "target", "class"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_retries_total",
+                "Attempts retried on another target, by app and the target that failed",
+            ),
+            &["app", "target"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_ejections_total",
+                "Targets ejected locally by outlier detection",
+            ),
+            &["app", "target"],
+        )?;
+        let upstream_failures = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_upstream_failures_total",
+                "Failed attempts (connect error, timeout, retry status), by app and target",
+            ),
+            &["app", "target"],
+        )?;
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "meridian_proxy_upstream_duration_seconds",
+                "Time from sending an attempt to its response head, by app and target",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["app", "target"],
+        )?;
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_shed_total",
+                "Requests answered 503 because every target was at its concurrency limit",
+            ),
+            &["app"],
+        )?;
+        let budget_exhausted = IntCounter::new(
+            "meridian_proxy_retry_budget_exhausted_total",
+            "Retries not made because the retry budget was spent",
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_refused_total",
+                "Requests refused before routing, by reason",
+            ),
+            &["reason"],
+        )?;
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "meridian_proxy_request_duration_seconds",
+                "Time from a request's head to its response head, all attempts included",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let connections = IntGauge::new("meridian_proxy_connections", "Client connections open")?;
+        let active_requests =
+            IntGauge::new("meridian_proxy_active_requests", "Requests in flight")?;
+        let table_version = IntGauge::new(
+            "meridian_proxy_table_version",
+            "Version of the routing table served (0: none yet)",
+        )?;
+        let table_staleness = Gauge::new(
+            "meridian_proxy_table_staleness_seconds",
+            "Time since the controller generated the table served",
+        )?;
+        let draining = IntGauge::new(
+            "meridian_proxy_draining",
+            "1 while the proxy is shutting down gracefully",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(ejections.clone()))?;
+        registry.register(Box::new(upstream_failures.clone()))?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(budget_exhausted.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(active_requests.clone()))?;
+        registry.register(Box::new(table_version.clone()))?;
+        registry.register(Box::new(table_staleness.clone()))?;
+        registry.register(Box::new(draining.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            retries,
+            ejections,
+            upstream_failures,
+            upstream_latency,
+            shed,
+            budget_exhausted,
+            refused,
+            request_duration,
+            connections,
+            active_requests,
+            table_version,
+            table_staleness,
+            draining,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub(crate) fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a failure would be a malformed metric.
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(%err, "encoding metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The status class label of a status code.
+pub(crate) fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+pub(crate) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];

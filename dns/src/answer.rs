@@ -1,0 +1,737 @@
+//! The packet handler: one query in, one response out, written into a reused buffer.
+//!
+//! Used by both the UDP fast path and the TCP path. It allocates nothing per query: the
+//! query is parsed into a reused [`Query`], names are looked up by their lower-case wire
+//! form, and the response is the query's own header and question (so the client's case is
+//! kept) followed by pre-rendered record bodies behind compression pointers.
+//!
+//! Choices worth knowing:
+//! - A fail-closed app with no serving target answers NODATA (NOERROR, SOA in authority)
+//!   with the negative TTL capped at the app's TTL, so resolvers ask again soon after the
+//!   app recovers; SERVFAIL would make resolvers retry other servers and hide the cause.
+//! - With no routing table yet, app names (and any name that is not a static record)
+//!   answer SERVFAIL, never NXDOMAIN, which resolvers would cache.
+//! - Extra addresses of an answer come from further picks only while the rule that chose
+//!   the first one still holds (same tier, same preferred set): a failover app never mixes
+//!   a backup into a healthy primary's answer.
+
+use std::mem::discriminant;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use meridian_routing::geo::RegionMatch;
+use meridian_routing::{AppId, Client, NoTarget, Pick, Policy, Reason, RoutingTable, TargetSet};
+use meridian_subscriber::TableCell;
+
+use crate::axfr::AxfrAcl;
+use crate::geo::{GeoDb, is_routable};
+use crate::metrics::Metrics;
+use crate::rrl::{Rrl, RrlAction};
+use crate::snapshot::{Node, Snapshot, Zones};
+use crate::wire::{
+    self, Ecs, HEADER_LEN, MAX_NAME, OUR_UDP_PAYLOAD, Outcome, Query, flag, pointer, put_u16,
+    put_u32, rcode, rtype, set_u16, suffix_offsets, zone_offset,
+};
+
+/// Longest CNAME chain followed inside our zones.
+const MAX_CHAIN: usize = 8;
+/// Largest query accepted: a standard query with EDNS fits in a few hundred bytes.
+pub const MAX_QUERY: usize = 512;
+
+/// How a query arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: responses limited to the EDNS payload size (512 without EDNS), TC beyond.
+    Udp,
+    /// TCP: up to 65535 bytes.
+    Tcp,
+}
+
+/// Per-worker state: the weighted-pick counter, the parsed query and the current snapshot.
+pub struct Worker {
+    counter: u64,
+    query: Box<Query>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Worker {
+    /// A worker whose pick counter starts at `seed` (spread workers apart so their
+    /// low-discrepancy sequences do not move in step).
+    pub fn new(handler: &Handler, seed: u64) -> Self {
+        let snapshot = handler.snapshot_for(None);
+        Worker {
+            counter: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            query: Box::new(Query {
+                id: 0,
+                flags: 0,
+                qname: [0; MAX_NAME],
+                qname_len: 0,
+                qtype: 0,
+                qclass: 0,
+                question_end: 0,
+                edns: None,
+            }),
+            snapshot,
+        }
+    }
+}
+
+/// Everything a query needs, shared by all workers.
+pub struct Handler {
+    zones: Zones,
+    geo: GeoDb,
+    cell: Arc<TableCell>,
+    max_answers: usize,
+    current: Mutex<Arc<Snapshot>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) rrl: Option<Rrl>,
+    axfr: AxfrAcl,
+}
+
+/// What to do with the response buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send it.
+    Send,
+    /// Send nothing.
+    Drop,
+}
+
+struct Sections {
+    rcode: u16,
+    aa: bool,
+    an: u16,
+    ns: u16,
+    ar: u16,
+    /// The ECS scope for the echo, when the answer used the client's subnet.
+    scope: u8,
+}
+
+impl Sections {
+    fn new(rcode: u16) -> Self {
+        Sections {
+            rcode,
+            aa: true,
+            an: 0,
+            ns: 0,
+            ar: 0,
+            scope: 0,
+        }
+    }
+}
+
+/// Additional records to write after the answer and authority sections: an owner pointer
+/// target and a body.
+struct Additional<'a> {
+    items: [(usize, &'a [u8]); 16],
+    len: usize,
+}
+
+impl<'a> Additional<'a> {
+    fn new() -> Self {
+        Additional {
+            items: [(0, &[]); 16],
+            len: 0,
+        }
+    }
+    fn push(&mut self, owner_at: usize, body: &'a [u8]) {
+        if self.len < self.items.len() && owner_at < 0x4000 {
+            self.items[self.len] = (owner_at, body);
+            self.len += 1;
+        }
+    }
+}
+
+fn write_rr(out: &mut Vec<u8>, owner_at: usize, body: &[u8]) {
+    out.extend_from_slice(&pointer(owner_at));
+    out.extend_from_slice(body);
+}
+
+impl Handler {
+    /// A handler over the static `zones`, the geo databases and the table in `cell`.
+    pub fn new(
+        zones: Zones,
+        geo: GeoDb,
+        cell: Arc<TableCell>,
+        max_answers: usize,
+        metrics: Arc<Metrics>,
+        rrl: Option<Rrl>,
+    ) -> Self {
+        let snapshot = Arc::new(Snapshot::build(&zones, cell.load()));
+        Handler {
+            zones,
+            geo,
+            cell,
+            max_answers: max_answers.max(1),
+            current: Mutex::new(snapshot),
+            metrics,
+            rrl,
+            axfr: AxfrAcl::default(),
+        }
+    }
+
+    /// Allows zone transfers (AXFR over TCP) to these networks.
+    pub fn with_axfr(mut self, acl: AxfrAcl) -> Self {
+        self.axfr = acl;
+        self
+    }
+
+    /// The messages answering an AXFR query (TCP only), or `None` when `packet` is not an
+    /// AXFR query. Refused (one REFUSED message) unless `src` is allowed.
+    pub fn transfer(&self, worker: &Worker, packet: &[u8], src: IpAddr) -> Option<Vec<Vec<u8>>> {
+        let messages = crate::axfr::transfer(&worker.snapshot, &self.axfr, packet, src)?;
+        self.metrics.count(
+            rtype::AXFR,
+            if messages.len() == 1 && messages[0][3] & 0xf != 0 {
+                rcode::REFUSED
+            } else {
+                rcode::NOERROR
+            },
+        );
+        Some(messages)
+    }
+
+    /// The snapshot for the cell's current table, building it when the table changed.
+    /// Workers call this once per batch with what they hold; it is a pointer comparison
+    /// unless a new table has arrived.
+    fn snapshot_for(&self, held: Option<&Arc<Snapshot>>) -> Arc<Snapshot> {
+        let table = self.cell.load();
+        let same = |s: &Snapshot| match (&s.table, &table) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if let Some(held) = held
+            && same(held)
+        {
+            return held.clone();
+        }
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if !same(&current) {
+            *current = Arc::new(Snapshot::build(&self.zones, table));
+        }
+        current.clone()
+    }
+
+    /// Brings the worker's snapshot up to the cell's table.
+    pub fn refresh(&self, worker: &mut Worker) {
+        worker.snapshot = self.snapshot_for(Some(&worker.snapshot));
+    }
+
+    /// Answers `packet` from `src` into `out`. The caller sends `out` when told to.
+    pub fn handle(
+        &self,
+        worker: &mut Worker,
+        packet: &[u8],
+        src: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        out.clear();
+        let m = &self.metrics;
+        if packet.len() > MAX_QUERY && transport == Transport::Udp {
+            m.dropped.fetch_add(1, Ordering::Relaxed);
+            return Action::Drop;
+        }
+        let Worker {
+            counter,
+            query,
+            snapshot,
+        } = worker;
+        let outcome = wire::parse_into(packet, query);
+        let q = &**query;
+        match outcome {
+            Outcome::Drop => {
+                m.dropped.fetch_add(1, Ordering::Relaxed);
+                return Action::Drop;
+            }
+            Outcome::Error { rcode: rc, edns } => {
+                // Header only: id, opcode and RD echoed; no question.
+                out.extend_from_slice(&packet[..HEADER_LEN]);
+                let flags = flag::QR | (q.flags & (0x7800 | flag::RD | flag::CD)) | (rc & 0xf);
+                set_u16(out, 2, flags);
+                for at in [4, 6, 8, 10] {
+                    set_u16(out, at, 0);
+                }
+                if edns.is_some() {
+                    push_opt(out, rc, None);
+                    set_u16(out, 10, 1);
+                }
+                m.count(0, rc);
+                return Action::Send;
+            }
+            Outcome::Ok => {}
+        }
+        let snap = &**snapshot;
+        let limit = match (transport, q.edns) {
+            (Transport::Tcp, _) => 65535,
+            (Transport::Udp, None) => 512,
+            (Transport::Udp, Some(e)) => usize::from(e.payload.clamp(512, OUR_UDP_PAYLOAD)),
+        };
+        out.extend_from_slice(&packet[..q.question_end]);
+        let ecs = q.edns.and_then(|e| e.ecs);
+        if ecs.is_some() {
+            m.ecs_seen.fetch_add(1, Ordering::Relaxed);
+        }
+        let sections = self.resolve(snap, q, src, ecs, counter, out);
+        let Sections {
+            rcode: rc,
+            aa,
+            mut an,
+            mut ns,
+            mut ar,
+            scope,
+        } = sections;
+        let mut flags = flag::QR | (q.flags & (flag::RD | flag::CD)) | (rc & 0xf);
+        if aa {
+            flags |= flag::AA;
+        }
+        // Response rate limiting, once the answer is known (Knot and NSD classify the same way).
+        if transport == Transport::Udp
+            && let Some(rrl) = &self.rrl
+        {
+            match rrl.check(src) {
+                RrlAction::Pass => {}
+                RrlAction::Drop => {
+                    m.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+                    out.clear();
+                    return Action::Drop;
+                }
+                RrlAction::Slip => {
+                    m.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+                    out.truncate(q.question_end);
+                    an = 0;
+                    ns = 0;
+                    ar = 0;
+                    flags |= flag::TC;
+                }
+            }
+        }
+        if q.edns.is_some() {
+            let opt_len = 11 + ecs.map_or(0, |e| 8 + usize::from(e.source).div_ceil(8));
+            if out.len() + opt_len > limit {
+                out.truncate(q.question_end);
+                an = 0;
+                ns = 0;
+                ar = 0;
+                flags |= flag::TC;
+            }
+            push_opt(out, rc, ecs.map(|e| (e, scope)));
+            ar += 1;
+        } else if out.len() > limit {
+            out.truncate(q.question_end);
+            an = 0;
+            ns = 0;
+            ar = 0;
+            flags |= flag::TC;
+        }
+        set_u16(out, 2, flags);
+        set_u16(out, 4, 1);
+        set_u16(out, 6, an);
+        set_u16(out, 8, ns);
+        set_u16(out, 10, ar);
+        m.count(q.qtype, rc);
+        if flags & flag::TC != 0 {
+            m.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+        Action::Send
+    }
+
+    fn resolve(
+        &self,
+        snap: &Snapshot,
+        q: &Query,
+        src: IpAddr,
+        ecs: Option<Ecs>,
+        counter: &mut u64,
+        out: &mut Vec<u8>,
+    ) -> Sections {
+        let name = q.name();
+        if !q.is_class_in() {
+            let mut s = Sections::new(rcode::REFUSED);
+            s.aa = false;
+            return s;
+        }
+        if matches!(q.qtype, rtype::AXFR | rtype::IXFR | rtype::OPT) {
+            // Zone transfers are not offered (no secondaries are configured); OPT is not a
+            // question anyone may ask.
+            let mut s = Sections::new(if q.qtype == rtype::OPT {
+                rcode::FORMERR
+            } else {
+                rcode::REFUSED
+            });
+            s.aa = false;
+            return s;
+        }
+        let mut additional = Additional::new();
+        let mut s = Sections::new(rcode::NOERROR);
+        let mut owner_at = HEADER_LEN;
+        let mut owner: &[u8] = name;
+        for _ in 0..MAX_CHAIN {
+            let found = match snap.names.get(owner) {
+                Some(node) => Found::Node(node),
+                None => self.enclosing(snap, owner),
+            };
+            match found {
+                Found::Refused => {
+                    if s.an == 0 {
+                        s.rcode = rcode::REFUSED;
+                        s.aa = false;
+                    }
+                    // A chain that leaves our zones ends here; the resolver follows it.
+                    break;
+                }
+                Found::Cut(cut) => {
+                    if s.an == 0 {
+                        self.referral(snap, cut, owner, owner_at, &mut s, out);
+                    }
+                    break;
+                }
+                Found::Missing(zone) => {
+                    if snap.table.is_none() {
+                        s.rcode = rcode::SERVFAIL;
+                        s.aa = false;
+                        break;
+                    }
+                    if snap.has_wildcards
+                        && let Some(table) = &snap.table
+                    {
+                        let mut buf = [0u8; MAX_NAME];
+                        if let Some(app) = wire::wire_to_str(owner, &mut buf)
+                            .and_then(|host| table.app_for_host(host))
+                        {
+                            self.app_answer(
+                                snap, table, app, zone, q, src, ecs, counter, owner, owner_at,
+                                &mut s, out,
+                            );
+                            break;
+                        }
+                    }
+                    s.rcode = rcode::NXDOMAIN;
+                    negative(snap, zone, owner, owner_at, None, &mut s, out);
+                    break;
+                }
+                Found::Node(node) => {
+                    if let Some(cut) = node.cut {
+                        let cut_data = &snap.cuts[cut as usize];
+                        if q.qtype == rtype::DS && *cut_data.name == *owner {
+                            // DS lives on the parent side of the cut: ours to answer (NODATA).
+                            negative(snap, node.zone, owner, owner_at, None, &mut s, out);
+                        } else if s.an == 0 {
+                            self.referral(snap, cut as usize, owner, owner_at, &mut s, out);
+                        }
+                        break;
+                    }
+                    if let Some((rr, target)) = &node.cname {
+                        let rr_at = out.len();
+                        write_rr(out, owner_at, &rr.body);
+                        s.an += 1;
+                        if matches!(q.qtype, rtype::CNAME | rtype::ANY) {
+                            break;
+                        }
+                        owner_at = rr_at + 12;
+                        owner = target;
+                        continue;
+                    }
+                    if q.qtype == rtype::ANY {
+                        // RFC 8482: one RRset, not everything, so ANY cannot amplify.
+                        if let (Some(app), Some(table)) = (node.app, &snap.table) {
+                            self.app_answer(
+                                snap, table, app, node.zone, q, src, ecs, counter, owner, owner_at,
+                                &mut s, out,
+                            );
+                        } else if let Some(set) = node.rrsets.first() {
+                            if let Some(rr) = set.rrs.first() {
+                                write_rr(out, owner_at, &rr.body);
+                                s.an += 1;
+                            }
+                        } else {
+                            negative(snap, node.zone, owner, owner_at, None, &mut s, out);
+                        }
+                        break;
+                    }
+                    if let Some(set) = node.rrset(q.qtype) {
+                        for rr in &set.rrs {
+                            let rr_at = out.len();
+                            write_rr(out, owner_at, &rr.body);
+                            s.an += 1;
+                            if let Some(name_at) = rr.name_at {
+                                for extra in &rr.additional {
+                                    additional.push(rr_at + 2 + name_at, extra);
+                                }
+                            }
+                        }
+                    } else if let (Some(app), Some(table)) = (node.app, &snap.table) {
+                        self.app_answer(
+                            snap, table, app, node.zone, q, src, ecs, counter, owner, owner_at,
+                            &mut s, out,
+                        );
+                    } else {
+                        negative(snap, node.zone, owner, owner_at, None, &mut s, out);
+                    }
+                    break;
+                }
+            }
+        }
+        for &(at, body) in &additional.items[..additional.len] {
+            write_rr(out, at, body);
+            s.ar += 1;
+        }
+        s
+    }
+
+    /// Where a name that is not in the map belongs: below a cut, in a zone, or nowhere.
+    fn enclosing(&self, snap: &Snapshot, name: &[u8]) -> Found<'static> {
+        for at in suffix_offsets(name).skip(1) {
+            if let Some(node) = snap.names.get(&name[at..]) {
+                return match node.cut {
+                    Some(cut) => Found::Cut(cut as usize),
+                    None => Found::Missing(node.zone),
+                };
+            }
+        }
+        Found::Refused
+    }
+
+    fn referral(
+        &self,
+        snap: &Snapshot,
+        cut: usize,
+        owner: &[u8],
+        owner_at: usize,
+        s: &mut Sections,
+        out: &mut Vec<u8>,
+    ) {
+        let cut = &snap.cuts[cut];
+        s.aa = false;
+        let cut_at = zone_offset(owner, &cut.name).map(|off| owner_at + off);
+        let mut glue = Additional::new();
+        for rr in &cut.ns {
+            let rr_at = out.len();
+            match cut_at {
+                Some(at) => write_rr(out, at, &rr.body),
+                None => {
+                    out.extend_from_slice(&cut.name);
+                    out.extend_from_slice(&rr.body);
+                }
+            }
+            s.ns += 1;
+            let name_at = rr_at + if cut_at.is_some() { 2 } else { cut.name.len() } + 10;
+            for extra in &rr.additional {
+                glue.push(name_at, extra);
+            }
+        }
+        for &(at, body) in &glue.items[..glue.len] {
+            write_rr(out, at, body);
+            s.ar += 1;
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per answer kind; a struct would only rename them"
+    )]
+    fn app_answer(
+        &self,
+        snap: &Snapshot,
+        table: &RoutingTable,
+        app_id: AppId,
+        zone: u16,
+        q: &Query,
+        src: IpAddr,
+        ecs: Option<Ecs>,
+        counter: &mut u64,
+        owner: &[u8],
+        owner_at: usize,
+        s: &mut Sections,
+        out: &mut Vec<u8>,
+    ) {
+        let app = table.app(app_id);
+        let want = match q.qtype {
+            rtype::A | rtype::ANY => rtype::A,
+            rtype::AAAA => rtype::AAAA,
+            _ => {
+                negative(snap, zone, owner, owner_at, None, s, out);
+                return;
+            }
+        };
+        let (client, scope) = if matches!(app.policy, Policy::Geo | Policy::Latency) {
+            self.locate(snap, table, src, ecs)
+        } else {
+            (
+                Client {
+                    addr: src,
+                    region: None,
+                },
+                0,
+            )
+        };
+        let mut exclude = TargetSet::EMPTY;
+        let mut first: Option<Reason> = None;
+        let mut written: [Option<IpAddr>; 8] = [None; 8];
+        let mut count = 0;
+        let mut location_dependent = false;
+        let max = self.max_answers.min(written.len());
+        while count < max {
+            let choice = match table.select(app_id, &client, Pick::Spread(*counter), exclude) {
+                Ok(choice) => choice,
+                Err(NoTarget::FailClosed) => {
+                    self.metrics.fail_closed.fetch_add(1, Ordering::Relaxed);
+                    negative(snap, zone, owner, owner_at, Some(app.dns_ttl), s, out);
+                    return;
+                }
+                Err(NoTarget::AllExcluded) => break,
+            };
+            *counter = counter.wrapping_add(1);
+            if let Some(first) = first {
+                if !same_rule(first, choice.reason) {
+                    break;
+                }
+            } else {
+                first = Some(choice.reason);
+            }
+            location_dependent |= choice.location_dependent;
+            exclude.insert(choice.target);
+            let cluster = table.target_cluster(app_id, choice.target);
+            for endpoint in &cluster.endpoints {
+                let ip = endpoint.ip();
+                if count >= max || written[..count].contains(&Some(ip)) {
+                    continue;
+                }
+                match (want, ip) {
+                    (rtype::A, IpAddr::V4(v4)) => {
+                        out.extend_from_slice(&pointer(owner_at));
+                        put_u16(out, rtype::A);
+                        put_u16(out, 1);
+                        put_u32(out, app.dns_ttl);
+                        put_u16(out, 4);
+                        out.extend_from_slice(&v4.octets());
+                    }
+                    (rtype::AAAA, IpAddr::V6(v6)) => {
+                        out.extend_from_slice(&pointer(owner_at));
+                        put_u16(out, rtype::AAAA);
+                        put_u16(out, 1);
+                        put_u32(out, app.dns_ttl);
+                        put_u16(out, 16);
+                        out.extend_from_slice(&v6.octets());
+                    }
+                    _ => continue,
+                }
+                written[count] = Some(ip);
+                count += 1;
+                self.metrics.answer(app_id.0 as usize, choice.target);
+            }
+        }
+        if location_dependent {
+            s.scope = scope;
+        }
+        if count == 0 {
+            negative(snap, zone, owner, owner_at, None, s, out);
+        } else {
+            s.an += count as u16;
+        }
+    }
+
+    /// The client's address and region, and the ECS scope that answer would carry.
+    fn locate(
+        &self,
+        snap: &Snapshot,
+        table: &RoutingTable,
+        src: IpAddr,
+        ecs: Option<Ecs>,
+    ) -> (Client, u8) {
+        let (addr, source) = match ecs {
+            Some(e) if e.source > 0 && is_routable(e.addr) => (e.addr, Some(e.source)),
+            _ => (src, None),
+        };
+        let by_subnet = match table.resolve_region(addr, None) {
+            Some((region, RegionMatch::Subnet { prefix_len })) => Some((region, prefix_len)),
+            _ => None,
+        };
+        let by_country = if self.geo.is_empty() {
+            None
+        } else {
+            self.geo
+                .country(addr)
+                .and_then(|(cc, len)| snap.countries.get(&cc).map(|r| (*r, len)))
+        };
+        let placed = match (by_subnet, by_country) {
+            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let (region, prefix) = match placed {
+            Some((region, len)) => (Some(region), len),
+            // Unknown: the answer holds for this source network only.
+            None => (None, source.unwrap_or(0)),
+        };
+        let scope = source.map_or(0, |s| prefix.min(s));
+        (Client { addr, region }, scope)
+    }
+}
+
+fn same_rule(first: Reason, next: Reason) -> bool {
+    match (first, next) {
+        (Reason::Tier { tier: a }, Reason::Tier { tier: b }) => a == b,
+        (a, b) => discriminant(&a) == discriminant(&b),
+    }
+}
+
+enum Found<'a> {
+    Node(&'a Node),
+    Cut(usize),
+    Missing(u16),
+    Refused,
+}
+
+/// NXDOMAIN / NODATA authority: the zone's SOA, owner pointed into `owner` when the apex is
+/// a suffix of it. `cap` lowers the TTL (fail-closed answers).
+fn negative(
+    snap: &Snapshot,
+    zone: u16,
+    owner: &[u8],
+    owner_at: usize,
+    cap: Option<u32>,
+    s: &mut Sections,
+    out: &mut Vec<u8>,
+) {
+    let Some(zone) = snap.zones.get(usize::from(zone)) else {
+        return;
+    };
+    match zone_offset(owner, &zone.apex) {
+        Some(off) => out.extend_from_slice(&pointer(owner_at + off)),
+        None => out.extend_from_slice(&zone.apex),
+    }
+    let ttl_at = out.len() + 4;
+    out.extend_from_slice(&zone.negative_soa);
+    if let Some(cap) = cap {
+        let ttl = zone.negative_ttl.min(cap);
+        out[ttl_at..ttl_at + 4].copy_from_slice(&ttl.to_be_bytes());
+    }
+    s.ns += 1;
+}
+
+/// Appends an OPT record: our payload size, the upper bits of an extended rcode, and the
+/// ECS echo (family, source prefix and address as received, our scope).
+fn push_opt(out: &mut Vec<u8>, rc: u16, ecs: Option<(Ecs, u8)>) {
+    out.push(0);
+    put_u16(out, rtype::OPT);
+    put_u16(out, OUR_UDP_PAYLOAD);
+    put_u32(out, u32::from((rc >> 4) as u8) << 24);
+    match ecs {
+        None => put_u16(out, 0),
+        Some((e, scope)) => {
+            let addr_len = usize::from(e.source).div_ceil(8);
+            put_u16(out, (8 + addr_len) as u16);
+            put_u16(out, 8);
+            put_u16(out, (4 + addr_len) as u16);
+            put_u16(out, e.family);
+            out.push(e.source);
+            out.push(scope);
+            match e.addr {
+                IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()[..addr_len]),
+                IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()[..addr_len]),
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Counters of the DNS server, kept in atomics so the query path never locks, rendered in
+//! the Prometheus text format on demand.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use meridian_routing::RoutingTable;
+
+use crate::wire::rtype;
+
+/// Query types counted by name; everything else is `other`.
+const TYPES: [(u16, &str); 12] = [
+    (rtype::A, "A"),
+    (rtype::AAAA, "AAAA"),
+    (rtype::CNAME, "CNAME"),
+    (rtype::MX, "MX"),
+    (rtype::TXT, "TXT"),
+    (rtype::NS, "NS"),
+    (rtype::SOA, "SOA"),
+    (rtype::SRV, "SRV"),
+    (rtype::CAA, "CAA"),
+    (rtype::ANY, "ANY"),
+    (rtype::AXFR, "AXFR"),
+    (0, "other"),
+];
+const RCODES: [&str; 7] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
+];
+/// Answers are counted per (app, target) position for the first apps of a table.
+const MAX_APPS: usize = 256;
+const MAX_TARGETS: usize = 64;
+
+/// The server's counters.
+pub struct Metrics {
+    queries: Box<[AtomicU64]>,
+    answers: Box<[AtomicU64]>,
+    /// Queries that carried an EDNS Client Subnet option.
+    pub ecs_seen: AtomicU64,
+    /// Responses dropped by rate limiting.
+    pub rrl_dropped: AtomicU64,
+    /// Responses sent truncated by rate limiting (slip).
+    pub rrl_slipped: AtomicU64,
+    /// Packets not answered at all (too short, responses, oversized).
+    pub dropped: AtomicU64,
+    /// Responses with TC set.
+    pub truncated: AtomicU64,
+    /// App answers given as NODATA because the app fails closed with no serving target.
+    pub fail_closed: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        Metrics {
+            queries: zeros(TYPES.len() * RCODES.len()),
+            answers: zeros(MAX_APPS * MAX_TARGETS),
+            ecs_seen: AtomicU64::new(0),
+            rrl_dropped: AtomicU64::new(0),
+            rrl_slipped: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            fail_closed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered query.
+    pub fn count(&self, qtype: u16, rcode: u16) {
+        let t = TYPES
+            .iter()
+            .position(|(code, _)| *code == qtype)
+            .unwrap_or(TYPES.len() - 1);
+        let r = usize::from(rcode).min(RCODES.len() - 1);
+        self.queries[t * RCODES.len() + r].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one address given for target `target` of app `app`.
+    pub fn answer(&self, app: usize, target: usize) {
+        if app < MAX_APPS && target < MAX_TARGETS {
+            self.answers[app * MAX_TARGETS + target].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queries answered with `qtype` and `rcode` (names as in the metric labels).
+    pub fn queries(&self, qtype: &str, rcode: &str) -> u64 {
+        let t = TYPES.iter().position(|(_, n)| *n == qtype);
+        let r = RCODES.iter().position(|n| *n == rcode);
+        match (t, r) {
+            (Some(t), Some(r)) => self.queries[t * RCODES.len() + r].load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// The Prometheus text exposition. App and target labels come from `table`, the table
+    /// now served (answer counters are kept by position in it).
+    pub fn render(&self, table: Option<&RoutingTable>, staleness_s: Option<f64>) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP meridian_dns_queries_total DNS queries answered, by type and rcode.\n# TYPE meridian_dns_queries_total counter\n");
+        for (t, (_, tname)) in TYPES.iter().enumerate() {
+            for (r, rname) in RCODES.iter().enumerate() {
+                let v = self.queries[t * RCODES.len() + r].load(Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "meridian_dns_queries_total{{qtype=\"{tname}\",rcode=\"{rname}\"}} {v}"
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP meridian_dns_answers_total Addresses given in app answers, by app and target cluster.\n# TYPE meridian_dns_answers_total counter\n");
+        if let Some(table) = table {
+            for (a, app) in table.apps().iter().enumerate().take(MAX_APPS) {
+                for (t, target) in app.targets.iter().enumerate().take(MAX_TARGETS) {
+                    let v = self.answers[a * MAX_TARGETS + t].load(Ordering::Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "meridian_dns_answers_total{{app=\"{}\",cluster=\"{}\"}} {v}",
+                        app.name, target.cluster
+                    );
+                }
+            }
+        }
+        for (name, help, v) in [
+            (
+                "meridian_dns_ecs_queries_total",
+                "Queries that carried EDNS Client Subnet.",
+                &self.ecs_seen,
+            ),
+            (
+                "meridian_dns_rrl_dropped_total",
+                "Responses dropped by response rate limiting.",
+                &self.rrl_dropped,
+            ),
+            (
+                "meridian_dns_rrl_slipped_total",
+                "Responses sent truncated by response rate limiting.",
+                &self.rrl_slipped,
+            ),
+            (
+                "meridian_dns_dropped_total",
+                "Packets not answered (malformed beyond a header, responses, oversized).",
+                &self.dropped,
+            ),
+            (
+                "meridian_dns_truncated_total",
+                "Responses sent with TC set.",
+                &self.truncated,
+            ),
+            (
+                "meridian_dns_fail_closed_total",
+                "App answers given as NODATA because the app fails closed.",
+                &self.fail_closed,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let version = table.map_or(0, RoutingTable::version);
+        let _ = writeln!(
+            out,
+            "# HELP meridian_dns_table_version Version of the routing table served (0: none).\n# TYPE meridian_dns_table_version gauge\nmeridian_dns_table_version {version}"
+        );
+        if let Some(s) = staleness_s {
+            let _ = writeln!(
+                out,
+                "# HELP meridian_dns_table_staleness_seconds Age of the routing table served.\n# TYPE meridian_dns_table_staleness_seconds gauge\nmeridian_dns_table_staleness_seconds {s:.3}"
+            );
+        }
+        out
+    }
+}

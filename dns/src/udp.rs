@@ -1,0 +1,241 @@
+//! The UDP fast path: one thread per core, each with its own SO_REUSEPORT socket (the
+//! kernel spreads clients over them), receiving and sending in batches with
+//! recvmmsg/sendmmsg. Per packet there is no allocation, no lock and no task: buffers,
+//! message headers and the parsed query are reused, and the answer data is the
+//! pre-rendered snapshot of the current table.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::answer::{Action, Handler, MAX_QUERY, Transport, Worker};
+
+/// Packets per recvmmsg/sendmmsg call.
+const BATCH: usize = 32;
+/// Receive buffer per packet: larger than any query we accept, so oversize is detectable.
+const RX_LEN: usize = MAX_QUERY + 1;
+/// How often a blocked worker wakes to check for shutdown.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A UDP socket bound with SO_REUSEPORT, so several workers can share the address.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Bursts from many resolvers: a larger receive buffer absorbs them (best effort).
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    socket.set_read_timeout(Some(POLL))?;
+    Ok(socket.into())
+}
+
+/// Serves `socket` until `stop` is set.
+pub(crate) fn serve(socket: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBool>, seed: u64) {
+    let mut worker = Worker::new(&handler, seed);
+    let mut batch = mmsg::Batch::new();
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(4096)).collect();
+    let mut send = [false; BATCH];
+    let fd = socket.as_raw_fd();
+    while !stop.load(Ordering::Relaxed) {
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "dns: udp receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        handler.refresh(&mut worker);
+        for i in 0..n {
+            send[i] = false;
+            let (packet, src, truncated) = batch.packet(i);
+            let Some(src) = src else { continue };
+            if truncated {
+                handler.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            send[i] = handler.handle(&mut worker, packet, src, Transport::Udp, &mut outs[i])
+                == Action::Send;
+        }
+        batch.send(fd, &outs[..n], &send[..n]);
+    }
+}
+
+/// The batch system calls; the only unsafe code of the crate.
+#[expect(
+    unsafe_code,
+    reason = "recvmmsg/sendmmsg have no safe wrapper in std or socket2"
+)]
+mod mmsg {
+    use super::*;
+    use std::mem::{size_of, zeroed};
+    use std::os::fd::RawFd;
+    use std::ptr;
+
+    pub(crate) struct Batch {
+        rx: Vec<[u8; RX_LEN]>,
+        names: Vec<libc::sockaddr_storage>,
+        iov: Vec<libc::iovec>,
+        hdrs: Vec<libc::mmsghdr>,
+        tx_iov: Vec<libc::iovec>,
+        tx_hdrs: Vec<libc::mmsghdr>,
+    }
+
+    impl Batch {
+        pub(crate) fn new() -> Self {
+            // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all
+            // zero bytes is a valid value (null pointers, zero lengths).
+            let (names, iov, hdrs) = unsafe {
+                (
+                    (0..BATCH).map(|_| zeroed()).collect(),
+                    (0..BATCH).map(|_| zeroed()).collect(),
+                    (0..BATCH).map(|_| zeroed()).collect(),
+                )
+            };
+            // SAFETY: as above.
+            let (tx_iov, tx_hdrs) = unsafe {
+                (
+                    (0..BATCH).map(|_| zeroed()).collect(),
+                    (0..BATCH).map(|_| zeroed()).collect(),
+                )
+            };
+            Batch {
+                rx: vec![[0u8; RX_LEN]; BATCH],
+                names,
+                iov,
+                hdrs,
+                tx_iov,
+                tx_hdrs,
+            }
+        }
+
+        /// Waits for at least one datagram and takes up to [`BATCH`].
+        pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+            for i in 0..BATCH {
+                self.iov[i] = libc::iovec {
+                    iov_base: self.rx[i].as_mut_ptr().cast(),
+                    iov_len: RX_LEN,
+                };
+                let hdr = &mut self.hdrs[i];
+                hdr.msg_len = 0;
+                hdr.msg_hdr.msg_name = ptr::from_mut(&mut self.names[i]).cast();
+                hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                hdr.msg_hdr.msg_iov = ptr::from_mut(&mut self.iov[i]);
+                hdr.msg_hdr.msg_iovlen = 1;
+                hdr.msg_hdr.msg_control = ptr::null_mut();
+                hdr.msg_hdr.msg_controllen = 0;
+                hdr.msg_hdr.msg_flags = 0;
+            }
+            // SAFETY: every header points at a live buffer, iovec and address owned by
+            // `self`, with lengths matching their allocations; `self` is borrowed mutably
+            // for the whole call, so nothing else touches them while the kernel writes.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    self.hdrs.as_mut_ptr(),
+                    BATCH as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(n as usize)
+        }
+
+        /// Datagram `i` of the last receive: its bytes, its source, and whether the kernel
+        /// cut it (longer than any query we accept).
+        pub(crate) fn packet(&self, i: usize) -> (&[u8], Option<IpAddr>, bool) {
+            let hdr = &self.hdrs[i];
+            let len = (hdr.msg_len as usize).min(RX_LEN);
+            let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_QUERY;
+            (&self.rx[i][..len], source(&self.names[i]), truncated)
+        }
+
+        /// Sends `outs[i]` to the source of datagram `i` where `send[i]`.
+        pub(crate) fn send(&mut self, fd: RawFd, outs: &[Vec<u8>], send: &[bool]) {
+            let mut n = 0;
+            for (i, out) in outs.iter().enumerate() {
+                if !send[i] {
+                    continue;
+                }
+                self.tx_iov[n] = libc::iovec {
+                    iov_base: out.as_ptr().cast_mut().cast(),
+                    iov_len: out.len(),
+                };
+                let hdr = &mut self.tx_hdrs[n];
+                hdr.msg_len = 0;
+                hdr.msg_hdr.msg_name = ptr::from_mut(&mut self.names[i]).cast();
+                hdr.msg_hdr.msg_namelen = self.hdrs[i].msg_hdr.msg_namelen;
+                hdr.msg_hdr.msg_iov = ptr::from_mut(&mut self.tx_iov[n]);
+                hdr.msg_hdr.msg_iovlen = 1;
+                hdr.msg_hdr.msg_control = ptr::null_mut();
+                hdr.msg_hdr.msg_controllen = 0;
+                hdr.msg_hdr.msg_flags = 0;
+                n += 1;
+            }
+            let mut done = 0;
+            while done < n {
+                // SAFETY: headers `done..n` point at response buffers borrowed from `outs`
+                // and addresses and iovecs owned by `self`, all alive for the call; the
+                // kernel only reads them.
+                let sent = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.tx_hdrs[done..].as_mut_ptr(),
+                        (n - done) as libc::c_uint,
+                        0,
+                    )
+                };
+                if sent <= 0 {
+                    let err = io::Error::last_os_error();
+                    if err.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // Skip the datagram that failed (an unreachable client) and go on.
+                    tracing::debug!(error = %err, "dns: udp send failed");
+                    done += 1;
+                } else {
+                    done += sent as usize;
+                }
+            }
+        }
+    }
+
+    fn source(name: &libc::sockaddr_storage) -> Option<IpAddr> {
+        match i32::from(name.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the kernel wrote an AF_INET address, so the storage holds a
+                // sockaddr_in; sockaddr_storage is larger and suitably aligned for it.
+                let sin = unsafe { &*ptr::from_ref(name).cast::<libc::sockaddr_in>() };
+                Some(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: as above, for AF_INET6 and sockaddr_in6.
+                let sin6 = unsafe { &*ptr::from_ref(name).cast::<libc::sockaddr_in6>() };
+                Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Kubernetes resources → the config the controller runs on. In Kubernetes mode the config
+//! file still gives regions, geo data, zones and process settings; clusters and apps come from
+//! `MeridianCluster` and `MeridianApp` resources, checked by the same rules as a file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use meridian_config::{
+    AppConfig, ClusterConfig, Config, ConfigError, LoadedConfig, ProbeConfig, ProbeKind,
+    TargetConfig,
+};
+use meridian_routing::{FailureMode, Location, Policy};
+
+use crate::crd::{FailureModeSpec, MeridianApp, MeridianCluster, PolicySpec, ProbeSpec};
+
+/// The verdict on each resource: accepted, or why not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Resource name → problems (empty: accepted).
+    pub clusters: BTreeMap<String, Vec<String>>,
+    /// Resource name → problems (empty: accepted).
+    pub apps: BTreeMap<String, Vec<String>>,
+}
+
+/// Builds the config from `base` and the resources. Every resource gets a verdict; the config
+/// holds only the accepted ones, so one bad resource never stops the others from being served.
+/// `Err` only when the accepted resources still fail together (for example two apps claiming
+/// one hostname), with every problem in the verdicts too.
+pub fn to_config(
+    base: &Config,
+    clusters: &[MeridianCluster],
+    apps: &[MeridianApp],
+) -> (Verdicts, Result<LoadedConfig, ConfigError>) {
+    let mut verdicts = Verdicts::default();
+    let mut config = base.clone();
+    config.clusters.clear();
+    config.apps.clear();
+    for cluster in clusters {
+        let name = cluster.name_any();
+        match cluster_config(cluster) {
+            Ok(c) => {
+                config.clusters.push(c);
+                verdicts.clusters.insert(name, Vec::new());
+            }
+            Err(problem) => {
+                verdicts.clusters.insert(name, vec![problem]);
+            }
+        }
+    }
+    for app in apps {
+        let name = app.name_any();
+        match app_config(app) {
+            Ok((a, probe)) => {
+                if let Some(probe) = probe {
+                    config.probes.push(probe);
+                }
+                config.apps.push(a);
+                verdicts.apps.insert(name, Vec::new());
+            }
+            Err(problem) => {
+                verdicts.apps.insert(name, vec![problem]);
+            }
+        }
+    }
+    let origin = Path::new("<kubernetes resources>");
+    let result = meridian_config::validate(config.clone(), origin);
+    if let Err(ConfigError::Invalid(diagnostics)) = &result {
+        // Attribute each problem to the resource whose field it names.
+        for d in diagnostics {
+            let owner = index_of(&d.path, "clusters[")
+                .and_then(|i| config.clusters.get(i))
+                .map(|c| (&mut verdicts.clusters, c.name.clone()))
+                .or_else(|| {
+                    index_of(&d.path, "apps[")
+                        .and_then(|i| config.apps.get(i))
+                        .map(|a| (&mut verdicts.apps, a.name.clone()))
+                });
+            if let Some((map, name)) = owner {
+                let field = d.path.split_once('.').map_or("", |(_, f)| f);
+                map.entry(name).or_default().push(if field.is_empty() {
+                    d.message.clone()
+                } else {
+                    format!("{field}: {}", d.message)
+                });
+            }
+        }
+    }
+    (verdicts, result)
+}
+
+fn index_of(path: &str, prefix: &str) -> Option<usize> {
+    let rest = path.strip_prefix(prefix)?;
+    rest[..rest.find(']')?].parse().ok()
+}
+
+fn cluster_config(cluster: &MeridianCluster) -> Result<ClusterConfig, String> {
+    let spec = &cluster.spec;
+    let mut endpoints = Vec::new();
+    let discovered = cluster
+        .status
+        .as_ref()
+        .map(|s| s.discovered_endpoints.as_slice())
+        .unwrap_or_default();
+    for (i, text) in spec.endpoints.iter().chain(discovered).enumerate() {
+        let addr = text
+            .parse()
+            .map_err(|_| format!("endpoints[{i}]: {text:?} is not an endpoint address:port"))?;
+        if !endpoints.contains(&addr) {
+            endpoints.push(addr);
+        }
+    }
+    Ok(ClusterConfig {
+        name: cluster.name_any(),
+        region: spec.region.clone(),
+        provider: spec.provider.clone(),
+        location: spec.location.map(|l| Location {
+            lat: l.lat,
+            lon: l.lon,
+        }),
+        endpoints,
+    })
+}
+
+fn duration(field: &str, text: Option<&String>, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| format!("{field}: {text:?} is not a duration: {e}")),
+    }
+}
+
+fn probe_config(app: &str, spec: &ProbeSpec) -> Result<ProbeConfig, String> {
+    let defaults = ProbeConfig::default_tcp();
+    let kind = match spec.kind.as_str() {
+        "http" => ProbeKind::Http,
+        "https" => ProbeKind::Https,
+        "tcp" => ProbeKind::Tcp,
+        other => {
+            return Err(format!(
+                "probe.kind: {other:?} is not one of http, https, tcp"
+            ));
+        }
+    };
+    Ok(ProbeConfig {
+        name: format!("app:{app}"),
+        kind,
+        path: spec.path.clone().unwrap_or(defaults.path),
+        host: spec.host.clone(),
+        expect_status: if spec.expect_status.is_empty() {
+            defaults.expect_status
+        } else {
+            spec.expect_status.clone()
+        },
+        expect_body: None,
+        interval: duration("probe.interval", spec.interval.as_ref(), defaults.interval)?,
+        timeout: duration("probe.timeout", spec.timeout.as_ref(), defaults.timeout)?,
+        rise: spec.rise.unwrap_or(defaults.rise),
+        fall: spec.fall.unwrap_or(defaults.fall),
+        sni: None,
+        tls_verify: true,
+    })
+}
+
+fn app_config(app: &MeridianApp) -> Result<(AppConfig, Option<ProbeConfig>), String> {
+    let name = app.name_any();
+    let spec = &app.spec;
+    let probe = spec
+        .probe
+        .as_ref()
+        .map(|p| probe_config(&name, p))
+        .transpose()?;
+    Ok((
+        AppConfig {
+            name: name.clone(),
+            hostnames: spec.hostnames.clone(),
+            policy: match spec.policy.unwrap_or_default() {
+                PolicySpec::Weighted => Policy::Weighted,
+                PolicySpec::Failover => Policy::Failover,
+                PolicySpec::Geo => Policy::Geo,
+                PolicySpec::Latency => Policy::Latency,
+            },
+            failure_mode: match spec.failure_mode {
+                FailureModeSpec::FailOpen => FailureMode::FailOpen,
+                FailureModeSpec::FailClosed => FailureMode::FailClosed,
+            },
+            dns_ttl: spec.dns_ttl.unwrap_or(30),
+            probe: probe.as_ref().map(|p| p.name.clone()),
+            drain_period: Duration::from_secs(30),
+            slow_start: Duration::from_secs(30),
+            geo_preferences: Vec::new(),
+            targets: spec
+                .targets
+                .iter()
+                .map(|t| TargetConfig {
+                    cluster: t.cluster.clone(),
+                    weight: t.weight.unwrap_or(100),
+                    tier: t.tier.unwrap_or(0),
+                })
+                .collect(),
+        },
+        probe,
+    ))
+}

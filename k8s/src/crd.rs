@@ -1,0 +1,364 @@
+//! The custom resources, generated from these types (`meridian crds` prints them).
+//!
+//! `MeridianCluster` and `MeridianApp` live in the controller's namespace on the hub cluster.
+//! Field names follow Kubernetes conventions (camelCase); everything is checked again by the
+//! same rules as the config file when the controller turns resources into a config.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of Meridian's resources.
+pub const GROUP: &str = "meridian.dev";
+
+/// A point on the earth, in degrees.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GeoLocation {
+    /// Latitude, -90 to 90.
+    pub lat: f64,
+    /// Longitude, -180 to 180.
+    pub lon: f64,
+}
+
+/// Where a cluster's ingress endpoints are discovered from, in that member cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressDiscovery {
+    /// `Service` (type LoadBalancer), `Ingress` or `Gateway` (gateway.networking.k8s.io).
+    pub kind: DiscoveryKind,
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Name of the object.
+    pub name: String,
+    /// Port of the endpoints (default: the Service's first port, else 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Kinds of objects whose status names a cluster's ingress addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DiscoveryKind {
+    /// `status.loadBalancer.ingress` of a Service of type LoadBalancer.
+    Service,
+    /// `status.loadBalancer.ingress` of an Ingress.
+    Ingress,
+    /// `status.addresses` of a Gateway.
+    Gateway,
+}
+
+/// A key of a Secret in the controller's namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key within the Secret (default `kubeconfig`).
+    #[serde(default = "default_kubeconfig_key")]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".into()
+}
+
+/// What a cluster can carry and what it costs, for placement.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityHints {
+    /// Most replicas of one app the cluster should run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<u32>,
+    /// Cost of one replica for an hour, in any currency used consistently across clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_replica_hour: Option<f64>,
+}
+
+/// A member cluster: where it is, how it is reached and what it can carry.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "meridian.dev",
+    version = "v1alpha1",
+    kind = "MeridianCluster",
+    plural = "meridianclusters",
+    shortname = "mcl",
+    namespaced,
+    status = "ClusterStatus",
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.region"}"#,
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
+    printcolumn = r#"{"name":"Reachable","type":"string","jsonPath":".status.conditions[?(@.type==\"Reachable\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSpec {
+    /// The region the cluster is in (a region of the controller's config).
+    pub region: String,
+    /// `aws`, `gcp`, `azure`, `onprem`, …
+    pub provider: String,
+    /// Where it is; defaults to its region's location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<GeoLocation>,
+    /// Ingress endpoints, `address:port`; with `ingressDiscovery`, discovered ones are added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Discover ingress endpoints from an object's status in the member cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_discovery: Option<IngressDiscovery>,
+    /// The Secret holding the member cluster's kubeconfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    /// Capacity and cost hints for placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityHints>,
+}
+
+/// A condition, as Kubernetes API conventions define it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reachable`, `Accepted`, …
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation the condition was computed for.
+    pub observed_generation: i64,
+}
+
+/// What the controller knows of a member cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// Conditions: `Reachable`, `EndpointsDiscovered`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation last acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Endpoints found by ingress discovery.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovered_endpoints: Vec<String>,
+    /// The member cluster's inventory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+}
+
+/// One member cluster seen through its API server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// Kubernetes version, such as `v1.20.2`.
+    pub kubernetes_version: String,
+    /// Nodes, and how many are Ready.
+    pub nodes: u32,
+    /// Ready nodes.
+    pub nodes_ready: u32,
+    /// Allocatable CPU over all nodes, millicores.
+    pub allocatable_cpu_millis: u64,
+    /// Allocatable memory over all nodes, bytes.
+    pub allocatable_memory_bytes: u64,
+    /// CPU requested by pods, millicores.
+    pub requested_cpu_millis: u64,
+    /// Memory requested by pods, bytes.
+    pub requested_memory_bytes: u64,
+    /// Each app's workload there.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadInventory>,
+}
+
+/// An app's workload in one member cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadInventory {
+    /// The app.
+    pub app: String,
+    /// Desired replicas (`spec.replicas`).
+    pub desired_replicas: i32,
+    /// Ready replicas (`status.readyReplicas`).
+    pub ready_replicas: i32,
+}
+
+/// How an app's traffic is steered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicySpec {
+    /// By weight.
+    #[default]
+    Weighted,
+    /// Ordered tiers.
+    Failover,
+    /// Client region, then distance.
+    Geo,
+    /// Measured round-trip time.
+    Latency,
+}
+
+/// What happens when no target is serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureModeSpec {
+    /// Use every target.
+    FailOpen,
+    /// Give no target.
+    FailClosed,
+}
+
+/// One app in one cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TargetSpec {
+    /// The MeridianCluster's name.
+    pub cluster: String,
+    /// Relative weight, 0 to 10000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Failover tier, 0 = primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u8>,
+}
+
+/// The health check of an app's targets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSpec {
+    /// `http`, `https` or `tcp`.
+    pub kind: String,
+    /// HTTP path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Host header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Healthy status codes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_status: Vec<u16>,
+    /// Interval, such as `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Timeout, such as `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Successes to turn healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    /// Failures to turn unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+}
+
+/// The workload an app runs as in each member cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// The Deployment, by namespace and name, in every member cluster.
+    pub workload: WorkloadRef,
+    /// Total replicas across clusters, divided by the strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_replicas: Option<u32>,
+    /// `weight`, `capacity` or `cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Only clusters with all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_selector: BTreeMap<String, String>,
+    /// Per-cluster floors and ceilings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bounds: Vec<ClusterBounds>,
+}
+
+/// A Deployment, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkloadRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Replica bounds in one cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterBounds {
+    /// The cluster.
+    pub cluster: String,
+    /// Fewest replicas there.
+    #[serde(default)]
+    pub min_replicas: u32,
+    /// Most replicas there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<u32>,
+}
+
+/// Traffic-driven scaling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingSpec {
+    /// Requests per second one replica should carry.
+    pub target_requests_per_second_per_replica: f64,
+    /// Fewest replicas in all.
+    #[serde(default)]
+    pub min_replicas: u32,
+    /// Most replicas in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<u32>,
+    /// How long a lower replica count must persist before scaling down, such as `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_stabilization: Option<String>,
+}
+
+/// An app served from several clusters.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "meridian.dev",
+    version = "v1alpha1",
+    kind = "MeridianApp",
+    plural = "meridianapps",
+    shortname = "mapp",
+    namespaced,
+    status = "AppStatus",
+    printcolumn = r#"{"name":"Hostnames","type":"string","jsonPath":".spec.hostnames"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policy"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// Hostnames, exact or `*.` wildcard.
+    pub hostnames: Vec<String>,
+    /// Steering policy (default `weighted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
+    /// `fail-open` or `fail-closed`: required, so the choice is never an accident.
+    pub failure_mode: FailureModeSpec,
+    /// TTL of DNS answers, seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_ttl: Option<u32>,
+    /// Health check; a TCP connect when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
+    /// The app in each of its clusters.
+    pub targets: Vec<TargetSpec>,
+    /// Where its replicas run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
+    /// How its replicas follow traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingSpec>,
+}
+
+/// What the controller did with an app.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    /// Conditions: `Accepted` (the spec passed validation), `Ready`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation last acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,111 @@
+//! `meridian dns`: the authoritative GeoDNS server as its own process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use meridian_dns::DnsServer;
+use meridian_routing::RoutingTable;
+use meridian_subscriber::TableCell;
+
+/// Arguments of `meridian dns`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Config file: its zones, geo databases and `dns:` section; without `--controller`
+    /// its apps and clusters make the table served (every target healthy).
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// UDP and TCP listener, overriding `dns.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listener (`/livez`, `/readyz`, `/metrics`), overriding `dns.admin_listen`.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// UDP worker threads, overriding `dns.udp_workers` (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Follow this controller's watch stream instead of serving the config's base table.
+    #[arg(long)]
+    controller: Option<String>,
+    /// File holding the bearer token for the controller.
+    #[arg(long, requires = "controller")]
+    token_file: Option<PathBuf>,
+    /// Where the last good table is kept, to start from when the controller is down.
+    #[arg(long, requires = "controller")]
+    state_dir: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut loaded = meridian_config::load(&args.config)
+        .map_err(|err| anyhow::anyhow!("{}", err.diagnostics().join("\n")))?;
+    let dns = &mut loaded.config.dns;
+    if let Some(listen) = args.listen {
+        dns.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen {
+        dns.admin_listen = Some(admin);
+    }
+    if let Some(workers) = args.workers {
+        dns.udp_workers = Some(workers);
+    }
+    let cell = Arc::new(TableCell::new());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let follower = match args.controller {
+            Some(controller) => {
+                let token = match &args.token_file {
+                    Some(file) => Some(
+                        std::fs::read_to_string(file)
+                            .with_context(|| format!("reading the token file {}", file.display()))?
+                            .trim()
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                let watch = meridian_subscriber::watch::WatchConfig {
+                    controller,
+                    token,
+                    state_dir: args.state_dir,
+                    subscriber: format!("dns@{}", loaded.config.dns.listen),
+                };
+                let cell = cell.clone();
+                Some(tokio::spawn(async move {
+                    if let Err(err) = meridian_subscriber::watch::follow(watch, cell).await {
+                        tracing::error!(error = %err, "dns: following the controller failed");
+                    }
+                }))
+            }
+            None => {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let table =
+                    RoutingTable::new(loaded.config.base_table(1, now_ms)).with_context(|| {
+                        format!("{}: building the routing table", args.config.display())
+                    })?;
+                cell.store(Arc::new(table));
+                None
+            }
+        };
+        let server = DnsServer::start(&loaded, cell)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
+        }
+        if let Some(follower) = follower {
+            follower.abort();
+        }
+        tokio::task::spawn_blocking(move || server.shutdown())
+            .await
+            .context("stopping the DNS server")?;
+        tracing::info!("dns stopped");
+        anyhow::Ok(())
+    })
+}

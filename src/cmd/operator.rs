@@ -1,0 +1,297 @@
+//! Operator commands against a running controller's API: `status`, `weight`, `drain`,
+//! `undrain`, `explain`, `history` and `audit`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use meridian_controller::client::ApiClient;
+
+/// How to reach the controller.
+#[derive(clap::Args)]
+pub struct Api {
+    /// The controller's base URL.
+    #[arg(
+        long,
+        env = "MERIDIAN_CONTROLLER",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    controller: String,
+    /// File holding the bearer token (else env MERIDIAN_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Api {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        let token = match &self.token_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the token file {}", file.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("MERIDIAN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        };
+        Ok(ApiClient::new(&self.controller, token)?)
+    }
+}
+
+/// Arguments of `meridian status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    api: Api,
+}
+
+/// Arguments of `meridian weight`.
+#[derive(clap::Args)]
+pub struct WeightArgs {
+    #[command(flatten)]
+    api: Api,
+    /// The app.
+    app: String,
+    /// The cluster of the target.
+    cluster: String,
+    /// The new weight (0 to 10000); omit with --reset.
+    #[arg(required_unless_present = "reset")]
+    weight: Option<u32>,
+    /// Remove the override: the configured weight applies again.
+    #[arg(long, conflicts_with = "weight")]
+    reset: bool,
+}
+
+/// Arguments of `meridian drain` and `meridian undrain`.
+#[derive(clap::Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    api: Api,
+    /// The cluster.
+    cluster: String,
+    /// Only this app's target in the cluster.
+    #[arg(long)]
+    app: Option<String>,
+}
+
+/// Arguments of `meridian explain`.
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    api: Api,
+    /// The hostname asked for.
+    host: String,
+    /// The client's IP address.
+    client: String,
+}
+
+/// Arguments of `meridian history` and `meridian audit`.
+#[derive(clap::Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    api: Api,
+    /// At most this many entries, newest first.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+}
+
+fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(f)
+}
+
+/// Prints the API's answer as JSON (a macro, as the root package needs no serde of its own).
+macro_rules! print_json {
+    ($value:expr) => {{
+        println!("{}", serde_json::to_string_pretty(&$value)?);
+        Ok(())
+    }};
+}
+
+fn time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let status = args.api.client()?.status().await?;
+        if args.api.json {
+            return print_json!(status);
+        }
+        println!("table version {}", status.table_version);
+        println!("\nCLUSTER                REGION         PROVIDER  DRAIN");
+        for c in &status.clusters {
+            let drain = c
+                .drain_started_at_ms
+                .map_or("-".to_string(), |t| format!("since {}", time(t)));
+            println!("{:<22} {:<14} {:<9} {drain}", c.name, c.region, c.provider);
+        }
+        for app in &status.apps {
+            println!(
+                "\nAPP {} ({}, {}) {}",
+                app.name,
+                app.policy,
+                app.failure_mode,
+                app.hostnames.join(" ")
+            );
+            println!("  TARGET                 WEIGHT  EFFECTIVE  HEALTH          VOTES");
+            for t in &app.targets {
+                let weight = match t.weight_override {
+                    Some(_) => format!("{}*", t.weight),
+                    None => t.weight.to_string(),
+                };
+                let health = match t.progress {
+                    Some(p) => format!("{} {:.0}%", t.health, p * 100.0),
+                    None => t.health.clone(),
+                };
+                let votes: Vec<String> = t
+                    .verdict
+                    .votes
+                    .iter()
+                    .map(|v| format!("{}:{}", v.vantage, if v.healthy { "up" } else { "down" }))
+                    .collect();
+                println!(
+                    "  {:<22} {:<7} {:<10} {:<15} {}",
+                    t.cluster,
+                    weight,
+                    t.effective_weight,
+                    health,
+                    votes.join(" ")
+                );
+            }
+        }
+        println!("\n(* weight set by an operator)");
+        Ok(())
+    })
+}
+
+pub fn weight(args: WeightArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let client = args.api.client()?;
+        let change = match args.weight {
+            Some(w) if !args.reset => client.set_weight(&args.app, &args.cluster, w).await?,
+            _ => client.reset_weight(&args.app, &args.cluster).await?,
+        };
+        if args.api.json {
+            return print_json!(change);
+        }
+        println!(
+            "{} {}: {} (audit #{}, table version {})",
+            change.audit.action,
+            change.audit.subject,
+            change.audit.detail,
+            change.audit.seq,
+            change.table_version
+        );
+        Ok(())
+    })
+}
+
+pub fn drain(args: DrainArgs, drain: bool) -> anyhow::Result<()> {
+    block_on(async {
+        let change = args
+            .api
+            .client()?
+            .drain(&args.cluster, args.app.as_deref(), drain)
+            .await?;
+        if args.api.json {
+            return print_json!(change);
+        }
+        println!(
+            "{} {} (audit #{}, table version {})",
+            change.audit.action, change.audit.subject, change.audit.seq, change.table_version
+        );
+        Ok(())
+    })
+}
+
+pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let e = args.api.client()?.explain(&args.host, &args.client).await?;
+        if args.api.json {
+            return print_json!(e);
+        }
+        println!("{}", e["summary"].as_str().unwrap_or_default());
+        for t in e["targets"].as_array().into_iter().flatten() {
+            println!(
+                "{} {} ({}) tier {} weight {} effective {} {}{}",
+                if t["chosen"] == true { "→" } else { " " },
+                t["cluster"].as_str().unwrap_or_default(),
+                t["region"].as_str().unwrap_or_default(),
+                t["tier"],
+                t["weight"],
+                t["effective_weight"],
+                t["health"]["state"].as_str().unwrap_or_default(),
+                if t["candidate"] == true {
+                    ""
+                } else {
+                    " (not a candidate)"
+                }
+            );
+        }
+        println!("table version {}", e["table_version"]);
+        Ok(())
+    })
+}
+
+pub fn history(args: LogArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let entries = args.api.client()?.history(args.limit).await?;
+        if args.api.json {
+            return print_json!(entries);
+        }
+        for h in &entries {
+            let votes: Vec<String> = h
+                .change
+                .votes
+                .iter()
+                .map(|v| format!("{}:{}", v.vantage, if v.healthy { "up" } else { "down" }))
+                .collect();
+            println!(
+                "#{} {} {}/{} → {}: {} [{}]",
+                h.seq,
+                time(h.change.at_ms),
+                h.change.app,
+                h.change.cluster,
+                if h.change.healthy {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                },
+                h.change.cause,
+                votes.join(" ")
+            );
+        }
+        Ok(())
+    })
+}
+
+pub fn audit(args: LogArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let entries = args.api.client()?.audit(args.limit).await?;
+        if args.api.json {
+            return print_json!(entries);
+        }
+        for a in &entries {
+            println!(
+                "#{} {} {} ({}) {} {} {}",
+                a.seq,
+                time(a.at_ms),
+                a.who,
+                a.role,
+                a.action,
+                a.subject,
+                a.detail
+            );
+        }
+        Ok(())
+    })
+}

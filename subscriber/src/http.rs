@@ -1,0 +1,146 @@
+//! The small HTTP/1.1 client subscribers and vantages use to reach the controller.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::Error;
+
+/// A client of one controller: its base URL and the bearer token it presents.
+#[derive(Clone, Debug)]
+pub struct ControllerClient {
+    base: String,
+    token: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ControllerClient {
+    /// A client for `base` (`http://host:port`, no path). Only plain HTTP is spoken: the
+    /// controller's port is meant for loopback or a private network.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, Error> {
+        let base = base.trim_end_matches('/').to_string();
+        let uri: Uri = base.parse().map_err(|e| Error::BadUrl {
+            url: base.clone(),
+            reason: format!("{e}"),
+        })?;
+        if uri.scheme_str() != Some("http") {
+            return Err(Error::BadUrl {
+                url: base,
+                reason: "only http:// is supported".into(),
+            });
+        }
+        if uri.authority().is_none() || uri.path().len() > 1 {
+            return Err(Error::BadUrl {
+                url: base,
+                reason: "expected http://host:port with no path".into(),
+            });
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Self {
+            base,
+            token,
+            client,
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and returns the response with its body unread.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response<Incoming>, Error> {
+        let url = format!("{}{}", self.base, path_and_query);
+        let mut builder = Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Error::BadUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| Error::Transport {
+                url,
+                message: error_chain(&e),
+            })
+    }
+
+    /// Sends a request and reads the whole body; a status outside 2xx is an error.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let url = format!("{}{}", self.base, path_and_query);
+        let response = self.send(method, path_and_query, body).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Transport {
+                url: url.clone(),
+                message: error_chain(&e),
+            })?
+            .to_bytes();
+        check_status(&url, status, &bytes)?;
+        Ok((status, bytes))
+    }
+}
+
+/// Turns a non-2xx status into the matching error, with the controller's message.
+pub(crate) fn check_status(url: &str, status: StatusCode, body: &[u8]) -> Result<(), Error> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let (url, status) = (url.to_string(), status.as_u16());
+    Err(if status == 401 || status == 403 {
+        Error::Refused {
+            url,
+            status,
+            message,
+        }
+    } else {
+        Error::Status {
+            url,
+            status,
+            message,
+        }
+    })
+}
+
+/// An error with its sources, as one line.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

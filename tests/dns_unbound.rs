@@ -1,0 +1,134 @@
+//! A real recursive resolver in front of Meridian: unbound with its subnet cache module and
+//! a stub zone pointing at the server on loopback. Clients of different subnets (ECS sent
+//! to unbound, which forwards it) get the geo answer for their subnet, each cached for its
+//! own scope.
+
+mod dns_support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dns_support::{CONFIG, Scratch, Server, kdig};
+
+/// Kills unbound when the test ends, however it ends.
+struct Unbound(Child);
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    // Bound and released: unbound binds it right after. Loopback only.
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_unbound(dir: &Scratch, authority: SocketAddr) -> (Unbound, SocketAddr) {
+    let port = free_udp_port();
+    let conf = dir.0.join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"server:
+    interface: 127.0.0.1
+    port: {port}
+    do-ip6: no
+    do-daemonize: no
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    chroot: ""
+    username: ""
+    directory: "{dir}"
+    pidfile: ""
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "subnetcache iterator"
+    send-client-subnet: 127.0.0.1
+    max-client-subnet-ipv4: 24
+    qname-minimisation: no
+    domain-insecure: "example.test"
+    local-zone: "test." nodefault
+stub-zone:
+    name: "example.test"
+    stub-addr: {ip}@{aport}
+"#,
+            dir = dir.0.display(),
+            ip = authority.ip(),
+            aport = authority.port(),
+        ),
+    )
+    .expect("write unbound.conf");
+    let child = Command::new("unbound")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("unbound could not be started ({err}); install it: apt-get install unbound")
+        });
+    let unbound = Unbound(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Ready when it answers a query for our zone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = kdig(addr, &["www.example.test", "A"]);
+        if text.contains("status: NOERROR") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "unbound did not come up: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (unbound, addr)
+}
+
+#[test]
+fn unbound_resolves_app_names_and_sees_the_geo_answer_per_subnet() {
+    let server = Server::start(CONFIG);
+    let dir = Scratch::new("dns-unbound");
+    let (_unbound, resolver) = start_unbound(&dir, server.addr());
+
+    let short = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["+short"];
+        all.extend_from_slice(args);
+        kdig(resolver, &all)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    // An app hostname through the resolver.
+    let shop = short(&["shop.example.test", "A"]);
+    assert_eq!(shop.len(), 2, "{shop:?}");
+    // Geo: each subnet gets its own answer, also when the other is already cached.
+    for _ in 0..2 {
+        let us = short(&["+subnet=198.51.100.0/24", "maps.example.test", "A"]);
+        assert_eq!(us.first().map(String::as_str), Some("127.0.3.1"), "{us:?}");
+        let eu = short(&["+subnet=192.0.2.0/24", "maps.example.test", "A"]);
+        assert_eq!(eu.first().map(String::as_str), Some("127.0.1.2"), "{eu:?}");
+    }
+    // The authority saw the subnets unbound forwarded.
+    assert!(
+        server
+            .dns
+            .metrics()
+            .ecs_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    // A CNAME into an app, resolved through the chain.
+    let docs = short(&["docs.example.test", "A"]);
+    assert_eq!(
+        docs.first().map(String::as_str),
+        Some("shop.example.test."),
+        "{docs:?}"
+    );
+}

@@ -1,0 +1,128 @@
+//! Table swaps: drain stops new requests to a target while its in-flight ones finish; a
+//! swap under load loses nothing; graceful shutdown finishes what is in flight.
+
+mod proxy_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use meridian_routing::{FailureMode, Health};
+use proxy_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_new_requests_while_in_flight_ones_finish() {
+    let a = Upstream::start("alpha").await;
+    let b = Upstream::start("beta").await;
+    // Alpha only, so the slow request surely lands there.
+    let v1 = table(
+        1,
+        &[(&a, 1, Health::Healthy), (&b, 0, Health::Healthy)],
+        FailureMode::FailOpen,
+    );
+    let (proxy, cell) = start_proxy(test_config(), v1).await;
+    let addr = proxy.local_addr();
+    let slow = tokio::spawn(async move { get(&client(), addr, "shop.test", "/slow/800").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.hits("GET /slow/800"), 1, "the slow request reached alpha");
+
+    let v2 = table(
+        2,
+        &[
+            (&a, 1, Health::Draining { progress: 1.0 }),
+            (&b, 1, Health::Healthy),
+        ],
+        FailureMode::FailOpen,
+    );
+    cell.store(v2);
+    let client = client();
+    for _ in 0..50 {
+        let answer = get(&client, addr, "shop.test", "/new").await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cluster.as_deref(), Some("beta"));
+    }
+    assert_eq!(a.hits("GET /new"), 0);
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status, 200);
+    assert_eq!(slow.cluster.as_deref(), Some("alpha"));
+    assert_eq!(proxy.status().table_version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_swaps_under_load_lose_nothing() {
+    let a = Upstream::start("alpha").await;
+    let b = Upstream::start("beta").await;
+    let make = |version: u64| {
+        let (wa, wb) = if version.is_multiple_of(2) { (1, 3) } else { (3, 1) };
+        table(
+            version,
+            &[(&a, wa, Health::Healthy), (&b, wb, Health::Healthy)],
+            FailureMode::FailOpen,
+        )
+    };
+    let (proxy, cell) = start_proxy(test_config(), make(1)).await;
+    let addr = proxy.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok) = (stop.clone(), ok.clone());
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match get(&client, addr, "shop.test", "/slow/1").await {
+                    Ok(answer) if answer.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(answer) => errors.push(format!("status {}", answer.status)),
+                    Err(err) => errors.push(err),
+                }
+            }
+            errors
+        }));
+    }
+    for version in 2..=41 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cell.store(make(version));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for w in workers {
+        errors.extend(w.await.unwrap());
+    }
+    assert!(errors.is_empty(), "client errors: {errors:?}");
+    let ok = ok.load(Ordering::Relaxed);
+    assert!(ok > 100, "only {ok} requests went through");
+    let served = a.total.load(Ordering::SeqCst) + b.total.load(Ordering::SeqCst);
+    assert_eq!(served, ok, "every request was served exactly once");
+    assert_eq!(proxy.status().table_version, 41);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_and_turns_readyz_503() {
+    let a = Upstream::start("alpha").await;
+    let table = table(1, &[(&a, 1, Health::Healthy)], FailureMode::FailOpen);
+    let (proxy, _cell) = start_proxy(test_config(), table).await;
+    let addr = proxy.local_addr();
+    let admin = proxy.admin_addr();
+    let ready = get(&client(), admin, "admin", "/readyz").await.unwrap();
+    assert_eq!(ready.status, 200);
+    assert!(ready.body.contains("\"table_version\":1"), "{}", ready.body);
+    let slow = tokio::spawn(async move { get(&client(), addr, "shop.test", "/slow/700").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    proxy.begin_drain();
+    let ready = get(&client(), admin, "admin", "/readyz").await.unwrap();
+    assert_eq!(ready.status, 503);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No new connections are accepted.
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "listener still accepting");
+    let shutdown = tokio::spawn(proxy.shutdown());
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status, 200);
+    tokio::time::timeout(Duration::from_secs(3), shutdown)
+        .await
+        .expect("shutdown finished once the request was answered")
+        .unwrap();
+}

@@ -1,0 +1,222 @@
+//! Per-request failover: a cluster lost abruptly costs no client error; a POST without the
+//! retry marker is never replayed; outlier detection ejects the failing target.
+
+mod proxy_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use meridian_routing::{FailureMode, Health};
+use proxy_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_clusters_mid_stream_costs_no_client_error() {
+    let a = Upstream::start("alpha").await;
+    let b = Upstream::start("beta").await;
+    let table = table(
+        1,
+        &[(&a, 1, Health::Healthy), (&b, 1, Health::Healthy)],
+        FailureMode::FailOpen,
+    );
+    let (proxy, _cell) = start_proxy(test_config(), table).await;
+    let addr = proxy.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok) = (stop.clone(), ok.clone());
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match get(&client, addr, "shop.test", "/slow/2").await {
+                    Ok(answer) if answer.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(answer) => errors.push(format!("status {}", answer.status)),
+                    Err(err) => errors.push(err),
+                }
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = ok.load(Ordering::Relaxed);
+    a.kill();
+    let served_by_alpha = a.total.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for w in workers {
+        errors.extend(w.await.unwrap());
+    }
+    assert!(errors.is_empty(), "client errors: {errors:?}");
+    let after = ok.load(Ordering::Relaxed);
+    assert!(
+        before > 20 && after > before + 20,
+        "traffic flowed: {before} then {after}"
+    );
+    assert!(served_by_alpha > 0, "alpha served before it was killed");
+    let metrics = proxy.metrics_text();
+    // The dead cluster's failures were seen and it was ejected (2 targets, share 0.5 → 1).
+    assert!(
+        metric(
+            &metrics,
+            "meridian_proxy_upstream_failures_total",
+            "target=\"alpha\""
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "meridian_proxy_ejections_total",
+            "target=\"alpha\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "meridian_proxy_requests_total", "class=\"5xx\""),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_status_fails_over_an_idempotent_request() {
+    let a = Upstream::start("alpha").await;
+    let b = Upstream::start("beta").await;
+    let table = table(
+        1,
+        &[(&a, 1, Health::Healthy), (&b, 1, Health::Healthy)],
+        FailureMode::FailOpen,
+    );
+    let (proxy, _cell) = start_proxy(test_config(), table).await;
+    let client = client();
+    for _ in 0..10 {
+        let answer = send(
+            &client,
+            proxy.local_addr(),
+            "GET",
+            "shop.test",
+            "/fail-here/503",
+            &[("x-fail", "alpha")],
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cluster.as_deref(), Some("beta"));
+    }
+    assert!(
+        metric(
+            &proxy.metrics_text(),
+            "meridian_proxy_retries_total",
+            "target=\"alpha\""
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_without_marker_is_not_replayed_and_with_marker_is() {
+    let a = Upstream::start("alpha").await;
+    let b = Upstream::start("beta").await;
+    let table = table(
+        1,
+        &[(&a, 1, Health::Healthy), (&b, 1, Health::Healthy)],
+        FailureMode::FailOpen,
+    );
+    let mut config = test_config();
+    // Keep both targets in play: this test is about replay, not ejection.
+    config.outlier.consecutive_failures = 1000;
+    let (proxy, _cell) = start_proxy(config, table).await;
+    let client = client();
+    // Both upstreams fail it: a POST goes to exactly one of them and its 503 is returned.
+    for i in 1..=6 {
+        let answer = send(
+            &client,
+            proxy.local_addr(),
+            "POST",
+            "shop.test",
+            "/fail-here/503",
+            &[("x-fail", "alpha,beta")],
+            "order=1",
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 503);
+        let sent = a.hits("POST /fail-here/503") + b.hits("POST /fail-here/503");
+        assert_eq!(sent, i, "a POST reached more than one upstream");
+    }
+    // With the marker, a POST that fails on alpha is replayed, body and all, on beta.
+    for _ in 0..4 {
+        let answer = send(
+            &client,
+            proxy.local_addr(),
+            "POST",
+            "shop.test",
+            "/fail-here/503",
+            &[("x-fail", "alpha"), ("x-meridian-retryable", "true")],
+            "order=2",
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "beta 7");
+    }
+    // The marker itself is not forwarded.
+    let seen = b.last_headers.lock().unwrap().clone().unwrap();
+    assert!(!seen.contains_key("x-meridian-retryable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_retried_even_for_post() {
+    // Nothing was sent when the connection could not be opened, so replay is safe.
+    let a = Upstream::start("alpha").await;
+    let b = Upstream::start("beta").await;
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let table = table(
+        1,
+        &[(&a, 1, Health::Healthy), (&b, 1, Health::Healthy)],
+        FailureMode::FailOpen,
+    );
+    let (proxy, _cell) = start_proxy(test_config(), table).await;
+    let client = client();
+    for _ in 0..6 {
+        let answer = send(
+            &client,
+            proxy.local_addr(),
+            "POST",
+            "shop.test",
+            "/p",
+            &[],
+            "x",
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cluster.as_deref(), Some("beta"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejection_is_capped_by_share_and_never_fails_a_request() {
+    // One target, both killed: share 0.5 of 1 target allows no ejection; the client
+    // gets a 502 (nothing can serve), not a hang.
+    let a = Upstream::start("alpha").await;
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let table = table(1, &[(&a, 1, Health::Healthy)], FailureMode::FailOpen);
+    let (proxy, _cell) = start_proxy(test_config(), table).await;
+    let client = client();
+    for _ in 0..5 {
+        let answer = get(&client, proxy.local_addr(), "shop.test", "/")
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 502);
+    }
+    assert_eq!(
+        metric(&proxy.metrics_text(), "meridian_proxy_ejections_total", ""),
+        0.0
+    );
+}

@@ -1,0 +1,122 @@
+//! The real `meridian proxy` binary: serves the config's table, and on SIGTERM turns
+//! `/readyz` 503, stops accepting, finishes the request in flight and exits 0.
+
+mod proxy_support;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proxy_support::*;
+
+/// A port free a moment ago, for the binary's listeners (it is told addresses up front).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child if the test fails before it exits.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_real_binary() {
+    let upstream = Upstream::start("alpha").await;
+    let dir = std::env::temp_dir().join(format!("meridian-proxy-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("proxy.yaml");
+    let (port, admin_port) = (free_port(), free_port());
+    let mut file = std::fs::File::create(&config).unwrap();
+    write!(
+        file,
+        r#"
+regions:
+  - {{ name: eu, location: {{ lat: 50.0, lon: 8.0 }} }}
+clusters:
+  - {{ name: alpha, region: eu, provider: onprem, endpoints: ["{upstream}"] }}
+apps:
+  - name: shop
+    hostnames: [shop.test]
+    failure_mode: fail-open
+    dns_ttl: 5
+    targets:
+      - {{ cluster: alpha, weight: 1 }}
+proxy:
+  listen: 127.0.0.1:{port}
+  admin_listen: 127.0.0.1:{admin_port}
+  shutdown_grace: 5s
+"#,
+        upstream = upstream.addr
+    )
+    .unwrap();
+    drop(file);
+    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["proxy", "-c"])
+        .arg(&config)
+        .args(["--workers", "1"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    let pid = child.0.id();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+
+    let started = Instant::now();
+    loop {
+        if let Ok(answer) = get(&client(), admin, "admin", "/readyz").await
+            && answer.status == 200
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "proxy did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = get(&client(), addr, "shop.test", "/").await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.cluster.as_deref(), Some("alpha"));
+
+    let slow = tokio::spawn(async move { get(&client(), addr, "shop.test", "/slow/1000").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = get(&client(), admin, "admin", "/readyz").await.unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("\"draining\":true"));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let exit = loop {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
