@@ -5,6 +5,14 @@ use std::path::Path;
 
 const CASES: &[(&str, &str)] = &[
     (
+        "controller-token.yaml",
+        "controller-token.yaml:13:44: controller.tokens[0].sha256: must be 64 hexadecimal digits (the SHA-256 of the token)",
+    ),
+    (
+        "proxy-admin-collision.yaml",
+        "proxy-admin-collision.yaml:13:17: proxy.admin_listen: 127.0.0.1:7000 is also proxy.listen",
+    ),
+    (
         "bad-cidr.yaml",
         r#"bad-cidr.yaml:15:7: geo.subnets[0].cidr: "10.0.0.0/33" is not a CIDR network (address/prefix-length, such as 198.51.100.0/24)"#,
     ),
