@@ -9,6 +9,8 @@
 #   BENCH_EXAMPLE=1 bench/proxy.sh      # build only the proxy crate (its `edge` example,
 #                                       # the same Proxy::start as `meridian proxy`)
 #   MERIDIAN_EDGE=path bench/proxy.sh   # an `edge` example built before
+#   MERIDIAN_BASELINE=path bench/proxy.sh  # also an older `edge` build as "baseline",
+#                                       # on ports 19004/19014, to compare in the same run
 #
 # Reports, per proxy: requests per CPU-second of the proxy process (utime+stime from /proc,
 # all threads and children), requests/s, p50/p99 latency (wrk), RSS after the run; then
@@ -85,6 +87,18 @@ for port in 19000 19001 19011 19002 19012 19003; do wait_port $port; done
 declare -A PID=([nginx]=$NGINX [haproxy]=$HAPROXY [meridian]=$MERIDIAN)
 declare -A H1=([nginx]=19001 [haproxy]=19002 [meridian]=19003)
 declare -A H2=([nginx]=19011 [haproxy]=19012 [meridian]=19003)
+PROXIES=(nginx haproxy meridian)
+if [[ -n "${MERIDIAN_BASELINE:-}" ]]; then
+  sed -e 's/127.0.0.1:19003/127.0.0.1:19004/' -e 's/127.0.0.1:19013/127.0.0.1:19014/' \
+    "$MERIDIAN_CFG" >"$W/baseline.yaml"
+  RUST_LOG=warn taskset -c 1 "$MERIDIAN_BASELINE" "$W/baseline.yaml" 1 &
+  PID[baseline]=$!
+  PIDS+=($!)
+  H1[baseline]=19004
+  H2[baseline]=19004
+  PROXIES+=(baseline)
+  wait_port 19004
+fi
 
 # A process and its children (nginx's worker).
 family() { echo "$1" $(pgrep -P "$1" || true); }
@@ -143,9 +157,12 @@ run_h2() {
   printf '%s\th2c\t%s\t%s\t%s\t-\t-\t%s\t%s\t%s\n' "$name" "$per_cpu" "$rps" "$cpu" "$(rss_kb "$pid")" "$done" "failed=$failed" >>"$RESULTS"
 }
 
-order=(nginx haproxy meridian)
 for round in $(seq "$ROUNDS"); do
-  if ((round % 2 == 0)); then order=(meridian haproxy nginx); else order=(nginx haproxy meridian); fi
+  order=("${PROXIES[@]}")
+  if ((round % 2 == 0)); then
+    order=()
+    for ((i = ${#PROXIES[@]} - 1; i >= 0; i--)); do order+=("${PROXIES[i]}"); done
+  fi
   for name in "${order[@]}"; do
     echo "round $round: $name h1" >&2
     run_h1 "$name"

@@ -53,7 +53,11 @@ async fn table_swaps_under_load_lose_nothing() {
     let a = Upstream::start("alpha").await;
     let b = Upstream::start("beta").await;
     let make = |version: u64| {
-        let (wa, wb) = if version.is_multiple_of(2) { (1, 3) } else { (3, 1) };
+        let (wa, wb) = if version.is_multiple_of(2) {
+            (1, 3)
+        } else {
+            (3, 1)
+        };
         table(
             version,
             &[(&a, wa, Health::Healthy), (&b, wb, Health::Healthy)],

@@ -103,7 +103,10 @@ pub fn parse(text: &str, file: &Path) -> Result<LoadedConfig, ConfigError> {
 pub fn validate(config: Config, origin: &Path) -> Result<LoadedConfig, ConfigError> {
     let problems = validate::validate(&config, origin);
     if problems.is_empty() {
-        return Ok(LoadedConfig { file: origin.to_path_buf(), config });
+        return Ok(LoadedConfig {
+            file: origin.to_path_buf(),
+            config,
+        });
     }
     Err(ConfigError::Invalid(
         problems

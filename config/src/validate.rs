@@ -44,7 +44,12 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Vec<Problem> {
     geo_databases(config, file, &mut p);
     listeners(config, &mut p);
     // Each process section's own rules, written beside the section.
-    for (path, message) in config.controller.problems().into_iter().chain(config.proxy.problems()) {
+    for (path, message) in config
+        .controller
+        .problems()
+        .into_iter()
+        .chain(config.proxy.problems())
+    {
         p.add(path, message);
     }
     p.0

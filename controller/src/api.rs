@@ -296,6 +296,8 @@ pub struct TargetView {
     pub drain_started_at_ms: Option<u64>,
     /// The verdict and its votes.
     pub verdict: VerdictView,
+    /// Live traffic from the proxies' reports; absent when no proxy reports any.
+    pub traffic: Option<crate::traffic::TrafficView>,
 }
 
 /// An app with its targets.
@@ -349,6 +351,9 @@ fn status_view(shared: &Shared) -> ApiResult<StatusView> {
                 .copied(),
         })
         .collect();
+    let now = now_ms();
+    // Rates older than a few report intervals describe traffic that has stopped.
+    let traffic_max_age_ms = (shared.report_interval.as_millis() as u64 * 3).max(3_000);
     let apps = table
         .apps()
         .iter()
@@ -400,6 +405,9 @@ fn status_view(shared: &Shared) -> ApiResult<StatusView> {
                             .iter()
                             .filter_map(|k| st.overrides.drains.get(k).copied())
                             .min(),
+                        traffic: st
+                            .traffic
+                            .target(&app.name, &t.cluster, now, traffic_max_age_ms),
                         verdict: VerdictView {
                             healthy: verdict.is_none_or(|v| v.healthy),
                             changed_at_ms: verdict.map_or(0, |v| v.changed_at_ms),
@@ -896,8 +904,24 @@ async fn reports(
             ));
         }
     }
+    for (i, sample) in report.traffic.iter().enumerate() {
+        if !known.contains(&(sample.app.as_str(), sample.cluster.as_str())) {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("traffic[{i}]"),
+                format!("no target {}/{}", sample.app, sample.cluster),
+            ));
+        }
+    }
     for obs in &report.observations {
         shared.observe(&report.vantage, report.region.as_deref(), obs);
+    }
+    if !report.traffic.is_empty() {
+        let now = now_ms();
+        let mut st = shared.state();
+        for sample in &report.traffic {
+            st.traffic.record(&report.vantage, sample, now);
+        }
     }
     shared.wake();
     Ok(axum::Json(ReportResponse {

@@ -27,6 +27,7 @@ mod error;
 pub mod metrics;
 pub mod publish;
 pub mod store;
+pub mod traffic;
 pub mod verdict;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,8 @@ pub(crate) struct State {
     pub(crate) verdicts: Verdicts,
     /// Latest latency per (vantage region, cluster), milliseconds.
     pub(crate) rtt_ms: BTreeMap<(String, String), f64>,
+    /// Request rates per target, from the subscribers' traffic counters.
+    pub(crate) traffic: traffic::Traffic,
 }
 
 /// Everything the controller's tasks and handlers share.
@@ -284,6 +287,7 @@ impl Controller {
                 overrides,
                 verdicts,
                 rtt_ms: BTreeMap::new(),
+                traffic: traffic::Traffic::default(),
             }),
             compute_lock: Mutex::new(()),
             publisher: Publisher::default(),

@@ -418,12 +418,54 @@ async fn bad_token_settings_refuse_to_start_naming_the_field() {
     for (tokens, needle) in cases {
         let file = dir.join("meridian.yaml");
         std::fs::write(&file, config_yaml(addr, addr, tokens)).unwrap();
-        let loaded = meridian_config::load(&file).unwrap();
-        let err = meridian_controller::Controller::start(loaded, Default::default())
-            .await
-            .unwrap_err()
-            .to_string();
+        // `meridian check` refuses what it can see in the file; the controller refuses the
+        // rest (a token file that is missing) when it starts.
+        let err = match meridian_config::load(&file) {
+            Err(err) => err.to_string(),
+            Ok(loaded) => meridian_controller::Controller::start(loaded, Default::default())
+                .await
+                .unwrap_err()
+                .to_string(),
+        };
         assert!(err.contains(needle), "{needle}: {err}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_routes_share_the_port() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("extra");
+    let file = dir.join("meridian.yaml");
+    std::fs::write(&file, config_yaml(b1.addr, b2.addr, "")).unwrap();
+    let extra = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "dashboard" }))
+        .route(
+            "/api/v1/demo/clusters",
+            axum::routing::get(|| async { "[]" }),
+        );
+    let ctl = meridian_controller::Controller::start(
+        meridian_config::load(&file).unwrap(),
+        meridian_controller::ControllerOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            probe: false,
+            extra_routes: Some(extra),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let c = client(&ctl, None);
+    assert_eq!(
+        call(&c, Method::GET, "/", None).await,
+        (200, "dashboard".into())
+    );
+    assert_eq!(
+        call(&c, Method::GET, "/api/v1/demo/clusters", None).await.0,
+        200
+    );
+    assert_eq!(call(&c, Method::GET, "/api/v1/status", None).await.0, 200);
+    assert_eq!(call(&c, Method::GET, "/api/v1/nothing", None).await.0, 404);
+    ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -175,7 +175,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     framing: Arc<FramingWatch>,
-    proto: &'static str,
+    forwarded: Arc<headers::ForwardedFor>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let _active = CountGuard::new(&shared.active);
@@ -186,7 +186,7 @@ pub(crate) async fn handle(
         if headers::is_http1(req.version()) && framing.next_request_is_ambiguous() {
             (refuse(&shared, Refusal::AmbiguousOnWire), false)
         } else {
-            forward(&shared, req, peer, proto, started).await
+            forward(&shared, req, peer, &forwarded, started).await
         };
     if !logged {
         // Refused before a target was tried: still one access log line.
@@ -257,7 +257,7 @@ async fn forward(
     shared: &Shared,
     req: Request<Incoming>,
     peer: SocketAddr,
-    proto: &'static str,
+    forwarded: &headers::ForwardedFor,
     started: Instant,
 ) -> (Response<ProxyBody>, bool) {
     if headers::is_http1(req.version())
@@ -363,6 +363,7 @@ async fn forward(
     // An HTTP/1.1 upgrade (WebSocket and the like) is passed through: its Upgrade and
     // Connection headers go upstream, and on 101 the two connections are joined.
     let upgrade = headers::upgrade_request(&parts);
+    let upgrading = upgrade.is_some();
     let mut client_upgrade = upgrade
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -373,7 +374,7 @@ async fn forward(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers::add_forwarding(&mut parts.headers, peer.ip(), proto);
+    headers::add_forwarding(&mut parts.headers, forwarded);
     let path = parts
         .uri
         .path_and_query()
@@ -431,34 +432,50 @@ async fn forward(
         let _in_flight = InFlight(&state.in_flight);
 
         let endpoint = app_rt.endpoint(target);
-        // Origin form: the request line carries only the path; Host says the rest.
-        let uri = Uri::from(path.clone());
         let may_retry = attempts < max_attempts && replay.is_some();
-        let mut upstream = Request::new(match (&replay, may_retry) {
-            (Some(bytes), _) => Either::Left(Full::new(bytes.clone())),
-            (None, _) => match stream.take() {
-                Some(s) => Either::Right(s),
-                None => Either::Left(Full::new(Bytes::new())),
-            },
-        });
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = uri;
-        *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = if may_retry {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
+        let sent = Instant::now();
+        let result = match &replay {
+            // The hot path: a buffered body and no upgrade go on a direct connection,
+            // the headers borrowed (no copy even when the request may be retried).
+            Some(bytes) if !upgrading => {
+                tokio::time::timeout(
+                    shared.config.upstream_timeout,
+                    endpoint.send_buffered(
+                        &parts.method,
+                        &path,
+                        &parts.headers,
+                        bytes,
+                        shared.config.connect_timeout,
+                    ),
+                )
+                .await
+            }
+            _ => {
+                // Origin form: the request line carries only the path; Host says the rest.
+                let uri = Uri::from(path.clone());
+                let mut upstream = Request::new(match (&replay, stream.take()) {
+                    (Some(bytes), _) => Either::Left(Full::new(bytes.clone())),
+                    (None, Some(s)) => Either::Right(s),
+                    (None, None) => Either::Left(Full::new(Bytes::new())),
+                });
+                *upstream.method_mut() = parts.method.clone();
+                *upstream.uri_mut() = uri;
+                *upstream.version_mut() = Version::HTTP_11;
+                *upstream.headers_mut() = if may_retry {
+                    parts.headers.clone()
+                } else {
+                    std::mem::take(&mut parts.headers)
+                };
+                tokio::time::timeout(
+                    shared.config.upstream_timeout,
+                    endpoint.send(upstream, shared.config.connect_timeout),
+                )
+                .await
+            }
         };
         if !may_retry {
             replay = None;
         }
-
-        let sent = Instant::now();
-        let result = tokio::time::timeout(
-            shared.config.upstream_timeout,
-            endpoint.send(upstream, shared.config.connect_timeout),
-        )
-        .await;
         let took = sent.elapsed();
         upstream_time += took;
         state.latency.observe(took.as_secs_f64());

@@ -17,6 +17,7 @@
 //! - `headers`: framing rules, hop-by-hop headers, forwarding headers.
 //! - `framing`: follows request framing on the wire to spot what hyper folds silently.
 //! - `pool`: upstream HTTP/1.1 connections kept alive per ingress endpoint.
+//! - `h1`: the direct HTTP/1.1 client the hot path uses on pooled connections.
 //! - `state`: what traffic teaches about targets (ejections, in-flight counts), per table.
 //! - `tls`: TLS termination, certificates by SNI, reload of changed certificate files.
 //! - `metrics`: the Prometheus registry. `admin`: `/livez`, `/readyz`, `/metrics`.
@@ -29,12 +30,14 @@ mod admin;
 mod error;
 mod forward;
 mod framing;
+mod h1;
 mod headers;
 mod listener;
 mod metrics;
 mod pool;
 mod state;
 mod tls;
+mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,7 +52,7 @@ use tokio::task::JoinHandle;
 
 pub use error::Error;
 pub use forward::ProxyBody;
-pub use pool::Pooled;
+pub use pool::{BodyError, Pooled};
 
 use forward::Shared;
 
@@ -177,6 +180,12 @@ impl RunningProxy {
     /// The metrics in Prometheus text format, as `/metrics` serves them.
     pub fn metrics_text(&self) -> String {
         self.shared.metrics.render()
+    }
+
+    /// The traffic counters this proxy reports to the controller as a vantage, per target.
+    pub fn traffic_source(&self) -> meridian_subscriber::report::TrafficSource {
+        let shared = self.shared.clone();
+        Arc::new(move || traffic::samples(&shared.metrics.registry))
     }
 
     /// Begins a graceful shutdown: `/readyz` turns 503, the listener stops accepting, and

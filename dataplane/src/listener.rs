@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{Shared, handle};
 use crate::framing::{FramingWatch, Watched};
+use crate::headers::ForwardedFor;
 
 pub(crate) fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     let config = &shared.config;
@@ -74,8 +75,15 @@ pub(crate) async fn serve(
         match acceptor {
             None => {
                 let io = TokioIo::new(Watched::new(stream, framing.clone()));
+                let forwarded = Arc::new(ForwardedFor::new(peer.ip(), "http"));
                 let service = service_fn(move |req| {
-                    handle(shared_conn.clone(), req, peer, framing.clone(), "http")
+                    handle(
+                        shared_conn.clone(),
+                        req,
+                        peer,
+                        framing.clone(),
+                        forwarded.clone(),
+                    )
                 });
                 let conn = graceful.watch(
                     builder
@@ -100,8 +108,15 @@ pub(crate) async fn serve(
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let io = TokioIo::new(Watched::new(tls, framing.clone()));
+                            let forwarded = Arc::new(ForwardedFor::new(peer.ip(), "https"));
                             let service = service_fn(move |req| {
-                                handle(shared_conn.clone(), req, peer, framing.clone(), "https")
+                                handle(
+                                    shared_conn.clone(),
+                                    req,
+                                    peer,
+                                    framing.clone(),
+                                    forwarded.clone(),
+                                )
                             });
                             let conn = builder.serve_connection_with_upgrades(io, service);
                             if let Err(err) = watcher.watch(conn.into_owned()).await {

@@ -4,6 +4,10 @@
 //! has been read to the end, so the next request finds it ready. The lists are short
 //! mutex-guarded stacks per endpoint (most recently used first, which keeps a hot set of
 //! connections warm); a request touches only its own endpoint's list, briefly.
+//!
+//! Two kinds of connection are kept: direct ones (`h1`), which carry every request whose
+//! body is buffered and that asks for no upgrade (the hot path), and hyper client
+//! connections for streamed request bodies and upgrades, which need hyper's machinery.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,13 +16,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::HeaderMap;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::forward::UpstreamBody;
+use crate::h1;
+
+/// The error a response body read can end with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections kept per endpoint; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -27,6 +37,9 @@ const MAX_IDLE: usize = 1024;
 pub(crate) struct Endpoint {
     addr: SocketAddr,
     idle: Mutex<Vec<SendRequest<UpstreamBody>>>,
+    // Boxed so a connection moves between the pool and a response body as one pointer.
+    #[allow(clippy::vec_box)]
+    direct: Mutex<Vec<Box<h1::Conn>>>,
 }
 
 /// Why an attempt on an endpoint failed.
@@ -34,7 +47,7 @@ pub(crate) enum SendError {
     /// No connection could be opened (nothing was sent).
     Connect(std::io::Error),
     /// The connection failed after the request may have been sent.
-    Broken(hyper::Error),
+    Broken(BodyError),
 }
 
 impl std::fmt::Display for SendError {
@@ -51,6 +64,101 @@ impl Endpoint {
         Endpoint {
             addr,
             idle: Mutex::new(Vec::new()),
+            direct: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn pop_direct(&self) -> Option<Box<h1::Conn>> {
+        self.direct.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn put_direct(&self, conn: Box<h1::Conn>) {
+        let mut idle = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, SendError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return Err(SendError::Connect(err)),
+            Err(_) => {
+                return Err(SendError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Sends a request whose body is in memory on a direct connection (idle or new), and
+    /// reads the response head. The caller's headers are borrowed, not cloned, so a request
+    /// that may be retried costs no copy. A pooled connection found closed, or one the
+    /// upstream closed before answering a byte, moves the request to a fresh connection:
+    /// that is the keep-alive race, no failure of the target.
+    pub(crate) async fn send_buffered(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &PathAndQuery,
+        headers: &HeaderMap,
+        body: &Bytes,
+        connect_timeout: Duration,
+    ) -> Result<Response<Pooled>, SendError> {
+        loop {
+            let (mut conn, reused) = match self.pop_direct() {
+                Some(conn) if conn.is_stale() => continue,
+                Some(conn) => (conn, true),
+                // Boxed: moving it in and out of the pool and the body stays cheap.
+                None => (
+                    Box::new(h1::Conn::new(self.connect_tcp(connect_timeout).await?)),
+                    false,
+                ),
+            };
+            if let Err(err) = conn.write_request(method, path, headers, body).await {
+                if reused {
+                    continue;
+                }
+                return Err(SendError::Broken(Box::new(err)));
+            }
+            let head = match conn.read_head(*method == Method::HEAD).await {
+                Ok(head) => head,
+                Err(h1::ReadError::ClosedBeforeResponse) if reused => continue,
+                Err(err) => return Err(SendError::Broken(Box::new(err))),
+            };
+            let mut response = Response::new(());
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+            let reader = h1::BodyReader::new(head.framing);
+            let keep_alive = head.keep_alive;
+            // The common case: the whole body came with the head. Answer from memory and
+            // put the connection back at once.
+            let body = match reader.remaining() {
+                Some(n) => match conn.take_buffered(n) {
+                    Some(data) => {
+                        if keep_alive && conn.is_clean() {
+                            self.put_direct(conn);
+                        }
+                        Inner::Ready(Some(data).filter(|d| !d.is_empty()))
+                    }
+                    None => Inner::Direct {
+                        conn: Some(conn),
+                        reader,
+                        keep_alive,
+                        endpoint: self.clone(),
+                    },
+                },
+                None => Inner::Direct {
+                    conn: Some(conn),
+                    reader,
+                    keep_alive,
+                    endpoint: self.clone(),
+                },
+            };
+            return Ok(response.map(|()| Pooled { inner: body }));
         }
     }
 
@@ -66,17 +174,7 @@ impl Endpoint {
     }
 
     async fn connect(&self, timeout: Duration) -> Result<SendRequest<UpstreamBody>, SendError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Err(SendError::Connect(err)),
-            Err(_) => {
-                return Err(SendError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                )));
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect_tcp(timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|err| SendError::Connect(std::io::Error::other(err)))?;
@@ -114,15 +212,21 @@ impl Endpoint {
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     let (head, body) = response.into_parts();
-                    let mut pooled = Pooled {
+                    let mut inner = Inner::Hyper {
                         body,
                         sender: Some(sender),
                         endpoint: self.clone(),
                     };
-                    if pooled.body.is_end_stream() {
-                        pooled.release();
+                    if let Inner::Hyper {
+                        body,
+                        sender,
+                        endpoint,
+                    } = &mut inner
+                        && body.is_end_stream()
+                    {
+                        release(sender, endpoint);
                     }
-                    return Ok(Response::from_parts(head, pooled));
+                    return Ok(Response::from_parts(head, Pooled { inner }));
                 }
                 Err(mut err) => match err.take_message() {
                     // Not sent: a stale pooled connection; try again on another.
@@ -130,7 +234,7 @@ impl Endpoint {
                     Some(_) => {
                         return Err(SendError::Connect(std::io::Error::other(err.into_error())));
                     }
-                    None => return Err(SendError::Broken(err.into_error())),
+                    None => return Err(SendError::Broken(Box::new(err.into_error()))),
                 },
             }
         }
@@ -140,44 +244,115 @@ impl Endpoint {
 /// An upstream response body that hands its connection back to the pool once read to the
 /// end. Dropped earlier, it closes the connection (its framing state is unknown).
 pub struct Pooled {
-    body: Incoming,
-    sender: Option<SendRequest<UpstreamBody>>,
-    endpoint: Arc<Endpoint>,
+    inner: Inner,
 }
 
-impl Pooled {
-    fn release(&mut self) {
-        if let Some(sender) = self.sender.take()
-            && !sender.is_closed()
-        {
-            self.endpoint.put_idle(sender);
-        }
+enum Inner {
+    /// From a hyper client connection.
+    Hyper {
+        body: Incoming,
+        sender: Option<SendRequest<UpstreamBody>>,
+        endpoint: Arc<Endpoint>,
+    },
+    /// Read whole with the head; the connection is back in the pool already.
+    Ready(Option<Bytes>),
+    /// Being read off a direct connection.
+    Direct {
+        conn: Option<Box<h1::Conn>>,
+        reader: h1::BodyReader,
+        keep_alive: bool,
+        endpoint: Arc<Endpoint>,
+    },
+}
+
+fn release(sender: &mut Option<SendRequest<UpstreamBody>>, endpoint: &Endpoint) {
+    if let Some(sender) = sender.take()
+        && !sender.is_closed()
+    {
+        endpoint.put_idle(sender);
     }
 }
 
 impl Body for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.sender = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.inner {
+            Inner::Hyper {
+                body,
+                sender,
+                endpoint,
+            } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => release(sender, endpoint),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => release(sender, endpoint),
+                    Poll::Ready(Some(Err(_))) => *sender = None,
+                    _ => {}
+                }
+                polled.map(|frame| frame.map(|r| r.map_err(BodyError::from)))
+            }
+            Inner::Ready(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Direct {
+                conn,
+                reader,
+                keep_alive,
+                endpoint,
+            } => {
+                let Some(c) = conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match std::task::ready!(reader.poll_step(c, cx)) {
+                    Ok(h1::Step::Data(data)) => {
+                        if reader.is_done() {
+                            finish(conn, *keep_alive, endpoint);
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(h1::Step::End { reusable }) => {
+                        finish(conn, *keep_alive && reusable, endpoint);
+                        Poll::Ready(None)
+                    }
+                    Err(err) => {
+                        *conn = None;
+                        Poll::Ready(Some(Err(Box::new(err))))
+                    }
+                }
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Ready(data) => data.is_none(),
+            Inner::Direct { conn, reader, .. } => conn.is_none() || reader.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Ready(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Direct { reader, .. } => match reader.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+        }
+    }
+}
+
+/// Puts a direct connection whose response was read to the end back in the pool, when
+/// it can carry another request.
+fn finish(conn: &mut Option<Box<h1::Conn>>, reusable: bool, endpoint: &Endpoint) {
+    if let Some(c) = conn.take()
+        && reusable
+        && c.is_clean()
+    {
+        endpoint.put_direct(c);
     }
 }

@@ -207,7 +207,16 @@ impl Handler {
         {
             return held.clone();
         }
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        // While one worker builds the new snapshot, the others keep answering from the one
+        // they hold (a swap never stalls the query path) and look again next batch.
+        let mut current = match (self.current.try_lock(), held) {
+            (Ok(current), _) => current,
+            (Err(std::sync::TryLockError::Poisoned(e)), _) => e.into_inner(),
+            (Err(std::sync::TryLockError::WouldBlock), Some(held)) => return held.clone(),
+            (Err(std::sync::TryLockError::WouldBlock), None) => {
+                self.current.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
         if !same(&current) {
             *current = Arc::new(Snapshot::build(&self.zones, table));
         }

@@ -3,11 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use meridian_dns::DnsServer;
-use meridian_routing::RoutingTable;
 use meridian_subscriber::TableCell;
 
 /// Arguments of `meridian dns`.
@@ -56,42 +54,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let follower = match args.controller {
+        let mut tasks = Vec::new();
+        match args.controller {
             Some(controller) => {
-                let token = match &args.token_file {
-                    Some(file) => Some(
-                        std::fs::read_to_string(file)
-                            .with_context(|| format!("reading the token file {}", file.display()))?
-                            .trim()
-                            .to_string(),
-                    ),
-                    None => None,
-                };
+                let token = super::read_token(args.token_file.as_deref())?;
+                let name = format!("dns@{}", loaded.config.dns.listen);
                 let watch = meridian_subscriber::watch::WatchConfig {
-                    controller,
-                    token,
+                    controller: controller.clone(),
+                    token: token.clone(),
                     state_dir: args.state_dir,
-                    subscriber: format!("dns@{}", loaded.config.dns.listen),
+                    subscriber: name.clone(),
                 };
-                let cell = cell.clone();
-                Some(tokio::spawn(async move {
-                    if let Err(err) = meridian_subscriber::watch::follow(watch, cell).await {
+                let follow_cell = cell.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(err) = meridian_subscriber::watch::follow(watch, follow_cell).await {
                         tracing::error!(error = %err, "dns: following the controller failed");
                     }
-                }))
+                }));
+                // The DNS server is a vantage too: it runs the probes the controller assigns.
+                tasks.push(tokio::spawn(async move {
+                    let result = meridian_subscriber::report::probe_and_report(
+                        &controller,
+                        token,
+                        name,
+                        None,
+                    )
+                    .await;
+                    if let Err(err) = result {
+                        tracing::error!(error = %err, "dns: probing as a vantage failed");
+                    }
+                }));
             }
             None => {
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let table =
-                    RoutingTable::new(loaded.config.base_table(1, now_ms)).with_context(|| {
-                        format!("{}: building the routing table", args.config.display())
-                    })?;
-                cell.store(Arc::new(table));
-                None
+                cell.store(Arc::new(super::static_table(&loaded)?));
             }
-        };
+        }
         let server = DnsServer::start(&loaded, cell)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
@@ -99,8 +96,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
         }
-        if let Some(follower) = follower {
-            follower.abort();
+        for task in tasks {
+            task.abort();
         }
         tokio::task::spawn_blocking(move || server.shutdown())
             .await

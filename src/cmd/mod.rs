@@ -1,11 +1,11 @@
 //! One module per subcommand: argument types and the call into the owning crate.
 
 pub mod check;
-pub mod crds;
 pub mod controller;
-pub mod operator;
+pub mod crds;
 pub mod demo;
 pub mod dns;
+pub mod operator;
 pub mod proxy;
 pub mod up;
 
@@ -42,4 +42,28 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads a bearer token from a file (trimmed), for the subscriber and operator commands.
+pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    use anyhow::Context;
+    file.map(|file| {
+        std::fs::read_to_string(file)
+            .map(|t| t.trim().to_string())
+            .with_context(|| format!("reading the token file {}", file.display()))
+    })
+    .transpose()
+}
+
+/// The table a config describes with every target healthy: what `meridian proxy` and
+/// `meridian dns` serve when they follow no controller.
+pub fn static_table(
+    loaded: &meridian_config::LoadedConfig,
+) -> anyhow::Result<meridian_routing::RoutingTable> {
+    use anyhow::Context;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    meridian_routing::RoutingTable::new(loaded.config.base_table(1, now_ms))
+        .with_context(|| format!("{}: building the routing table", loaded.file.display()))
 }

@@ -26,13 +26,8 @@ pub struct Api {
 
 impl Api {
     fn client(&self) -> anyhow::Result<ApiClient> {
-        let token = match &self.token_file {
-            Some(file) => Some(
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("reading the token file {}", file.display()))?
-                    .trim()
-                    .to_string(),
-            ),
+        let token = match super::read_token(self.token_file.as_deref())? {
+            Some(token) => Some(token),
             None => std::env::var("MERIDIAN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),

@@ -37,6 +37,22 @@ pub struct Args {
     /// Directory for the last good table, served at start when the controller is down.
     #[arg(long, requires = "controller")]
     state_dir: Option<PathBuf>,
+    /// Name this proxy reports its probe results under as a vantage (default
+    /// `proxy@LISTEN`). With `--controller` the proxy runs the controller's probe
+    /// assignment and reports, as `meridian up` and the DNS server do.
+    #[arg(long, requires = "controller")]
+    vantage: Option<String>,
+    /// Region of this vantage, when the controller cannot tell it from the address.
+    #[arg(long, requires = "controller")]
+    region: Option<String>,
+}
+
+/// Where and as what the proxy probes and reports as a vantage.
+struct Vantage {
+    controller: String,
+    token: Option<String>,
+    name: String,
+    region: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -71,12 +87,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            Some(WatchConfig {
+            let vantage = Vantage {
                 controller: controller.clone(),
-                token,
-                state_dir: args.state_dir.clone(),
-                subscriber: format!("proxy@{}", config.listen),
-            })
+                token: token.clone(),
+                name: args
+                    .vantage
+                    .clone()
+                    .unwrap_or_else(|| format!("proxy@{}", config.listen)),
+                region: args.region.clone(),
+            };
+            Some((
+                WatchConfig {
+                    controller: controller.clone(),
+                    token,
+                    state_dir: args.state_dir.clone(),
+                    subscriber: format!("proxy@{}", config.listen),
+                },
+                vantage,
+            ))
         }
         None => {
             let now_ms = SystemTime::now()
@@ -110,7 +138,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("installing the SIGTERM handler")?;
         let follow = async {
             match watch {
-                Some(watch) => meridian_subscriber::watch::follow(watch, cell).await,
+                Some((watch, vantage)) => {
+                    let traffic = proxy.traffic_source();
+                    // Probing is secondary to serving: if it stops (a refused token), the
+                    // proxy keeps serving and says so in the log.
+                    tokio::spawn(async move {
+                        let name = vantage.name.clone();
+                        // The traffic it sends each target is reported with the probes.
+                        if let Err(err) = meridian_subscriber::report::probe_and_report_traffic(
+                            &vantage.controller,
+                            vantage.token,
+                            vantage.name,
+                            vantage.region,
+                            Some(traffic),
+                        )
+                        .await
+                        {
+                            tracing::error!(vantage = %name, error = %err, "stopped probing as a vantage");
+                        }
+                    });
+                    meridian_subscriber::watch::follow(watch, cell).await
+                }
                 None => std::future::pending().await,
             }
         };

@@ -13,6 +13,7 @@ use meridian_controller::{Controller, ControllerOptions};
 use meridian_dataplane::Proxy;
 use meridian_dns::DnsServer;
 use meridian_subscriber::TableCell;
+use meridian_subscriber::report::{TrafficSource, probe_and_report_traffic};
 use meridian_subscriber::watch::{WatchConfig, follow};
 
 /// Arguments of `meridian up`.
@@ -117,8 +118,9 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
     .context("starting the controller")?;
 
     // The proxy and the DNS server are subscribers like any other: each follows the watch
-    // stream into its own cell, keeps its last good table on disk, and probes as a vantage.
-    let subscriber = |name: &str| {
+    // stream into its own cell, keeps its last good table on disk, and probes as a vantage
+    // (the proxy also reports the traffic it sends to each target).
+    let follow_into = |name: &str| {
         let cell = Arc::new(TableCell::new());
         let watch = WatchConfig {
             controller: controller.url(),
@@ -126,26 +128,26 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
             state_dir: Some(data_dir.join(name)),
             subscriber: format!("{name}@up"),
         };
-        let follow_cell = cell.clone();
-        let what = name.to_string();
+        let (follow_cell, what) = (cell.clone(), name.to_string());
         tokio::spawn(async move {
             if let Err(err) = follow(watch, follow_cell).await {
                 tracing::error!(subscriber = %what, error = %err, "stopped following the controller");
             }
         });
+        cell
+    };
+    let vantage = |name: &str, traffic: Option<TrafficSource>| {
         let (url, token, vantage) = (controller.url(), args.token.clone(), name.to_string());
         tokio::spawn(async move {
             if let Err(err) =
-                meridian_subscriber::report::probe_and_report(&url, token, vantage.clone(), None)
-                    .await
+                probe_and_report_traffic(&url, token, vantage.clone(), None, traffic).await
             {
                 tracing::error!(%vantage, error = %err, "stopped probing as a vantage");
             }
         });
-        cell
     };
-    let proxy_cell = subscriber("proxy");
-    let dns_cell = subscriber("dns");
+    let proxy_cell = follow_into("proxy");
+    let dns_cell = follow_into("dns");
     wait_for_table(&proxy_cell).await;
     wait_for_table(&dns_cell).await;
 
@@ -153,6 +155,8 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
         .await
         .context("starting the proxy")?;
     let dns = DnsServer::start(&loaded, dns_cell).context("starting the DNS server")?;
+    vantage("proxy", Some(proxy.traffic_source()));
+    vantage("dns", None);
     print_welcome(
         &loaded,
         controller.addr(),

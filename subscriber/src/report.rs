@@ -25,7 +25,33 @@ pub struct VantageReport {
     pub region: Option<String>,
     /// The latest observation per target.
     pub observations: Vec<Observation>,
+    /// The traffic this vantage sent to each target (proxies report it; others send none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficSample>,
 }
+
+/// Requests a subscriber sent to one target since it started. The counters only grow, so a
+/// lost report loses nothing: the controller turns the difference between two reports into
+/// rates, and a counter that went down means the subscriber restarted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSample {
+    /// The app.
+    pub app: String,
+    /// The target's cluster.
+    pub cluster: String,
+    /// Requests answered by the target.
+    pub requests: u64,
+    /// Of those, answered with a 5xx or failed.
+    pub errors: u64,
+    /// Sum of upstream latencies, seconds.
+    pub latency_seconds_sum: f64,
+    /// Number of latencies in the sum.
+    pub latency_count: u64,
+}
+
+/// Where a vantage's traffic counters come from (the proxy's own metrics).
+pub type TrafficSource = Arc<dyn Fn() -> Vec<TrafficSample> + Send + Sync>;
 
 /// The probes the controller assigns to vantages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,6 +91,17 @@ pub async fn probe_and_report(
     token: Option<String>,
     vantage: String,
     region: Option<String>,
+) -> Result<(), Error> {
+    probe_and_report_traffic(controller, token, vantage, region, None).await
+}
+
+/// As [`probe_and_report`], and each report also carries the counters `traffic` gives.
+pub async fn probe_and_report_traffic(
+    controller: &str,
+    token: Option<String>,
+    vantage: String,
+    region: Option<String>,
+    traffic: Option<TrafficSource>,
 ) -> Result<(), Error> {
     let client = ControllerClient::new(controller, token)?;
     let tls = TlsConnectors::new(&[]);
@@ -110,13 +147,15 @@ pub async fn probe_and_report(
                 .values()
                 .cloned()
                 .collect();
-            if observations.is_empty() {
+            let traffic = traffic.as_ref().map(|source| source()).unwrap_or_default();
+            if observations.is_empty() && traffic.is_empty() {
                 continue;
             }
             let report = VantageReport {
                 vantage: vantage.clone(),
                 region: region.clone(),
                 observations,
+                traffic,
             };
             match send_report(&client, &report).await {
                 Ok(()) => {}

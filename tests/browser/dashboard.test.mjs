@@ -1,6 +1,6 @@
 // Drives the dashboard of a real `meridian up --demo` in headless Chromium: the page lists the
-// demo clusters, a click on Drain changes the weights shown and the traffic through the proxy,
-// and a screenshot is kept in tests/artifacts/ as the test's artifact.
+// demo clusters and the live traffic the proxy reports, a click on Drain changes the weights
+// shown and the traffic through the proxy, and a screenshot is kept in tests/artifacts/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -104,6 +104,21 @@ test("dashboard lists the demo clusters and a drain click moves weights and traf
   for (const cluster of ["aws-eu-west-1", "gcp-europe-west3", "aws-us-east-1"]) {
     await page.locator(`#clusters tr[data-cluster="${cluster}"]`).waitFor({ timeout: 10000 });
   }
+  // Live traffic: the proxy reports what it sends to each target; the page shows the rate.
+  let flowing = true;
+  const flow = async () => {
+    while (flowing) {
+      await get(proxy);
+      await sleep(10);
+    }
+  };
+  let background = flow();
+  const rps = (cluster) =>
+    page.locator(`tr[data-app="shop"][data-target="${cluster}"] td[data-rps]`).getAttribute("data-rps", { timeout: 1000 });
+  await until("the dashboard to show live requests/s", async () => Number(await rps("gcp-europe-west3")) > 0, 20000);
+  flowing = false;
+  await background;
+
   const share = (cluster) =>
     page.locator(`tr[data-app="shop"][data-target="${cluster}"] td[data-share]`).getAttribute("data-share");
   assert.ok(Number(await share("aws-eu-west-1")) > 0.3, "aws-eu-west-1 has a share before the drain");
@@ -115,6 +130,14 @@ test("dashboard lists the demo clusters and a drain click moves weights and traf
   const after = await traffic(proxy, 100);
   assert.equal(after["aws-eu-west-1"] || 0, 0, `no traffic to the drained cluster: ${JSON.stringify(after)}`);
 
+  // The screenshot shows traffic flowing to the two clusters that remain.
+  flowing = true;
+  background = flow();
+  await until("live traffic after the drain", async () => Number(await rps("aws-us-east-1")) > 0, 20000);
+  await sleep(1200);
+  flowing = false;
+  await background;
+  assert.equal(Number(await rps("aws-eu-west-1")), 0, "the drained cluster gets no traffic on the page either");
   mkdirSync(artifacts, { recursive: true });
   await page.screenshot({ path: join(artifacts, "dashboard.png"), fullPage: true });
   assert.deepEqual(pageErrors, [], "the page raised no script errors");

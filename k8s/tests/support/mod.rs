@@ -3,7 +3,10 @@
 //! cached in ~/.cache/meridian-kube). With `MERIDIAN_TEST_KUBECONFIG` set, the hub is that
 //! cluster instead (any real cluster where the test may create a namespace and CRDs).
 
-#![allow(dead_code, reason = "each test binary uses a part of the support module")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a part of the support module"
+)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One API server with its etcd; both are killed on drop.
@@ -26,7 +33,10 @@ impl ApiServer {
     /// Starts a fresh API server in a temporary directory, or uses `MERIDIAN_TEST_KUBECONFIG`.
     pub fn start(name: &str) -> ApiServer {
         if let Some(path) = std::env::var_os("MERIDIAN_TEST_KUBECONFIG") {
-            return ApiServer { kubeconfig: PathBuf::from(path), dir: None };
+            return ApiServer {
+                kubeconfig: PathBuf::from(path),
+                dir: None,
+            };
         }
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let script = root.join("scripts/kube/start-apiserver.sh");
@@ -34,7 +44,11 @@ impl ApiServer {
         let _ = std::fs::remove_dir_all(&dir);
         let (port, etcd_port) = (free_port(), free_port());
         // etcd also takes the next two ports; pick a base with room.
-        let etcd_port = if etcd_port > 65000 { 40000 + (etcd_port % 1000) } else { etcd_port };
+        let etcd_port = if etcd_port > 65000 {
+            40000 + (etcd_port % 1000)
+        } else {
+            etcd_port
+        };
         let out = Command::new("bash")
             .arg(&script)
             .arg(&dir)
@@ -48,7 +62,10 @@ impl ApiServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        ApiServer { kubeconfig: dir.join("kubeconfig"), dir: Some(dir) }
+        ApiServer {
+            kubeconfig: dir.join("kubeconfig"),
+            dir: Some(dir),
+        }
     }
 
     /// A client as the admin (or the given kubeconfig's user).
@@ -59,7 +76,9 @@ impl ApiServer {
     /// A client that impersonates `user` (for checking RBAC rules as the controller).
     pub async fn client_as(&self, user: Option<&str>) -> Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).unwrap();
-        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
         config.auth_info.impersonate = user.map(str::to_string);
         Client::try_from(config).unwrap()
     }
