@@ -17,6 +17,7 @@
 //! - [`store`]: redb: overrides, audit log, failover history, last table.
 //! - [`publish`]: the current table and the watch streams.
 //! - [`api`]: the HTTP surface: `/api/v1/…`, `/openapi.json`, `/metrics`, `/livez`, `/readyz`.
+//! - [`traffic`]: request rates per target from the proxies' counters (pure).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`client`]: a typed client of the API, for the `meridian` operator commands.
 

@@ -166,7 +166,13 @@ impl Conn {
                     return Err(ReadError::Invalid("response head too large"));
                 }
             }
-            let n = poll_fn(|cx| self.poll_fill(cx)).await?;
+            let n = match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(n) => n,
+                // A reset before any answer: the upstream had closed the connection when
+                // the request reached it, so it was not processed (the keep-alive race).
+                Err(err) if !answered && err.kind() == io::ErrorKind::ConnectionReset => 0,
+                Err(err) => return Err(err.into()),
+            };
             if n == 0 {
                 return Err(if answered {
                     ReadError::Invalid("connection closed inside the response head")
@@ -260,6 +266,11 @@ impl Conn {
                 None => Framing::Close,
             }
         };
+        if transfer_coded && length.is_some() {
+            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); the length must not
+            // travel on with a body decoded from chunks, or the client would frame it wrong.
+            headers.remove(header::CONTENT_LENGTH);
+        }
         if framing == Framing::Close || status == StatusCode::SWITCHING_PROTOCOLS {
             close = true;
         }
@@ -584,6 +595,27 @@ mod tests {
         let (body, reusable) = body_of(&mut conn, head.framing).await.unwrap();
         assert_eq!(body, b"abc0123456789");
         assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn chunked_wins_over_a_length_which_is_dropped() {
+        let (mut conn, _server) = conn_with_reply(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        .await;
+        conn.write_request(
+            &Method::GET,
+            &PathAndQuery::from_static("/"),
+            &HeaderMap::new(),
+            &Bytes::new(),
+        )
+        .await
+        .unwrap();
+        let head = conn.read_head(false).await.unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+        let (body, _) = body_of(&mut conn, head.framing).await.unwrap();
+        assert_eq!(body, b"ok");
     }
 
     #[tokio::test]

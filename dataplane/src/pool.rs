@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// Idle connections kept per endpoint; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
 
+/// Every this many returns to the pool, idle direct connections are checked for closure.
+const SWEEP_EVERY: usize = 1024;
+
 /// One ingress endpoint and its idle connections.
 pub(crate) struct Endpoint {
     addr: SocketAddr,
@@ -40,6 +44,7 @@ pub(crate) struct Endpoint {
     // Boxed so a connection moves between the pool and a response body as one pointer.
     #[allow(clippy::vec_box)]
     direct: Mutex<Vec<Box<h1::Conn>>>,
+    puts: AtomicUsize,
 }
 
 /// Why an attempt on an endpoint failed.
@@ -65,6 +70,7 @@ impl Endpoint {
             addr,
             idle: Mutex::new(Vec::new()),
             direct: Mutex::new(Vec::new()),
+            puts: AtomicUsize::new(0),
         }
     }
 
@@ -74,6 +80,13 @@ impl Endpoint {
 
     fn put_direct(&self, conn: Box<h1::Conn>) {
         let mut idle = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        // Idle direct connections have no task watching them: one the upstream closed
+        // stays open on this side until popped. The stack's bottom may never be popped,
+        // so now and then the whole list is checked and closed ones dropped.
+        let puts = self.puts.fetch_add(1, Ordering::Relaxed);
+        if puts % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            idle.retain(|c| !c.is_stale());
+        }
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
@@ -354,5 +367,106 @@ fn finish(conn: &mut Option<Box<h1::Conn>>, reusable: bool, endpoint: &Endpoint)
         && c.is_clean()
     {
         endpoint.put_direct(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An upstream that answers `per_conn` requests on each connection, then closes it
+    /// (though every answer claims keep-alive), counting the connections it accepted.
+    async fn upstream(per_conn: usize, body: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..per_conn {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(endpoint: &Arc<Endpoint>) -> Result<String, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, http::HeaderValue::from_static("t"));
+        let response = endpoint
+            .send_buffered(
+                &Method::GET,
+                &PathAndQuery::from_static("/"),
+                &headers,
+                &Bytes::new(),
+                Duration::from_secs(1),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8(body.to_bytes().to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn reuses_one_connection_for_sequential_requests() {
+        let (addr, accepted) = upstream(usize::MAX, "hello").await;
+        let endpoint = Arc::new(Endpoint::new(addr));
+        for _ in 0..20 {
+            assert_eq!(get(&endpoint).await.unwrap(), "hello");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_upstream_closed_is_replaced_without_error() {
+        let (addr, accepted) = upstream(1, "once").await;
+        let endpoint = Arc::new(Endpoint::new(addr));
+        for _ in 0..5 {
+            assert_eq!(get(&endpoint).await.unwrap(), "once");
+            // Let the upstream's close reach this side, as on an idle keep-alive connection.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+        // Back to back, the close may still be in flight when the next request is written.
+        for _ in 0..50 {
+            assert_eq!(get(&endpoint).await.unwrap(), "once");
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_failure_is_reported_as_such() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let endpoint = Arc::new(Endpoint::new(addr));
+        let err = get(&endpoint).await.unwrap_err();
+        assert!(err.starts_with("connect:"), "{err}");
     }
 }

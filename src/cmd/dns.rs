@@ -24,15 +24,8 @@ pub struct Args {
     /// UDP worker threads, overriding `dns.udp_workers` (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
-    /// Follow this controller's watch stream instead of serving the config's base table.
-    #[arg(long)]
-    controller: Option<String>,
-    /// File holding the bearer token for the controller.
-    #[arg(long, requires = "controller")]
-    token_file: Option<PathBuf>,
-    /// Where the last good table is kept, to start from when the controller is down.
-    #[arg(long, requires = "controller")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    follow: super::FollowArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -55,15 +48,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut tasks = Vec::new();
-        match args.controller {
+        match args.follow.controller {
             Some(controller) => {
-                let token = super::read_token(args.token_file.as_deref())?;
-                let name = format!("dns@{}", loaded.config.dns.listen);
+                let token = super::read_token(args.follow.token_file.as_deref())?;
+                let subscriber = format!("dns@{}", loaded.config.dns.listen);
+                let name = args
+                    .follow
+                    .vantage
+                    .clone()
+                    .unwrap_or_else(|| subscriber.clone());
+                let region = args.follow.region.clone();
                 let watch = meridian_subscriber::watch::WatchConfig {
                     controller: controller.clone(),
                     token: token.clone(),
-                    state_dir: args.state_dir,
-                    subscriber: name.clone(),
+                    state_dir: args.follow.state_dir.clone(),
+                    subscriber,
                 };
                 let follow_cell = cell.clone();
                 tasks.push(tokio::spawn(async move {
@@ -77,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         &controller,
                         token,
                         name,
-                        None,
+                        region,
                     )
                     .await;
                     if let Err(err) = result {

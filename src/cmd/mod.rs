@@ -67,3 +67,26 @@ pub fn static_table(
     meridian_routing::RoutingTable::new(loaded.config.base_table(1, now_ms))
         .with_context(|| format!("{}: building the routing table", loaded.file.display()))
 }
+
+/// How `meridian proxy` and `meridian dns` follow a controller: its watch stream for tables,
+/// and its probe assignment as a vantage.
+#[derive(clap::Args)]
+pub struct FollowArgs {
+    /// Follow this controller's routing tables (for example `http://127.0.0.1:8090`)
+    /// instead of serving the config's own table (every target healthy).
+    #[arg(long)]
+    pub controller: Option<String>,
+    /// File holding the bearer token for the controller (role subscriber).
+    #[arg(long, requires = "controller")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Directory for the last good table, served at start when the controller is down.
+    #[arg(long, requires = "controller")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Name this process reports its probe results under as a vantage (default
+    /// `KIND@LISTEN`).
+    #[arg(long, requires = "controller")]
+    pub vantage: Option<String>,
+    /// Region of this vantage, when the controller cannot tell it from the address.
+    #[arg(long, requires = "controller")]
+    pub region: Option<String>,
+}

@@ -3,11 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use meridian_dataplane::Proxy;
-use meridian_routing::RoutingTable;
 use meridian_subscriber::TableCell;
 use meridian_subscriber::watch::WatchConfig;
 
@@ -27,24 +25,8 @@ pub struct Args {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
-    /// Follow this controller's routing tables (for example `http://127.0.0.1:8090`)
-    /// instead of serving the config's own table.
-    #[arg(long)]
-    controller: Option<String>,
-    /// File holding the bearer token for the controller.
-    #[arg(long, requires = "controller")]
-    token_file: Option<PathBuf>,
-    /// Directory for the last good table, served at start when the controller is down.
-    #[arg(long, requires = "controller")]
-    state_dir: Option<PathBuf>,
-    /// Name this proxy reports its probe results under as a vantage (default
-    /// `proxy@LISTEN`). With `--controller` the proxy runs the controller's probe
-    /// assignment and reports, as `meridian up` and the DNS server do.
-    #[arg(long, requires = "controller")]
-    vantage: Option<String>,
-    /// Region of this vantage, when the controller cannot tell it from the address.
-    #[arg(long, requires = "controller")]
-    region: Option<String>,
+    #[command(flatten)]
+    follow: super::FollowArgs,
 }
 
 /// Where and as what the proxy probes and reports as a vantage.
@@ -74,47 +56,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let cell = Arc::new(TableCell::new());
-    let watch = match &args.controller {
+    let watch = match &args.follow.controller {
         // Tables come from the controller (or the last good one on disk); until one
         // arrives the proxy answers 503 and /readyz says not ready.
         Some(controller) => {
-            let token = match &args.token_file {
-                Some(file) => Some(
-                    std::fs::read_to_string(file)
-                        .with_context(|| format!("reading the token file {}", file.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            };
+            let token = super::read_token(args.follow.token_file.as_deref())?;
             let vantage = Vantage {
                 controller: controller.clone(),
                 token: token.clone(),
                 name: args
+                    .follow
                     .vantage
                     .clone()
                     .unwrap_or_else(|| format!("proxy@{}", config.listen)),
-                region: args.region.clone(),
+                region: args.follow.region.clone(),
             };
             Some((
                 WatchConfig {
                     controller: controller.clone(),
                     token,
-                    state_dir: args.state_dir.clone(),
+                    state_dir: args.follow.state_dir.clone(),
                     subscriber: format!("proxy@{}", config.listen),
                 },
                 vantage,
             ))
         }
         None => {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let table =
-                RoutingTable::new(loaded.config.base_table(1, now_ms)).with_context(|| {
-                    format!("{}: building the routing table", args.config.display())
-                })?;
-            cell.store(Arc::new(table));
+            cell.store(Arc::new(super::static_table(&loaded)?));
             None
         }
     };
