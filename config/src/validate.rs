@@ -276,6 +276,12 @@ fn listeners(config: &Config, p: &mut Problems) {
             p.add(*other, format!("{addr} is also {name}"));
         }
     }
+    if config.dns.udp_workers == Some(0) {
+        p.add(
+            "dns.udp_workers",
+            "must be at least 1 (or unset: one per CPU)",
+        );
+    }
     if !(1..=8).contains(&config.dns.max_answers) {
         p.add(
             "dns.max_answers",

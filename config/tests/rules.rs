@@ -5,6 +5,10 @@ use std::path::Path;
 
 const CASES: &[(&str, &str)] = &[
     (
+        "dns-udp-workers.yaml",
+        "dns-udp-workers.yaml:12:16: dns.udp_workers: must be at least 1 (or unset: one per CPU)",
+    ),
+    (
         "controller-token.yaml",
         "controller-token.yaml:13:44: controller.tokens[0].sha256: must be 64 hexadecimal digits (the SHA-256 of the token)",
     ),
