@@ -3,8 +3,7 @@
 
 mod proxy_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use meridian_routing::{FailureMode, Health};
@@ -66,37 +65,13 @@ async fn table_swaps_under_load_lose_nothing() {
     };
     let (proxy, cell) = start_proxy(test_config(), make(1)).await;
     let addr = proxy.local_addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok) = (stop.clone(), ok.clone());
-        workers.push(tokio::spawn(async move {
-            let client = client();
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match get(&client, addr, "shop.test", "/slow/1").await {
-                    Ok(answer) if answer.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(answer) => errors.push(format!("status {}", answer.status)),
-                    Err(err) => errors.push(err),
-                }
-            }
-            errors
-        }));
-    }
+    let load = SteadyLoad::start(addr, "shop.test", "/slow/1", 4);
     for version in 2..=41 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         cell.store(make(version));
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for w in workers {
-        errors.extend(w.await.unwrap());
-    }
+    let (ok, errors) = load.finish().await;
     assert!(errors.is_empty(), "client errors: {errors:?}");
-    let ok = ok.load(Ordering::Relaxed);
     assert!(ok > 100, "only {ok} requests went through");
     let served = a.total.load(Ordering::SeqCst) + b.total.load(Ordering::SeqCst);
     assert_eq!(served, ok, "every request was served exactly once");

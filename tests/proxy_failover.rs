@@ -3,8 +3,7 @@
 
 mod proxy_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use meridian_routing::{FailureMode, Health};
@@ -21,38 +20,14 @@ async fn killing_one_of_two_clusters_mid_stream_costs_no_client_error() {
     );
     let (proxy, _cell) = start_proxy(test_config(), table).await;
     let addr = proxy.local_addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok) = (stop.clone(), ok.clone());
-        workers.push(tokio::spawn(async move {
-            let client = client();
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match get(&client, addr, "shop.test", "/slow/2").await {
-                    Ok(answer) if answer.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(answer) => errors.push(format!("status {}", answer.status)),
-                    Err(err) => errors.push(err),
-                }
-            }
-            errors
-        }));
-    }
+    let load = SteadyLoad::start(addr, "shop.test", "/slow/2", 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.ok();
     a.kill();
     let served_by_alpha = a.total.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for w in workers {
-        errors.extend(w.await.unwrap());
-    }
+    let (after, errors) = load.finish().await;
     assert!(errors.is_empty(), "client errors: {errors:?}");
-    let after = ok.load(Ordering::Relaxed);
     assert!(
         before > 20 && after > before + 20,
         "traffic flowed: {before} then {after}"

@@ -313,3 +313,53 @@ pub fn metric(text: &str, name: &str, label_filter: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A steady stream of GETs from `clients` concurrent clients until [`SteadyLoad::finish`]:
+/// what a failover or a table swap must not disturb.
+pub struct SteadyLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl SteadyLoad {
+    pub fn start(addr: SocketAddr, host: &'static str, path: &'static str, clients: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let workers = (0..clients)
+            .map(|_| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(&client, addr, host, path).await {
+                            Ok(answer) if answer.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(answer) => errors.push(format!("status {}", answer.status)),
+                            Err(err) => errors.push(err),
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        SteadyLoad { stop, ok, workers }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients; returns the 200s and every client error.
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for worker in self.workers {
+            errors.extend(worker.await.unwrap());
+        }
+        (self.ok.load(Ordering::Relaxed), errors)
+    }
+}
