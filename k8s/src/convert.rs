@@ -22,6 +22,9 @@ pub struct Verdicts {
     pub clusters: BTreeMap<String, Vec<String>>,
     /// Resource name → problems (empty: accepted).
     pub apps: BTreeMap<String, Vec<String>>,
+    /// App name → targets left out because their cluster is not accepted (yet): the app
+    /// is served from its other clusters meanwhile.
+    pub skipped_targets: BTreeMap<String, Vec<String>>,
 }
 
 /// Builds the config from `base` and the resources. Every resource gets a verdict; the config
@@ -40,6 +43,16 @@ pub fn to_config(
     for cluster in clusters {
         let name = cluster.name_any();
         match cluster_config(cluster) {
+            // Discovery may not have found an address yet (a cloud load balancer takes
+            // minutes): the cluster waits, its apps are served from their other clusters.
+            Ok(c) if c.endpoints.is_empty() => {
+                let why = if cluster.spec.ingress_discovery.is_some() {
+                    "no ingress endpoint yet: none in spec.endpoints and none discovered"
+                } else {
+                    "no ingress endpoint: set spec.endpoints or spec.ingressDiscovery"
+                };
+                verdicts.clusters.insert(name, vec![why.to_string()]);
+            }
             Ok(c) => {
                 config.clusters.push(c);
                 verdicts.clusters.insert(name, Vec::new());
@@ -52,7 +65,31 @@ pub fn to_config(
     for app in apps {
         let name = app.name_any();
         match app_config(app) {
-            Ok((a, probe)) => {
+            Ok((mut a, probe)) => {
+                let (kept, skipped): (Vec<_>, Vec<_>) = a.targets.into_iter().partition(|t| {
+                    verdicts
+                        .clusters
+                        .get(&t.cluster)
+                        .is_none_or(|problems| problems.is_empty())
+                });
+                a.targets = kept;
+                if !skipped.is_empty() {
+                    if a.targets.is_empty() {
+                        let names: Vec<&str> = skipped.iter().map(|t| t.cluster.as_str()).collect();
+                        verdicts.apps.insert(
+                            name,
+                            vec![format!(
+                                "no target can serve yet: cluster(s) {} not accepted",
+                                names.join(", ")
+                            )],
+                        );
+                        continue;
+                    }
+                    verdicts.skipped_targets.insert(
+                        name.clone(),
+                        skipped.into_iter().map(|t| t.cluster).collect(),
+                    );
+                }
                 if let Some(probe) = probe {
                     config.probes.push(probe);
                 }

@@ -110,6 +110,34 @@ pub struct ClusterSpec {
     /// Capacity and cost hints for placement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacityHints>,
+    /// Node scaling through a Cluster API MachineDeployment in the member cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_scaling: Option<NodeScalingSpec>,
+}
+
+/// Node scaling of a member cluster: the replicas of a Cluster API MachineDeployment there,
+/// raised when pods stay unschedulable and lowered after a cool-down when utilisation allows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeScalingSpec {
+    /// The MachineDeployment (cluster.x-k8s.io), by namespace and name.
+    pub machine_deployment: WorkloadRef,
+    /// Fewest machines.
+    #[serde(default)]
+    pub min_machines: u32,
+    /// Most machines.
+    pub max_machines: u32,
+    /// Allocatable CPU of one machine, millicores.
+    pub cpu_millis_per_machine: u64,
+    /// Allocatable memory of one machine, bytes.
+    pub memory_bytes_per_machine: u64,
+    /// Time after a scale before scaling down, such as `10m` (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cool_down: Option<String>,
+    /// Scale down only while utilisation on one machine fewer stays below this, 0 to 1
+    /// (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_utilisation: Option<f64>,
 }
 
 /// A condition, as Kubernetes API conventions define it.
@@ -269,6 +297,9 @@ pub struct PlacementSpec {
     /// Per-cluster floors and ceilings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bounds: Vec<ClusterBounds>,
+    /// For `cost`: clusters kept non-zero for resilience (default 2 when two are eligible).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<u32>,
 }
 
 /// A Deployment, by namespace and name.
@@ -309,6 +340,40 @@ pub struct ScalingSpec {
     /// How long a lower replica count must persist before scaling down, such as `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_stabilization: Option<String>,
+    /// How fast replicas may be added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up_limit: Option<ScaleUpLimitSpec>,
+    /// Replica floors during recurring windows, such as a sale at 09:00.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleSpec>,
+}
+
+/// The scale-up rate limit: at most `factor` times or `step` more replicas per period,
+/// whichever allows more.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleUpLimitSpec {
+    /// Growth factor per period, such as 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+    /// Replicas added per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// The period, such as `1m` (default 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+}
+
+/// A replica floor while a recurring window is open.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// When each window opens: a cron expression in UTC, such as `0 9 * * *`.
+    pub cron: String,
+    /// How long each window lasts, such as `2h`.
+    pub duration: String,
+    /// Fewest replicas in all while the window is open.
+    pub min_replicas: u32,
 }
 
 /// An app served from several clusters.

@@ -7,6 +7,11 @@
 
 pub mod convert;
 pub mod crd;
+pub mod discovery;
+pub mod inventory;
+pub mod lease;
+pub mod member;
+pub mod quantity;
 pub mod status;
 
 use kube::CustomResourceExt;
@@ -31,5 +36,27 @@ pub enum Error {
         action: String,
         /// The client's error.
         source: kube::Error,
+    },
+    /// Leader-election options that cannot work, such as a renew deadline not shorter than
+    /// the lease duration.
+    #[error("leader election options: {0}")]
+    LeaseOptions(String),
+    /// A resource quantity (`250m`, `1Gi`, …) that does not parse.
+    #[error("bad quantity {text:?}: {reason}")]
+    Quantity {
+        /// The text as given.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A field of an object read from a member cluster is unusable.
+    #[error("{object} {field}: {source}")]
+    Field {
+        /// The object, such as `Pod shop/web-1`.
+        object: String,
+        /// The field, such as `spec.containers[0].resources.requests.cpu`.
+        field: String,
+        /// What is wrong with it.
+        source: Box<Error>,
     },
 }

@@ -27,6 +27,7 @@ fn cluster(name: &str, endpoint: &str) -> MeridianCluster {
             ingress_discovery: None,
             kubeconfig_secret_ref: None,
             capacity: None,
+            node_scaling: None,
         },
     );
     c.metadata.namespace = Some("meridian".into());
@@ -112,6 +113,40 @@ fn bad_resources_get_verdicts_naming_the_field() {
     );
     assert!(verdicts.apps["ok"].is_empty());
     assert!(result.is_err());
+}
+
+#[test]
+fn a_cluster_waiting_for_its_address_does_not_block_its_apps() {
+    let mut waiting = cluster("aws-1", "192.0.2.1:443");
+    waiting.spec.endpoints.clear();
+    waiting.spec.ingress_discovery = Some(IngressDiscovery {
+        kind: DiscoveryKind::Service,
+        namespace: "edge".into(),
+        name: "ingress".into(),
+        port: None,
+    });
+    let (verdicts, result) = to_config(
+        &base(),
+        &[waiting, cluster("gcp-1", "192.0.2.2:443")],
+        &[
+            app("shop", "shop.example.com", &["aws-1", "gcp-1"]),
+            app("solo", "solo.example.com", &["aws-1"]),
+        ],
+    );
+    assert_eq!(
+        verdicts.clusters["aws-1"],
+        vec!["no ingress endpoint yet: none in spec.endpoints and none discovered"]
+    );
+    assert!(verdicts.apps["shop"].is_empty());
+    assert_eq!(verdicts.skipped_targets["shop"], vec!["aws-1"]);
+    assert_eq!(
+        verdicts.apps["solo"],
+        vec!["no target can serve yet: cluster(s) aws-1 not accepted"]
+    );
+    let config = result.unwrap().config;
+    assert_eq!(config.apps.len(), 1);
+    assert_eq!(config.apps[0].targets.len(), 1);
+    assert_eq!(config.apps[0].targets[0].cluster, "gcp-1");
 }
 
 #[tokio::test]

@@ -7,70 +7,12 @@
 
 mod support;
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
-use kube::{Client, ResourceExt};
 use meridian_k8s::crd::*;
-use meridian_k8s::status::{FIELD_MANAGER, condition, now_rfc3339, set_condition, write_status};
-use support::ApiServer;
-
-async fn apply_yaml(client: &Client, yaml: &str) {
-    for doc in yaml.split("\n---").filter(|d| d.contains("kind:")) {
-        let object: DynamicObject = serde_norway::from_str(doc).unwrap();
-        let types = object.types.clone().unwrap();
-        let (group, version) = types
-            .api_version
-            .split_once('/')
-            .unwrap_or(("", &types.api_version));
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
-        let api: Api<DynamicObject> = match object.namespace() {
-            Some(ns) => Api::namespaced_with(client.clone(), &ns, &resource),
-            None => Api::all_with(client.clone(), &resource),
-        };
-        api.patch(
-            &object.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying {} {}: {e}", types.kind, object.name_any()));
-    }
-}
-
-async fn install(client: &Client) {
-    apply_yaml(client, &meridian_k8s::crds_yaml().unwrap()).await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in ["meridianclusters.meridian.dev", "meridianapps.meridian.dev"] {
-        let mut established = false;
-        for _ in 0..100 {
-            let crd = crds.get(name).await.unwrap();
-            established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(established, "{name} never became Established");
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "meridian"}})).unwrap();
-    match namespaces.create(&PostParams::default(), &ns).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating the namespace: {e}"),
-    }
-}
+use meridian_k8s::status::{condition, now_rfc3339, set_condition, write_status};
+use support::{ApiServer, apply_yaml, install};
 
 #[tokio::test]
 #[ignore = "needs a kube-apiserver: run through scripts/test-all"]
@@ -98,6 +40,7 @@ async fn crds_status_and_rbac_on_a_real_api_server() {
             max_replicas: Some(20),
             cost_per_replica_hour: Some(0.05),
         }),
+        node_scaling: None,
     };
     let created = clusters
         .create(

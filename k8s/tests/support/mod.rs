@@ -12,8 +12,16 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use kube::{Client, Config, ResourceExt};
+use meridian_k8s::status::FIELD_MANAGER;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -30,7 +38,7 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Starts a fresh API server in a temporary directory, or uses `MERIDIAN_TEST_KUBECONFIG`.
+    /// The hub: the cluster `MERIDIAN_TEST_KUBECONFIG` names, else a fresh local API server.
     pub fn start(name: &str) -> ApiServer {
         if let Some(path) = std::env::var_os("MERIDIAN_TEST_KUBECONFIG") {
             return ApiServer {
@@ -38,8 +46,18 @@ impl ApiServer {
                 dir: None,
             };
         }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let script = root.join("scripts/kube/start-apiserver.sh");
+        Self::start_local(name)
+    }
+
+    /// A fresh local API server in a temporary directory, always: member clusters, whose
+    /// tests create stand-in Nodes and kill the API server, are never a real cluster.
+    pub fn start_local(name: &str) -> ApiServer {
+        // Shared by the k8s crate's tests and the workspace root's: find the repository root.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|dir| dir.join("scripts/kube/start-apiserver.sh"))
+            .find(|script| script.exists())
+            .expect("scripts/kube/start-apiserver.sh above the crate");
         let dir = std::env::temp_dir().join(format!("meridian-kube-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (port, etcd_port) = (free_port(), free_port());
@@ -88,7 +106,11 @@ impl ApiServer {
         if let Some(dir) = &self.dir {
             for pid in ["apiserver.pid", "etcd.pid"] {
                 if let Ok(pid) = std::fs::read_to_string(dir.join(pid)) {
-                    let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+                    let _ = Command::new("kill")
+                        .arg("-9")
+                        .arg(pid.trim())
+                        .stderr(std::process::Stdio::null())
+                        .status();
                 }
             }
         }
@@ -101,5 +123,61 @@ impl Drop for ApiServer {
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Applies every document of a multi-document YAML text (server-side apply).
+pub async fn apply_yaml(client: &Client, yaml: &str) {
+    for doc in yaml.split("\n---").filter(|d| d.contains("kind:")) {
+        let object: DynamicObject = serde_norway::from_str(doc).unwrap();
+        let types = object.types.clone().unwrap();
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", &types.api_version));
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+        let api: Api<DynamicObject> = match object.namespace() {
+            Some(ns) => Api::namespaced_with(client.clone(), &ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(
+            &object.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {} {}: {e}", types.kind, object.name_any()));
+    }
+}
+
+/// Installs the generated CRDs, waits until they are Established, and creates the
+/// `meridian` namespace.
+pub async fn install(client: &Client) {
+    apply_yaml(client, &meridian_k8s::crds_yaml().unwrap()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["meridianclusters.meridian.dev", "meridianapps.meridian.dev"] {
+        let mut established = false;
+        for _ in 0..100 {
+            let crd = crds.get(name).await.unwrap();
+            established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(established, "{name} never became Established");
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "meridian"}})).unwrap();
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating the namespace: {e}"),
     }
 }

@@ -1,0 +1,350 @@
+//! The inventory of one member cluster: nodes and how many are Ready, allocatable CPU and memory
+//! of the Ready nodes, what the pods that still run request, and each app's Deployment replicas.
+//!
+//! [`summarize`] is pure (tested beside it); [`fetch`] reads the objects through a client.
+//! Pod requests are counted as the scheduler counts them: per pod, the larger of the sum of its
+//! containers and its largest init container, plus the pod's overhead.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, ListParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+use crate::crd::{Inventory, WorkloadInventory, WorkloadRef};
+use crate::{Error, quantity};
+
+/// CPU in millicores and memory in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Amount {
+    cpu_millis: u64,
+    memory_bytes: u64,
+}
+
+impl Amount {
+    fn add(self, other: Amount) -> Amount {
+        Amount {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+
+    fn max(self, other: Amount) -> Amount {
+        Amount {
+            cpu_millis: self.cpu_millis.max(other.cpu_millis),
+            memory_bytes: self.memory_bytes.max(other.memory_bytes),
+        }
+    }
+}
+
+fn amount(
+    resources: Option<&BTreeMap<String, Quantity>>,
+    object: &str,
+    field: &str,
+) -> Result<Amount, Error> {
+    let wrap = |key: &str, source: Error| Error::Field {
+        object: object.to_string(),
+        field: format!("{field}.{key}"),
+        source: Box::new(source),
+    };
+    let mut out = Amount::default();
+    if let Some(resources) = resources {
+        if let Some(cpu) = resources.get("cpu") {
+            out.cpu_millis = quantity::millis(&cpu.0).map_err(|e| wrap("cpu", e))?;
+        }
+        if let Some(memory) = resources.get("memory") {
+            out.memory_bytes = quantity::units(&memory.0).map_err(|e| wrap("memory", e))?;
+        }
+    }
+    Ok(out)
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_running(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn containers_request(
+    containers: &[Container],
+    object: &str,
+    list: &str,
+    combine: fn(Amount, Amount) -> Amount,
+) -> Result<Amount, Error> {
+    let mut total = Amount::default();
+    for (i, c) in containers.iter().enumerate() {
+        let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        let field = format!("spec.{list}[{i}].resources.requests");
+        total = combine(total, amount(requests, object, &field)?);
+    }
+    Ok(total)
+}
+
+fn pod_request(pod: &Pod) -> Result<Amount, Error> {
+    let object = format!(
+        "Pod {}/{}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any()
+    );
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(Amount::default());
+    };
+    let regular = containers_request(&spec.containers, &object, "containers", Amount::add)?;
+    let init = containers_request(
+        spec.init_containers.as_deref().unwrap_or_default(),
+        &object,
+        "initContainers",
+        Amount::max,
+    )?;
+    let overhead = amount(spec.overhead.as_ref(), &object, "spec.overhead")?;
+    Ok(regular.max(init).add(overhead))
+}
+
+/// The inventory from listed objects. A quantity that does not parse is an error naming the
+/// object and field (the API server validates them, so this means a broken member).
+pub fn summarize(
+    kubernetes_version: String,
+    nodes: &[Node],
+    pods: &[Pod],
+    workloads: Vec<WorkloadInventory>,
+) -> Result<Inventory, Error> {
+    let mut allocatable = Amount::default();
+    let mut nodes_ready = 0u32;
+    for node in nodes.iter().filter(|n| node_ready(n)) {
+        nodes_ready += 1;
+        let object = format!("Node {}", node.name_any());
+        let resources = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+        allocatable = allocatable.add(amount(resources, &object, "status.allocatable")?);
+    }
+    let mut requested = Amount::default();
+    for pod in pods.iter().filter(|p| pod_running(p)) {
+        requested = requested.add(pod_request(pod)?);
+    }
+    Ok(Inventory {
+        kubernetes_version,
+        nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+        nodes_ready,
+        allocatable_cpu_millis: allocatable.cpu_millis,
+        allocatable_memory_bytes: allocatable.memory_bytes,
+        requested_cpu_millis: requested.cpu_millis,
+        requested_memory_bytes: requested.memory_bytes,
+        workloads,
+    })
+}
+
+/// One app's replicas from its Deployment; a missing Deployment is 0 desired, 0 ready.
+pub fn workload(app: &str, deployment: Option<&Deployment>) -> WorkloadInventory {
+    WorkloadInventory {
+        app: app.to_string(),
+        desired_replicas: deployment
+            .and_then(|d| d.spec.as_ref())
+            .map_or(0, |s| s.replicas.unwrap_or(1)),
+        ready_replicas: deployment
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+    }
+}
+
+/// Lists every object of a kind in pages, so a large cluster is never one huge reply.
+async fn list_all<K>(api: &Api<K>, params: ListParams) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = Vec::new();
+    let mut params = params.limit(500);
+    loop {
+        let page = api.list(&params).await?;
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(out),
+        }
+    }
+}
+
+fn kube_error(action: &str, source: kube::Error) -> Error {
+    Error::Kube {
+        action: action.to_string(),
+        source,
+    }
+}
+
+/// Reads a member cluster's inventory: nodes, pods that still run, and each app's Deployment.
+pub async fn fetch(
+    client: &Client,
+    kubernetes_version: String,
+    workloads: &[(String, WorkloadRef)],
+) -> Result<Inventory, Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes = list_all(&nodes, ListParams::default())
+        .await
+        .map_err(|e| kube_error("listing nodes", e))?;
+    let pods: Api<Pod> = Api::all(client.clone());
+    // The server filters finished pods out; `summarize` checks the phase again all the same.
+    let running = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    let pods = list_all(&pods, running)
+        .await
+        .map_err(|e| kube_error("listing pods", e))?;
+    let mut found = Vec::with_capacity(workloads.len());
+    for (app, reference) in workloads {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &reference.namespace);
+        let deployment = api.get_opt(&reference.name).await.map_err(|e| {
+            kube_error(
+                &format!(
+                    "reading Deployment {}/{}",
+                    reference.namespace, reference.name
+                ),
+                e,
+            )
+        })?;
+        if deployment.is_none() {
+            // Every poll: debug, not info, or a missing Deployment floods the log.
+            tracing::debug!(
+                app,
+                namespace = reference.namespace,
+                name = reference.name,
+                "the app's Deployment does not exist in this member cluster"
+            );
+        }
+        found.push(workload(app, deployment.as_ref()));
+    }
+    summarize(kubernetes_version, &nodes, &pods, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, ready: &str, cpu: &str, memory: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "status": {
+                "allocatable": { "cpu": cpu, "memory": memory, "pods": "110" },
+                "conditions": [{ "type": "Ready", "status": ready }]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, phase: &str, spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": spec,
+            "status": { "phase": phase }
+        }))
+        .unwrap()
+    }
+
+    fn requests(cpu: &str, memory: &str) -> serde_json::Value {
+        json!({ "name": "c", "resources": { "requests": { "cpu": cpu, "memory": memory } } })
+    }
+
+    #[test]
+    fn counts_ready_nodes_and_running_pods_as_the_scheduler_does() {
+        let nodes = [
+            node("a", "True", "4", "8Gi"),
+            node("b", "True", "3500m", "4Gi"),
+            node("c", "False", "16", "64Gi"),
+        ];
+        let pods = [
+            // Two containers: 250m + 500m, 128Mi + 256Mi; a smaller init container.
+            pod(
+                "web",
+                "Running",
+                json!({
+                    "containers": [requests("250m", "128Mi"), requests("500m", "256Mi")],
+                    "initContainers": [requests("100m", "1Gi")]
+                }),
+            ),
+            // The init container is the larger for CPU: max(1, 2) = 2 cores.
+            pod(
+                "init-heavy",
+                "Pending",
+                json!({
+                    "containers": [requests("1", "1Mi")],
+                    "initContainers": [requests("2", "1Mi"), requests("500m", "1Mi")],
+                    "overhead": { "cpu": "10m" }
+                }),
+            ),
+            pod(
+                "done",
+                "Succeeded",
+                json!({ "containers": [requests("8", "8Gi")] }),
+            ),
+            pod(
+                "failed",
+                "Failed",
+                json!({ "containers": [requests("8", "8Gi")] }),
+            ),
+            pod(
+                "no-requests",
+                "Running",
+                json!({ "containers": [{ "name": "c" }] }),
+            ),
+        ];
+        let workloads = vec![workload("shop", None)];
+        let inventory = summarize("v1.20.2".into(), &nodes, &pods, workloads).unwrap();
+        assert_eq!(
+            inventory,
+            Inventory {
+                kubernetes_version: "v1.20.2".into(),
+                nodes: 3,
+                nodes_ready: 2,
+                allocatable_cpu_millis: 7500,
+                allocatable_memory_bytes: 12 << 30,
+                requested_cpu_millis: 750 + 2010,
+                // web: max(384Mi, 1Gi) = 1Gi; init-heavy: max(1Mi, 1Mi) = 1Mi.
+                requested_memory_bytes: (1 << 30) + (1 << 20),
+                workloads: vec![WorkloadInventory {
+                    app: "shop".into(),
+                    desired_replicas: 0,
+                    ready_replicas: 0
+                }],
+            }
+        );
+    }
+
+    #[test]
+    fn deployment_replicas() {
+        let d: Deployment = serde_json::from_value(json!({
+            "spec": { "replicas": 5, "selector": {}, "template": {} },
+            "status": { "readyReplicas": 3 }
+        }))
+        .unwrap();
+        let w = workload("shop", Some(&d));
+        assert_eq!((w.desired_replicas, w.ready_replicas), (5, 3));
+        let fresh: Deployment = serde_json::from_value(json!({
+            "spec": { "replicas": 2, "selector": {}, "template": {} }
+        }))
+        .unwrap();
+        assert_eq!(workload("shop", Some(&fresh)).ready_replicas, 0);
+    }
+
+    #[test]
+    fn a_bad_quantity_names_object_and_field() {
+        let pods = [pod(
+            "web",
+            "Running",
+            json!({ "containers": [requests("250m", "12Q")] }),
+        )];
+        let message = summarize("v1.20.2".into(), &[], &pods, vec![])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "Pod shop/web spec.containers[0].resources.requests.memory: bad quantity \"12Q\": unknown suffix \"Q\""
+        );
+    }
+}
