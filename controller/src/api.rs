@@ -134,7 +134,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Self {
             status,
             error: error.into(),
@@ -353,11 +353,12 @@ fn status_view(shared: &Shared) -> ApiResult<StatusView> {
         .collect();
     let now = now_ms();
     // Rates older than a few report intervals describe traffic that has stopped.
-    let traffic_max_age_ms = (shared.report_interval.as_millis() as u64 * 3).max(3_000);
+    let inputs = shared.inputs();
+    let traffic_max_age_ms = (inputs.report_interval.as_millis() as u64 * 3).max(3_000);
     let apps = table
         .apps()
         .iter()
-        .zip(&shared.config.apps)
+        .map(|app| (app, inputs.config.apps.iter().find(|a| a.name == app.name)))
         .map(|(app, cfg)| AppView {
             name: app.name.clone(),
             hostnames: app.hostnames.clone(),
@@ -369,8 +370,11 @@ fn status_view(shared: &Shared) -> ApiResult<StatusView> {
             targets: app
                 .targets
                 .iter()
-                .zip(&cfg.targets)
-                .map(|(t, tc)| {
+                .map(|t| {
+                    // The table may be a moment older than a config just swapped in.
+                    let configured_weight = cfg
+                        .and_then(|c| c.targets.iter().find(|tc| tc.cluster == t.cluster))
+                        .map_or(t.weight, |tc| tc.weight);
                     let verdict = st.verdicts.verdict(&app.name, &t.cluster);
                     let drains = [
                         Scope::Target {
@@ -386,7 +390,7 @@ fn status_view(shared: &Shared) -> ApiResult<StatusView> {
                     TargetView {
                         cluster: t.cluster.clone(),
                         tier: t.tier,
-                        configured_weight: tc.weight,
+                        configured_weight,
                         weight_override: st
                             .overrides
                             .weights
@@ -487,7 +491,8 @@ pub struct ChangeResponse {
 }
 
 fn check_target(shared: &Shared, app: &str, cluster: &str) -> ApiResult<()> {
-    let Some(a) = shared.config.apps.iter().find(|a| a.name == app) else {
+    let inputs = shared.inputs();
+    let Some(a) = inputs.config.apps.iter().find(|a| a.name == app) else {
         return Err(ApiError::field(
             StatusCode::NOT_FOUND,
             "app",
@@ -505,7 +510,13 @@ fn check_target(shared: &Shared, app: &str, cluster: &str) -> ApiResult<()> {
 }
 
 fn check_cluster(shared: &Shared, cluster: &str) -> ApiResult<()> {
-    if shared.config.clusters.iter().any(|c| c.name == cluster) {
+    if shared
+        .inputs()
+        .config
+        .clusters
+        .iter()
+        .any(|c| c.name == cluster)
+    {
         Ok(())
     } else {
         Err(ApiError::field(
@@ -857,9 +868,10 @@ async fn watch(
     security(("bearer" = [])))]
 async fn probes(State(shared): Ctx, headers: HeaderMap) -> ApiResult<axum::Json<ProbeAssignment>> {
     authorize(&shared, &headers, VANTAGES)?;
+    let inputs = shared.inputs();
     Ok(axum::Json(ProbeAssignment {
-        jobs: shared.jobs.clone(),
-        report_interval_ms: shared.report_interval.as_millis() as u64,
+        jobs: inputs.jobs.clone(),
+        report_interval_ms: inputs.report_interval.as_millis() as u64,
     }))
 }
 
@@ -890,7 +902,8 @@ async fn reports(
         ));
     }
     // Check every observation before recording any, so a bad report changes nothing.
-    let known: HashSet<(&str, &str)> = shared
+    let inputs = shared.inputs();
+    let known: HashSet<(&str, &str)> = inputs
         .jobs
         .iter()
         .map(|j| (j.app.as_str(), j.cluster.as_str()))
@@ -966,13 +979,55 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "Meridian controller API", description = "Routing tables, health, weights, drains, explanations and history."),
     paths(status, app_status, table, set_weight, reset_weight, drain_cluster, undrain_cluster,
-          drain_target, undrain_target, explain, history, audit, watch, probes, reports),
+          drain_target, undrain_target, explain, history, audit, watch, probes, reports,
+          overrides, leader, inventory),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
 async fn openapi() -> Response {
     axum::Json(ApiDoc::openapi()).into_response()
+}
+
+/// The operator overrides in force: weights, drains, recent undrains. Followers mirror
+/// them from the leader.
+#[utoipa::path(get, path = "/api/v1/overrides", tag = "read",
+    responses((status = 200, description = "Overrides", body = Object)),
+    security(("bearer" = [])))]
+async fn overrides(
+    State(shared): Ctx,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<crate::compute::Overrides>> {
+    authorize(&shared, &headers, WATCHERS)?;
+    Ok(axum::Json(shared.state().overrides.clone()))
+}
+
+/// Which replica leads (writes), and this replica's identity.
+#[utoipa::path(get, path = "/api/v1/leader", tag = "read",
+    responses((status = 200, body = crate::leadership::Leadership)),
+    security(("bearer" = [])))]
+async fn leader(
+    State(shared): Ctx,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<crate::leadership::Leadership>> {
+    authorize(&shared, &headers, WATCHERS)?;
+    Ok(axum::Json(shared.leadership.borrow().clone()))
+}
+
+/// The member clusters as their API servers describe them (Kubernetes mode): reachability,
+/// discovered ingress endpoints, Kubernetes version, nodes, CPU and memory, and each app's
+/// desired and ready replicas. Empty in file mode.
+#[utoipa::path(get, path = "/api/v1/inventory", tag = "read",
+    responses((status = 200, description = "MemberView per cluster", body = Object)),
+    security(("bearer" = [])))]
+async fn inventory(State(shared): Ctx, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&shared, &headers, READERS)?;
+    let members = shared
+        .members
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(axum::Json(members.values().collect::<Vec<_>>()).into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -1009,11 +1064,18 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/reports", post(reports))
+        .route("/api/v1/overrides", get(overrides))
+        .route("/api/v1/leader", get(leader))
+        .route("/api/v1/inventory", get(inventory))
         .route("/api/v1/{*rest}", axum::routing::any(not_found))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(self::metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::leadership::forward_writes,
+        ))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let metrics = metrics.clone();

@@ -25,6 +25,8 @@ pub mod api;
 pub mod client;
 pub mod compute;
 mod error;
+pub mod kubernetes;
+pub mod leadership;
 pub mod metrics;
 pub mod publish;
 pub mod store;
@@ -34,7 +36,8 @@ pub mod verdict;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use meridian_config::{Config, LoadedConfig};
@@ -68,6 +71,15 @@ pub struct ControllerOptions {
     /// Further routes served on the controller's port, such as the dashboard at `/` and the
     /// demo's controls (`meridian up` adds them).
     pub extra_routes: Option<axum::Router>,
+    /// The URL other replicas and subscribers reach this one at (default `http://LISTEN`):
+    /// its identity in leader election.
+    pub advertise_url: Option<String>,
+    /// The token a follower presents to the leader to mirror its tables and overrides
+    /// (role subscriber or higher; not needed when the API has no tokens).
+    pub peer_token: Option<String>,
+    /// Kubernetes mode: apps and clusters from resources on the hub, member clusters
+    /// observed, status written back, optionally leader election.
+    pub kubernetes: Option<kubernetes::KubernetesOptions>,
 }
 
 impl Default for ControllerOptions {
@@ -79,6 +91,9 @@ impl Default for ControllerOptions {
             vantage: "controller".into(),
             tick: Duration::from_millis(100),
             extra_routes: None,
+            advertise_url: None,
+            peer_token: None,
+            kubernetes: None,
         }
     }
 }
@@ -94,10 +109,35 @@ pub(crate) struct State {
     pub(crate) traffic: traffic::Traffic,
 }
 
+/// What the controller routes and probes: the config (apps, clusters, probes) and the probe
+/// jobs it makes. Replaced whole when the config changes (Kubernetes mode).
+#[derive(Debug)]
+pub(crate) struct Inputs {
+    pub(crate) config: Config,
+    pub(crate) jobs: Vec<ProbeJob>,
+    pub(crate) report_interval: Duration,
+}
+
+impl Inputs {
+    fn new(config: Config) -> Self {
+        let jobs = probe::jobs_from_config(&config);
+        let report_interval = jobs
+            .iter()
+            .map(|j| j.probe.interval)
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        Self {
+            config,
+            jobs,
+            report_interval,
+        }
+    }
+}
+
 /// Everything the controller's tasks and handlers share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    inputs: RwLock<Arc<Inputs>>,
     pub(crate) opts: VerdictOptions,
     pub(crate) heartbeat: Duration,
     pub(crate) store: Store,
@@ -107,9 +147,13 @@ pub(crate) struct Shared {
     pub(crate) publisher: Publisher,
     pub(crate) metrics: Metrics,
     pub(crate) tokens: api::Tokens,
-    pub(crate) jobs: Vec<ProbeJob>,
-    pub(crate) report_interval: Duration,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Whether this replica leads; only the leader computes, changes and writes.
+    pub(crate) leadership: watch::Sender<leadership::Leadership>,
+    /// What the member clusters look like (Kubernetes mode), for the API.
+    pub(crate) members: RwLock<Arc<BTreeMap<String, meridian_k8s::member::MemberView>>>,
+    /// Set until the first config arrives (Kubernetes mode): nothing to compute yet.
+    config_pending: AtomicBool,
     wake: Notify,
 }
 
@@ -120,6 +164,37 @@ pub(crate) fn now_ms() -> u64 {
 impl Shared {
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The config and probe jobs in force.
+    pub(crate) fn inputs(&self) -> Arc<Inputs> {
+        self.inputs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the config: targets keep their votes and verdicts, new ones start healthy,
+    /// removed ones are forgotten. The caller restarts the probes.
+    pub(crate) fn set_config(&self, config: Config) -> Arc<Inputs> {
+        let inputs = Arc::new(Inputs::new(config));
+        {
+            let mut st = self.state();
+            let added = st
+                .verdicts
+                .retarget(inputs.config.apps.iter().flat_map(|a| {
+                    a.targets
+                        .iter()
+                        .map(move |t| (a.name.as_str(), t.cluster.as_str()))
+                }));
+            if let Some(table) = self.publisher.current() {
+                seed_unhealthy(&mut st.verdicts, &table, Some(&added), now_ms());
+            }
+        }
+        *self.inputs.write().unwrap_or_else(|e| e.into_inner()) = inputs.clone();
+        self.config_pending.store(false, Ordering::Release);
+        self.wake();
+        inputs
     }
 
     /// Records one vantage's observation.
@@ -159,10 +234,19 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    pub(crate) fn is_leader(&self) -> bool {
+        self.leadership.borrow().is_leader
+    }
+
     /// Evaluates verdicts, computes the table and publishes it when it changed. Returns the
     /// current version.
     pub(crate) fn recompute(&self) -> Result<u64, Error> {
         let _serial = self.compute_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_leader() || self.config_pending.load(Ordering::Acquire) {
+            // A follower publishes what it mirrors from the leader, nothing of its own; a
+            // controller waiting for its first config keeps serving the last table.
+            return Ok(self.publisher.current().map_or(0, |t| t.version()));
+        }
         let now = now_ms();
         let (changes, data, elapsed) = {
             let mut st = self.state();
@@ -171,8 +255,8 @@ impl Shared {
                 rtt_ms: st.rtt_ms.clone(),
             };
             let start = Instant::now();
-            let inputs = st.verdicts.inputs();
-            let data = compute::compute(&self.config, &st.overrides, &inputs, &stats, now);
+            let health = st.verdicts.inputs();
+            let data = compute::compute(&self.inputs().config, &st.overrides, &health, &stats, now);
             (changes, data, start.elapsed())
         };
         for change in &changes {
@@ -211,6 +295,26 @@ impl Shared {
     }
 }
 
+/// Targets `table` had unhealthy start so (all of them, or those in `only`), until a quorum
+/// says otherwise: neither a restart nor a config change sends traffic to a target before
+/// probes confirm it.
+fn seed_unhealthy(
+    verdicts: &mut Verdicts,
+    table: &RoutingTable,
+    only: Option<&[(String, String)]>,
+    now: u64,
+) {
+    for app in table.apps() {
+        for t in app.targets.iter().filter(|t| t.health == Health::Unhealthy) {
+            let wanted =
+                only.is_none_or(|only| only.iter().any(|(a, c)| *a == app.name && *c == t.cluster));
+            if wanted {
+                verdicts.seed_unhealthy(&app.name, &t.cluster, now);
+            }
+        }
+    }
+}
+
 /// The controller's entry point.
 #[derive(Debug)]
 pub struct Controller;
@@ -221,7 +325,42 @@ pub struct RunningController {
     addr: SocketAddr,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
-    _prober: Option<Prober>,
+    own_probe: Option<Arc<OwnProbe>>,
+}
+
+/// The controller's own vantage: its prober, restarted when the probe jobs change.
+#[derive(Debug)]
+pub(crate) struct OwnProbe {
+    vantage: String,
+    prober: Mutex<Option<Prober>>,
+}
+
+impl OwnProbe {
+    fn start(shared: &Arc<Shared>, vantage: String) -> Arc<Self> {
+        let own = Arc::new(Self {
+            vantage,
+            prober: Mutex::new(None),
+        });
+        own.restart(shared);
+        own
+    }
+
+    /// (Re)starts probing the current jobs; the previous prober's tasks end when it drops.
+    pub(crate) fn restart(&self, shared: &Arc<Shared>) {
+        let sink_shared = shared.clone();
+        let vantage = self.vantage.clone();
+        let sink: Sink = Arc::new(move |obs: Observation| {
+            if sink_shared.observe(&vantage, None, &obs) {
+                sink_shared.wake();
+            }
+        });
+        let prober = Prober::start(shared.inputs().jobs.clone(), TlsConnectors::new(&[]), sink);
+        *self.prober.lock().unwrap_or_else(|e| e.into_inner()) = Some(prober);
+    }
+
+    fn stop(&self) {
+        self.prober.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
 
 impl Controller {
@@ -233,6 +372,7 @@ impl Controller {
         options: ControllerOptions,
     ) -> Result<RunningController, Error> {
         let LoadedConfig { file, config } = loaded;
+        let base_config = config.clone();
         let section = &config.controller;
         if let Some((path, message)) = section.problems().into_iter().next() {
             return Err(Error::Config {
@@ -265,21 +405,35 @@ impl Controller {
             verdicts = verdicts.with_own_vantage(&options.vantage);
         }
         if let Some(last) = &last {
-            // Targets the last table had unhealthy stay so until a quorum says otherwise.
-            for app in last.apps() {
-                for t in app.targets.iter().filter(|t| t.health == Health::Unhealthy) {
-                    verdicts.seed_unhealthy(&app.name, &t.cluster, now);
-                }
-            }
+            seed_unhealthy(&mut verdicts, last, None, now);
         }
-        let jobs = probe::jobs_from_config(&config);
-        let report_interval = jobs
-            .iter()
-            .map(|j| j.probe.interval)
-            .min()
-            .unwrap_or(Duration::from_secs(1));
         let metrics = Metrics::new()?;
         let listen = options.listen.unwrap_or(section.listen);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|error| Error::Bind {
+                addr: listen,
+                error,
+            })?;
+        let addr = listener.local_addr().map_err(|error| Error::Bind {
+            addr: listen,
+            error,
+        })?;
+        let identity = options
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let kubernetes = options.kubernetes.clone();
+        let leadership = match &kubernetes {
+            // Elected replicas start as followers: nothing is written before the Lease is won.
+            Some(k) if k.leader_election.is_some() => leadership::Leadership {
+                is_leader: false,
+                identity,
+                leader: None,
+            },
+            _ => leadership::Leadership::alone(identity),
+        };
+        metrics.leader.set(i64::from(leadership.is_leader));
         let shared = Arc::new(Shared {
             opts: VerdictOptions::from_config(section),
             heartbeat: section.heartbeat,
@@ -294,11 +448,14 @@ impl Controller {
             publisher: Publisher::default(),
             metrics,
             tokens,
-            jobs,
-            report_interval,
             shutdown: watch::channel(false).0,
             wake: Notify::new(),
-            config,
+            leadership: watch::channel(leadership).0,
+            members: RwLock::default(),
+            // In Kubernetes mode apps and clusters come from resources: nothing is computed
+            // until they are read, so a start never publishes an empty table.
+            config_pending: AtomicBool::new(kubernetes.is_some()),
+            inputs: RwLock::new(Arc::new(Inputs::new(config))),
         });
         if let Some(last) = last {
             info!(
@@ -311,16 +468,6 @@ impl Controller {
         }
         shared.recompute()?;
 
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|error| Error::Bind {
-                addr: listen,
-                error,
-            })?;
-        let addr = listener.local_addr().map_err(|error| Error::Bind {
-            addr: listen,
-            error,
-        })?;
         let mut tasks = Vec::new();
         let router = match options.extra_routes.clone() {
             Some(extra) => api::router(shared.clone()).merge(extra),
@@ -350,22 +497,27 @@ impl Controller {
                 }
             }
         }));
-        let prober = options.probe.then(|| {
-            let sink_shared = shared.clone();
-            let vantage = options.vantage.clone();
-            let sink: Sink = Arc::new(move |obs: Observation| {
-                if sink_shared.observe(&vantage, None, &obs) {
-                    sink_shared.wake();
-                }
-            });
-            Prober::start(shared.jobs.clone(), TlsConnectors::new(&[]), sink)
-        });
+        let own_probe = options
+            .probe
+            .then(|| OwnProbe::start(&shared, options.vantage.clone()));
+        tasks.push(tokio::spawn(leadership::mirror(
+            shared.clone(),
+            options.peer_token.clone(),
+        )));
+        if let Some(k) = kubernetes {
+            tasks.push(tokio::spawn(kubernetes::run(
+                shared.clone(),
+                own_probe.clone(),
+                base_config,
+                k,
+            )));
+        }
         info!(%addr, "controller listening");
         Ok(RunningController {
             addr,
             shared,
             tasks,
-            _prober: prober,
+            own_probe,
         })
     }
 }
@@ -394,6 +546,9 @@ impl RunningController {
     /// Stops serving, ends watch streams and probes, and waits for the tasks to finish.
     pub async fn shutdown(self) {
         self.shared.shutdown.send_replace(true);
+        if let Some(own) = &self.own_probe {
+            own.stop();
+        }
         for task in self.tasks {
             let _ = task.await;
         }

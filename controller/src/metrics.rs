@@ -30,6 +30,18 @@ pub struct Metrics {
     pub subscriber_version: IntGaugeVec,
     /// API requests per route and status.
     pub api_requests: IntCounterVec,
+    /// 1 while this replica is the leader.
+    pub leader: IntGauge,
+    /// Per member cluster: 1 while its API server answers.
+    pub member_reachable: IntGaugeVec,
+    /// Per member cluster: nodes, by `state` (`ready`, `total`).
+    pub member_nodes: IntGaugeVec,
+    /// Per member cluster: CPU in millicores, by `kind` (`allocatable`, `requested`).
+    pub member_cpu_millis: IntGaugeVec,
+    /// Per member cluster: memory in bytes, by `kind` (`allocatable`, `requested`).
+    pub member_memory_bytes: IntGaugeVec,
+    /// Per app and member cluster: replicas, by `kind` (`desired`, `ready`).
+    pub workload_replicas: IntGaugeVec,
 }
 
 impl Metrics {
@@ -103,6 +115,45 @@ impl Metrics {
                 ),
                 &["route", "status"],
             )?,
+            leader: IntGauge::new(
+                "meridian_controller_leader",
+                "1 while this controller replica is the leader",
+            )?,
+            member_reachable: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_member_reachable",
+                    "1 while the member cluster's API server answers",
+                ),
+                &["cluster"],
+            )?,
+            member_nodes: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_member_nodes",
+                    "Nodes of a member cluster by state",
+                ),
+                &["cluster", "state"],
+            )?,
+            member_cpu_millis: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_member_cpu_millis",
+                    "CPU of a member cluster in millicores, allocatable or requested",
+                ),
+                &["cluster", "kind"],
+            )?,
+            member_memory_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_member_memory_bytes",
+                    "Memory of a member cluster in bytes, allocatable or requested",
+                ),
+                &["cluster", "kind"],
+            )?,
+            workload_replicas: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_workload_replicas",
+                    "Replicas of an app's workload in a member cluster, desired or ready",
+                ),
+                &["app", "cluster", "kind"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.probe_results.clone()))?;
@@ -117,6 +168,13 @@ impl Metrics {
         m.registry
             .register(Box::new(m.subscriber_version.clone()))?;
         m.registry.register(Box::new(m.api_requests.clone()))?;
+        m.registry.register(Box::new(m.leader.clone()))?;
+        m.registry.register(Box::new(m.member_reachable.clone()))?;
+        m.registry.register(Box::new(m.member_nodes.clone()))?;
+        m.registry.register(Box::new(m.member_cpu_millis.clone()))?;
+        m.registry
+            .register(Box::new(m.member_memory_bytes.clone()))?;
+        m.registry.register(Box::new(m.workload_replicas.clone()))?;
         Ok(m)
     }
 

@@ -180,6 +180,17 @@ impl Store {
         Ok(entry)
     }
 
+    /// Stores overrides made elsewhere (a follower mirroring its leader's), with no audit
+    /// entry: the leader audited the change.
+    pub fn save_overrides(&self, overrides: &Overrides) -> Result<(), Error> {
+        let overrides = serde_json::to_vec(overrides).unwrap_or_default();
+        self.write("saving the overrides", |txn| {
+            txn.open_table(STATE)?
+                .insert(KEY_OVERRIDES, overrides.as_slice())?;
+            Ok(())
+        })
+    }
+
     /// Stores a published table, given in the wire format (as `wire::encode` made it).
     pub fn save_table(&self, encoded: &[u8]) -> Result<(), Error> {
         self.write("saving the table", |txn| {

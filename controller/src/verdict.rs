@@ -139,6 +139,30 @@ impl Verdicts {
         self
     }
 
+    /// Changes the set of targets: existing ones keep their votes and verdict, new ones
+    /// start healthy, removed ones are forgotten (the config changed). Returns the new ones.
+    pub fn retarget<'a>(
+        &mut self,
+        targets: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<(String, String)> {
+        let mut old = std::mem::take(&mut self.targets);
+        let mut added = Vec::new();
+        for (a, c) in targets {
+            let state = match old.get_mut(a).and_then(|clusters| clusters.remove(c)) {
+                Some(state) => state,
+                None => {
+                    added.push((a.to_string(), c.to_string()));
+                    TargetState::default()
+                }
+            };
+            self.targets
+                .entry(a.to_string())
+                .or_default()
+                .insert(c.to_string(), state);
+        }
+        added
+    }
+
     /// Starts a target unhealthy (after a restart, as the last published table had it), so
     /// a restart never sends traffic to a target before probes confirm it.
     pub fn seed_unhealthy(&mut self, app: &str, cluster: &str, now_ms: u64) {
@@ -334,6 +358,30 @@ mod tests {
 
     fn healthy(v: &Verdicts) -> bool {
         v.verdict("shop", "c1").unwrap().healthy
+    }
+
+    #[test]
+    fn retarget_keeps_known_verdicts_and_forgets_removed_targets() {
+        let mut v = Verdicts::new([("shop", "c1"), ("shop", "c2")]);
+        v.seed_unhealthy("shop", "c1", 5);
+        let added = v.retarget([("shop", "c1"), ("shop", "c3")]);
+        assert_eq!(added, [("shop".to_string(), "c3".to_string())]);
+        assert!(!healthy(&v), "c1 keeps its verdict");
+        assert!(
+            v.verdict("shop", "c3").unwrap().healthy,
+            "a new target starts healthy"
+        );
+        assert!(
+            v.verdict("shop", "c2").is_none(),
+            "a removed target is forgotten"
+        );
+        assert!(!v.record(
+            "a",
+            &Observation {
+                cluster: "c2".into(),
+                ..obs(true, 1)
+            }
+        ));
     }
 
     #[test]

@@ -190,11 +190,44 @@ function renderHistory(history) {
     return;
   }
   for (const h of history) {
+    // App "*": an event of the member cluster as a whole (its API server), not a verdict.
+    const member = h.app === "*";
+    const word = member ? (h.healthy ? "reachable" : "unreachable") : (h.healthy ? "healthy" : "unhealthy");
     body.append(el("tr", {},
-      el("td", {}, fmtTime(h.at_ms)), el("td", {}, h.app), el("td", {}, h.cluster),
-      el("td", {}, el("span", { class: "pill " + (h.healthy ? "ok" : "bad") }, h.healthy ? "healthy" : "unhealthy")),
+      el("td", {}, fmtTime(h.at_ms)), el("td", {}, member ? "(member cluster)" : h.app), el("td", {}, h.cluster),
+      el("td", {}, el("span", { class: "pill " + (h.healthy ? "ok" : "bad") }, word)),
       el("td", {}, h.cause),
       el("td", { class: "muted" }, (h.votes || []).map((v) => `${v.vantage}:${v.healthy ? "✓" : "✗"}`).join(" "))));
+  }
+}
+
+function fmtBytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// Member clusters: shown only in Kubernetes mode (file mode observes none).
+function renderMembers(members) {
+  const section = $("#members");
+  section.hidden = !members.length;
+  const body = $("#members tbody");
+  body.replaceChildren();
+  for (const m of members) {
+    const r = m.reachability;
+    const api = r.Reachable ? el("span", { class: "pill ok" }, r.Reachable.version)
+      : r.Unreachable ? el("span", { class: "pill bad", title: r.Unreachable.message }, `unreachable: ${r.Unreachable.message}`)
+      : el("span", { class: "muted" }, "not reached yet");
+    const inv = m.inventory;
+    const d = m.discovered;
+    body.append(el("tr", {},
+      el("td", {}, m.cluster), el("td", {}, api),
+      el("td", {}, inv ? `${inv.nodesReady} / ${inv.nodes}` : "—"),
+      el("td", {}, inv ? `${(inv.requestedCpuMillis / 1000).toFixed(2)} / ${(inv.allocatableCpuMillis / 1000).toFixed(2)} cores` : "—"),
+      el("td", {}, inv ? `${fmtBytes(inv.requestedMemoryBytes)} / ${fmtBytes(inv.allocatableMemoryBytes)}` : "—"),
+      el("td", {}, inv && inv.workloads.length ? inv.workloads.map((w) => `${w.app} ${w.readyReplicas}/${w.desiredReplicas}`).join(", ") : "—"),
+      el("td", { class: d && d.Err ? "muted" : "" }, !d ? "—" : d.Ok ? d.Ok.join(", ") : d.Err)));
   }
 }
 
@@ -213,6 +246,7 @@ async function refresh() {
   try { state.demo = await api("/api/v1/demo/clusters"); } catch (_) { state.demo = null; }
   renderClusters(status);
   renderApps(status);
+  try { renderMembers(await api("/api/v1/inventory")); } catch (_) { renderMembers([]); }
   try { renderHistory(await api("/api/v1/history?limit=20")); } catch (err) { banner(`History: ${err.message}`); }
   if (status.table_version !== state.version) {
     state.version = status.table_version;

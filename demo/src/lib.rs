@@ -56,6 +56,7 @@ pub enum Mode {
     /// Listener closed, connections dropped: the cluster is gone.
     Down,
     /// Accepts connections and answers every request with 503.
+    #[serde(rename = "http-503")]
     Http503,
 }
 
@@ -252,5 +253,22 @@ async fn set(
         Ok(status) => Ok(Json(status)),
         Err(err @ Error::UnknownCluster(_)) => Err((StatusCode::NOT_FOUND, err.to_string())),
         Err(err) => Err((StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mode;
+
+    #[test]
+    fn modes_are_named_as_the_cli_and_the_dashboard_send_them() {
+        for (mode, name) in [
+            (Mode::Up, "up"),
+            (Mode::Down, "down"),
+            (Mode::Http503, "http-503"),
+        ] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Mode>(name.into()).unwrap(), mode);
+        }
     }
 }

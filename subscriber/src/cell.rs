@@ -13,6 +13,8 @@ pub struct TableCell {
     table: ArcSwapOption<RoutingTable>,
     /// When the current table was stored, ms since the Unix epoch (0: never).
     stored_at_ms: AtomicU64,
+    /// The version last stored, for whoever waits for the next table (not the hot path).
+    stored: tokio::sync::watch::Sender<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -35,9 +37,16 @@ impl TableCell {
 
     /// Swaps in `table` and returns the one it replaced.
     pub fn store(&self, table: Arc<RoutingTable>) -> Option<Arc<RoutingTable>> {
+        let version = table.version();
         let old = self.table.swap(Some(table));
         self.stored_at_ms.store(now_ms(), Ordering::Release);
+        self.stored.send_replace(version);
         old
+    }
+
+    /// Wakes on every store: `changed()` on the receiver waits for the next table.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stored.subscribe()
     }
 
     /// The current table's version, 0 when there is none.

@@ -1,0 +1,216 @@
+//! Which replica writes. With several controller replicas one is elected leader (Kubernetes
+//! mode, through a Lease); only the leader computes and publishes tables, changes overrides
+//! and writes to Kubernetes. A follower keeps serving: it mirrors the leader's tables (the
+//! same versions, so a subscriber may move between replicas) and overrides into its own
+//! store, serves the read API and the watch streams from them, and forwards every write
+//! (operator changes, vantage reports) to the leader. When it is elected it resumes from
+//! the last mirrored version, with the leader's overrides.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use meridian_subscriber::TableCell;
+use meridian_subscriber::http::ControllerClient;
+use meridian_subscriber::watch::{WatchConfig, follow};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::Shared;
+use crate::api::ApiError;
+use crate::compute::Overrides;
+use crate::publish::Publisher;
+
+/// This replica's part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Leadership {
+    /// Whether this replica is the leader (always, without leader election).
+    pub is_leader: bool,
+    /// This replica's identity: the URL others reach it at.
+    pub identity: String,
+    /// The leader's identity, when one is known.
+    pub leader: Option<String>,
+}
+
+impl Leadership {
+    /// A replica that leads alone (no election).
+    pub fn alone(identity: String) -> Self {
+        Self {
+            is_leader: true,
+            leader: Some(identity.clone()),
+            identity,
+        }
+    }
+
+    /// The leader to mirror and forward to: known, and not this replica.
+    fn other_leader(&self) -> Option<&str> {
+        if self.is_leader {
+            return None;
+        }
+        self.leader.as_deref().filter(|l| *l != self.identity)
+    }
+}
+
+/// Largest request body a follower forwards (operator changes and reports are small).
+const MAX_FORWARD_BODY: usize = 4 * 1024 * 1024;
+
+/// Middleware on the API: on a follower, writes go to the leader.
+pub(crate) async fn forward_writes(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD)
+        && request.uri().path().starts_with("/api/v1/");
+    let role = shared.leadership.borrow().clone();
+    if !write || role.is_leader {
+        return next.run(request).await;
+    }
+    let Some(leader) = role.other_leader() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is a follower and no leader is known yet; retry shortly",
+        )
+        .into_response();
+    };
+    forward(leader, request).await.unwrap_or_else(|message| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "this replica is a follower and could not reach the leader {leader}: {message}"
+            ),
+        )
+        .into_response()
+    })
+}
+
+async fn forward(leader: &str, request: Request) -> Result<Response, String> {
+    let (parts, body) = request.into_parts();
+    // The caller's own token travels on: the leader authorizes it, not this replica.
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let body = axum::body::to_bytes(body, MAX_FORWARD_BODY)
+        .await
+        .map_err(|e| format!("reading the request body: {e}"))?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let client = ControllerClient::new(leader, token).map_err(|e| e.to_string())?;
+    let response = client
+        .send(
+            parts.method,
+            path,
+            (!body.is_empty()).then(|| body.to_vec()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| format!("reading the leader's answer: {e}"))?
+        .to_bytes();
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// While this replica follows, mirrors the leader's tables and overrides. Ends on shutdown.
+pub(crate) async fn mirror(shared: Arc<Shared>, token: Option<String>) {
+    let mut roles = shared.leadership.subscribe();
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let leader = roles.borrow_and_update().other_leader().map(str::to_string);
+        tokio::select! {
+            _ = async {
+                match &leader {
+                    Some(leader) => mirror_from(&shared, leader, token.clone()).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            changed = roles.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Follows one leader until its stream fails for good (then waits and returns, so the
+/// caller tries again).
+async fn mirror_from(shared: &Arc<Shared>, leader: &str, token: Option<String>) {
+    info!(%leader, "following the leader's tables and overrides");
+    let cell = Arc::new(TableCell::new());
+    if let Some(table) = shared.publisher.current() {
+        cell.store(table);
+    }
+    let mut stored = cell.subscribe();
+    let client = ControllerClient::new(leader, token.clone());
+    let config = WatchConfig {
+        controller: leader.to_string(),
+        token,
+        state_dir: None,
+        subscriber: format!("controller {}", shared.leadership.borrow().identity),
+    };
+    let follow = follow(config, cell.clone());
+    tokio::pin!(follow);
+    loop {
+        tokio::select! {
+            result = &mut follow => {
+                if let Err(err) = result {
+                    warn!(%leader, error = %err, "cannot follow the leader");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+            changed = stored.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(table) = cell.load() else { continue };
+                if table.version() <= shared.publisher.current().map_or(0, |t| t.version()) {
+                    continue;
+                }
+                // Overrides first: a table carries what its overrides made.
+                if let Ok(client) = &client {
+                    sync_overrides(shared, client).await;
+                }
+                let line = Publisher::encode_line(&table);
+                if let Err(err) = shared.store.save_table(&line[..line.len() - 1]) {
+                    warn!(error = %err, "could not store the mirrored table");
+                }
+                shared.metrics.table_version.set(table.version() as i64);
+                shared.metrics.table_bytes.set(line.len() as i64);
+                shared.publisher.publish(table, line);
+            }
+        }
+    }
+}
+
+async fn sync_overrides(shared: &Shared, client: &ControllerClient) {
+    let overrides = match client
+        .call(Method::GET, "/api/v1/overrides", None)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|(_, body)| serde_json::from_slice::<Overrides>(&body).map_err(|e| e.to_string()))
+    {
+        Ok(overrides) => overrides,
+        Err(err) => {
+            warn!(error = %err, "could not mirror the leader's overrides");
+            return;
+        }
+    };
+    if shared.state().overrides == overrides {
+        return;
+    }
+    if let Err(err) = shared.store.save_overrides(&overrides) {
+        warn!(error = %err, "could not store the mirrored overrides");
+    }
+    shared.state().overrides = overrides;
+}
