@@ -5,6 +5,8 @@
 //! and use only flags the binary has.
 
 mod dns_support;
+#[path = "../k8s/tests/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -304,30 +306,9 @@ fn chart_crds_are_meridian_crds_output() {
     );
 }
 
-/// scripts/helm/build.sh: builds the renderer once (cached by its source's hash), prints its path.
-fn helm() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root("scripts/helm/build.sh"))
-        .output()
-        .expect("running scripts/helm/build.sh");
-    assert!(
-        out.status.success(),
-        "scripts/helm/build.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-}
-
 /// `helm template` of the chart with these arguments: Ok(stdout) or Err(stderr).
 fn render(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(helm())
+    let out = Command::new(support::helm_renderer())
         .args(["template", "rel"])
         .arg(root("deploy/helm/meridian"))
         .args(["--namespace", "meridian"])

@@ -14,48 +14,21 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use support::ApiServer;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-/// scripts/helm/build.sh: builds the renderer once (cached by its source's hash), prints its path.
-fn helm() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo("scripts/helm/build.sh"))
-        .output()
-        .expect("running scripts/helm/build.sh");
-    assert!(
-        out.status.success(),
-        "scripts/helm/build.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-}
+use support::{ApiServer, apply_crds, helm_renderer, repo_path};
 
 /// The rendered chart's documents, as JSON values.
 fn render(helm: &Path, namespace: &str, args: &[&str]) -> Vec<Value> {
     let out = Command::new(helm)
         .args(["template", "rel"])
-        .arg(repo("deploy/helm/meridian"))
+        .arg(repo_path("deploy/helm/meridian"))
         .args(["--namespace", namespace])
         .args(args)
         .output()
@@ -155,38 +128,6 @@ spec:
                       interval: { type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$' }
 "#;
 
-async fn apply_crds(client: &Client, yaml: &str) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for doc in yaml_docs(yaml) {
-        let crd: CustomResourceDefinition = serde_json::from_value(doc).unwrap();
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("meridian-chart-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying the CRD {name}: {e}"));
-        let mut established = false;
-        for _ in 0..100 {
-            established = crds
-                .get(&name)
-                .await
-                .unwrap()
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(established, "{name} never became Established");
-    }
-}
-
 fn api_for(client: &Client, namespace: &str, doc: &Value) -> Api<DynamicObject> {
     let api_version = doc["apiVersion"].as_str().unwrap();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -197,7 +138,7 @@ fn api_for(client: &Client, namespace: &str, doc: &Value) -> Api<DynamicObject> 
 #[tokio::test]
 #[ignore = "needs a kube-apiserver: run through scripts/test-all"]
 async fn chart_renders_objects_a_real_api_server_accepts() {
-    let helm = helm();
+    let helm = helm_renderer();
     // (namespace, values, leader election expected, DaemonSets, ServiceMonitors)
     let variants: [(&str, &[&str], bool, usize, usize); 5] = [
         ("chart-default", &[], false, 0, 0),
@@ -239,7 +180,7 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
         .collect();
 
     // What the rendering must say, before any server is involved.
-    let hub = yaml_docs(&std::fs::read_to_string(repo("deploy/rbac/hub.yaml")).unwrap());
+    let hub = yaml_docs(&std::fs::read_to_string(repo_path("deploy/rbac/hub.yaml")).unwrap());
     let hub_rules = &of_kind(&hub, "Role")[0]["rules"];
     for ((ns, _, leader, daemonsets, monitors), (_, docs)) in variants.iter().zip(&rendered) {
         let args = controller_args(docs);
@@ -270,7 +211,7 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
         }
     }
     let chart_crds =
-        std::fs::read_to_string(repo("deploy/helm/meridian/crds/meridian.dev.yaml")).unwrap();
+        std::fs::read_to_string(repo_path("deploy/helm/meridian/crds/meridian.dev.yaml")).unwrap();
     assert_eq!(
         chart_crds.trim(),
         meridian_k8s::crds_yaml().unwrap().trim(),

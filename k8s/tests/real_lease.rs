@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use meridian_k8s::lease::{LeaderElector, Leadership, LeaseOptions};
-use support::{ApiServer, apply_yaml};
+use support::{ApiServer, apply_yaml, create_namespace};
 use tokio::sync::watch;
 
 const LEASE_DURATION: Duration = Duration::from_secs(3);
@@ -56,14 +55,7 @@ async fn one_leader(replicas: &[watch::Receiver<Leadership>], within: Duration) 
 async fn one_leader_takeover_on_death_and_on_release() {
     let hub = ApiServer::start("lease");
     let admin = hub.client().await;
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "meridian"}})).unwrap();
-    match namespaces.create(&PostParams::default(), &ns).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating the namespace: {e}"),
-    }
+    create_namespace(&admin, "meridian").await;
     apply_yaml(&admin, include_str!("../../deploy/rbac/hub.yaml")).await;
     // A Lease of its own, so a run against a shared cluster (MERIDIAN_TEST_KUBECONFIG) never
     // meets a Lease left by another run.

@@ -52,12 +52,7 @@ impl ApiServer {
     /// A fresh local API server in a temporary directory, always: member clusters, whose
     /// tests create stand-in Nodes and kill the API server, are never a real cluster.
     pub fn start_local(name: &str) -> ApiServer {
-        // Shared by the k8s crate's tests and the workspace root's: find the repository root.
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .map(|dir| dir.join("scripts/kube/start-apiserver.sh"))
-            .find(|script| script.exists())
-            .expect("scripts/kube/start-apiserver.sh above the crate");
+        let script = repo_path("scripts/kube/start-apiserver.sh");
         let dir = std::env::temp_dir().join(format!("meridian-kube-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (port, etcd_port) = (free_port(), free_port());
@@ -150,15 +145,22 @@ pub async fn apply_yaml(client: &Client, yaml: &str) {
     }
 }
 
-/// Installs the generated CRDs, waits until they are Established, and creates the
-/// `meridian` namespace.
-pub async fn install(client: &Client) {
-    apply_yaml(client, &meridian_k8s::crds_yaml().unwrap()).await;
+/// Applies the CustomResourceDefinitions in `yaml` and waits until each is Established.
+pub async fn apply_crds(client: &Client, yaml: &str) {
+    apply_yaml(client, yaml).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in ["meridianclusters.meridian.dev", "meridianapps.meridian.dev"] {
+    let names = yaml
+        .split("\n---")
+        .filter(|d| d.contains("kind: CustomResourceDefinition"))
+        .map(|doc| {
+            serde_norway::from_str::<DynamicObject>(doc)
+                .unwrap()
+                .name_any()
+        });
+    for name in names {
         let mut established = false;
         for _ in 0..100 {
-            let crd = crds.get(name).await.unwrap();
+            let crd = crds.get(&name).await.unwrap();
             established = crd
                 .status
                 .and_then(|s| s.conditions)
@@ -172,12 +174,53 @@ pub async fn install(client: &Client) {
         }
         assert!(established, "{name} never became Established");
     }
+}
+
+/// Creates a namespace (it may exist already).
+pub async fn create_namespace(client: &Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "meridian"}})).unwrap();
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
     match namespaces.create(&PostParams::default(), &ns).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating the namespace: {e}"),
+        Err(e) => panic!("creating the namespace {name}: {e}"),
     }
+}
+
+/// Installs the generated CRDs and creates the `meridian` namespace.
+pub async fn install(client: &Client) {
+    apply_crds(client, &meridian_k8s::crds_yaml().unwrap()).await;
+    create_namespace(client, "meridian").await;
+}
+
+/// A path in the repository (found above the crate, so the root's tests can share this).
+pub fn repo_path(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("scripts/kube").is_dir())
+        .expect("the repository root above the crate")
+        .join(path)
+}
+
+/// `scripts/helm/build.sh`: builds the `helm template` stand-in once (cached by its
+/// source's hash) and gives its path.
+pub fn helm_renderer() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_path("scripts/helm/build.sh"))
+        .output()
+        .expect("running scripts/helm/build.sh");
+    assert!(
+        out.status.success(),
+        "scripts/helm/build.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    )
 }
