@@ -86,8 +86,14 @@ pub struct PlanApp {
     pub weights: BTreeMap<String, u32>,
     /// Its total request rate now, requests/s.
     pub total_rps: f64,
-    /// Requests/s one replica carries.
-    pub target_rps_per_replica: f64,
+    /// Requests/s one replica carries; `None` when traffic does not size the app (no scaling
+    /// spec): its replicas are then `total_replicas`, and they limit no traffic.
+    pub target_rps_per_replica: Option<f64>,
+    /// Replicas in all when traffic does not size the app (the placement's `totalReplicas`);
+    /// ignored with a target. With neither, the app's replicas are unknown: it is planned for
+    /// weights and traffic only.
+    #[serde(default)]
+    pub total_replicas: Option<u32>,
     /// Fewest replicas in all (the scaling spec's `minReplicas`).
     pub min_replicas: u32,
     /// Most replicas in all; `None` = no bound.
@@ -118,11 +124,17 @@ pub struct PlanInput {
 }
 
 /// The plan for one app.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppPlan {
     /// App name.
     pub app: String,
+    /// The weights now (the input's), to compare with `weights`.
+    pub weights_before: BTreeMap<String, u32>,
+    /// Requests/s each cluster receives now, at the current weights and traffic.
+    pub traffic_rps_before: BTreeMap<String, f64>,
+    /// Replicas per cluster now (the input's).
+    pub replicas_before: BTreeMap<String, u32>,
     /// The weights the controller would publish once the placed replicas are ready.
     pub weights: BTreeMap<String, u32>,
     /// Requests/s each cluster would receive.
@@ -137,10 +149,13 @@ pub struct AppPlan {
     pub status: TransitionStatus,
     /// Placement's reason per cluster.
     pub reasons: BTreeMap<String, String>,
+    /// False when the app has neither a target of requests/s per replica nor a total of
+    /// replicas: `replicas` is empty, and only weights and traffic are planned.
+    pub replicas_known: bool,
 }
 
 /// Machines per cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodePlan {
     /// Machines now.
@@ -152,7 +167,7 @@ pub struct NodePlan {
 }
 
 /// The answer to a what-if.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     /// The scenario planned.
@@ -209,7 +224,9 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
     let (mut before, mut after) = (0.0, 0.0);
     for app in &input.apps {
         let what = format!("app {:?}", app.name);
-        check_target(&what, app.target_rps_per_replica)?;
+        if let Some(target) = app.target_rps_per_replica {
+            check_target(&what, target)?;
+        }
         check_rate(format!("{what} requests/s"), app.total_rps)?;
         check_bounds(what.clone(), app.min_replicas, app.max_replicas)?;
         for (cluster, (min, max)) in &app.bounds {
@@ -231,14 +248,22 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
         }
         let total = app.total_rps * peak;
         let shares = traffic_shares(&wanted, total);
-        // 3: replicas for that traffic, divided by the app's placement.
-        let mut needed: u64 = 0;
-        for rps in shares.values() {
-            needed += u64::from(replicas_for_rps(*rps, app.target_rps_per_replica)?);
-        }
-        let needed = u32::try_from(needed)
-            .unwrap_or(u32::MAX)
-            .max(app.min_replicas);
+        // 3: replicas for that traffic (or the fixed total), divided by the app's placement.
+        let needed = match (app.target_rps_per_replica, app.total_replicas) {
+            (Some(target), _) => {
+                let mut needed: u64 = 0;
+                for rps in shares.values() {
+                    needed += u64::from(replicas_for_rps(*rps, target)?);
+                }
+                Some(u32::try_from(needed).unwrap_or(u32::MAX))
+            }
+            (None, fixed) => fixed,
+        };
+        let Some(needed) = needed else {
+            apps.push(unsized_plan(app, &clusters, &serving, &wanted, total)?);
+            continue;
+        };
+        let needed = needed.max(app.min_replicas);
         let needed = app.max_replicas.map_or(needed, |m| needed.min(m));
         let placement = place(&PlacementRequest {
             total: needed,
@@ -282,7 +307,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
                         desired_replicas: running,
                         ready_replicas: running,
                         wanted_replicas: placed,
-                        rps_per_replica: Some(app.target_rps_per_replica),
+                        rps_per_replica: app.target_rps_per_replica,
                     }
                 })
                 .collect(),
@@ -323,6 +348,9 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
         }
         apps.push(AppPlan {
             app: app.name.clone(),
+            weights_before: app.weights.clone(),
+            traffic_rps_before: traffic_shares(&app.weights, app.total_rps),
+            replicas_before: app.replicas.clone(),
             weights: s.weights,
             traffic_rps: s.traffic,
             replicas,
@@ -330,6 +358,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
             missing_rps,
             status: s.status,
             reasons: placement.reasons,
+            replicas_known: true,
         });
     }
 
@@ -359,6 +388,59 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
         cost_per_hour_before: before,
         cost_per_hour_after: after,
         unknown_cost: unknown_cost.into_iter().collect(),
+    })
+}
+
+/// The plan of an app whose replicas are unknown: the weights the controller publishes (no
+/// replica limits them) and the traffic they send.
+fn unsized_plan(
+    app: &PlanApp,
+    clusters: &[&PlanCluster],
+    serving: &dyn Fn(&PlanCluster) -> Serving,
+    wanted: &BTreeMap<String, u32>,
+    total: f64,
+) -> Result<AppPlan, CapacityError> {
+    let s = step(&TransitionInput {
+        clusters: clusters
+            .iter()
+            .map(|c| TransitionCluster {
+                name: c.name.clone(),
+                serving: serving(c),
+                min_replicas: 0,
+                current_weight: app.weights[&c.name],
+                wanted_weight: wanted[&c.name],
+                desired_replicas: 0,
+                ready_replicas: 0,
+                wanted_replicas: 0,
+                rps_per_replica: None,
+            })
+            .collect(),
+        total_rps: total,
+        started_ms: 0,
+        readiness_timeout_ms: 0,
+        now_ms: 0,
+    })?;
+    Ok(AppPlan {
+        app: app.name.clone(),
+        weights_before: app.weights.clone(),
+        traffic_rps_before: traffic_shares(&app.weights, app.total_rps),
+        replicas_before: app.replicas.clone(),
+        weights: s.weights,
+        traffic_rps: s.traffic,
+        replicas: BTreeMap::new(),
+        replica_shortfall: 0,
+        missing_rps: 0.0,
+        status: s.status,
+        reasons: clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    "replicas unknown: the app has no placement total or scaling target".to_owned(),
+                )
+            })
+            .collect(),
+        replicas_known: false,
     })
 }
 
@@ -393,7 +475,8 @@ mod tests {
                 name: "shop".into(),
                 weights: names.iter().map(|n| (n.to_string(), 100)).collect(),
                 total_rps: 3000.0,
-                target_rps_per_replica: 100.0,
+                target_rps_per_replica: Some(100.0),
+                total_replicas: None,
                 min_replicas: 3,
                 max_replicas: None,
                 strategy: Strategy::Weight,
@@ -565,7 +648,7 @@ mod tests {
             "peak factor must be a finite number >= 0, got -2"
         );
         let mut i = input(Scenario::Now);
-        i.apps[0].target_rps_per_replica = 0.0;
+        i.apps[0].target_rps_per_replica = Some(0.0);
         assert!(
             plan(&i)
                 .unwrap_err()
@@ -586,6 +669,46 @@ mod tests {
                 .to_string()
                 .contains("cluster \"gcp-us\": min replicas 5")
         );
+    }
+
+    #[test]
+    fn without_a_target_replicas_are_fixed_or_unknown() {
+        // A fixed total: placed over the clusters left, limiting no traffic.
+        let mut i = input(Scenario::Drain {
+            cluster: "onprem".into(),
+        });
+        i.apps[0].target_rps_per_replica = None;
+        i.apps[0].total_replicas = Some(12);
+        i.apps[0].min_replicas = 0;
+        let p = plan(&i).unwrap();
+        let a = &p.apps[0];
+        assert!(a.replicas_known);
+        assert_eq!(a.weights_before["onprem"], 100);
+        assert_eq!(a.replicas_before["onprem"], 10);
+        assert!((a.traffic_rps_before["onprem"] - 1000.0).abs() < 1e-6);
+        assert_eq!(
+            (
+                a.replicas["aws-eu"],
+                a.replicas["gcp-us"],
+                a.replicas["onprem"]
+            ),
+            (6, 6, 0)
+        );
+        assert_eq!(a.weights["onprem"], 0);
+        assert!((a.traffic_rps["gcp-us"] - 1500.0).abs() < 1e-6);
+        assert_eq!(a.status, TransitionStatus::Converged);
+        assert!(p.sufficient);
+        // Neither: weights and traffic only, and the plan says the replicas are unknown.
+        i.apps[0].total_replicas = None;
+        let p = plan(&i).unwrap();
+        let a = &p.apps[0];
+        assert!(!a.replicas_known);
+        assert!(a.replicas.is_empty());
+        assert_eq!(a.weights["onprem"], 0);
+        assert_eq!(a.weights["aws-eu"], 100);
+        assert!((a.traffic_rps["aws-eu"] - 1500.0).abs() < 1e-6);
+        assert!(a.reasons["aws-eu"].starts_with("replicas unknown"));
+        assert!((p.cost_per_hour_after - 0.0).abs() < 1e-9);
     }
 
     #[test]
@@ -647,7 +770,7 @@ mod tests {
                         desired_replicas: app.replicas[&c.name],
                         ready_replicas: app.replicas[&c.name],
                         wanted_replicas: a.replicas[&c.name],
-                        rps_per_replica: Some(app.target_rps_per_replica),
+                        rps_per_replica: app.target_rps_per_replica,
                     }
                 })
                 .collect();

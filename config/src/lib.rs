@@ -20,6 +20,7 @@ mod locate;
 mod validate;
 pub mod zone;
 
+pub mod capacity;
 pub mod controller;
 pub mod dns;
 pub mod proxy;

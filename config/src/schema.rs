@@ -112,6 +112,12 @@ pub struct ClusterConfig {
     /// Ingress endpoints, `address:port` (IPv6 as `[addr]:port`).
     #[serde(deserialize_with = "endpoints")]
     pub endpoints: Vec<SocketAddr>,
+    /// Labels, matched by apps' `placement.cluster_selector`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// What it can carry and costs, for placement and the planner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::capacity::ClusterCapacity>,
 }
 
 /// What a probe speaks.
@@ -267,6 +273,12 @@ pub struct AppConfig {
     pub geo_preferences: Vec<GeoPreference>,
     /// The app in each of its clusters.
     pub targets: Vec<TargetConfig>,
+    /// Where its replicas run (capacity-first failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::capacity::PlacementConfig>,
+    /// How its replicas follow traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<crate::capacity::ScalingConfig>,
 }
 
 /// A DNS zone served authoritatively.

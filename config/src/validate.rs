@@ -43,6 +43,7 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Vec<Problem> {
     zones(config, &mut p);
     geo_databases(config, file, &mut p);
     listeners(config, &mut p);
+    capacity(config, &mut p);
     // Each process section's own rules, written beside the section.
     for (path, message) in config
         .controller
@@ -287,5 +288,226 @@ fn listeners(config: &Config, p: &mut Problems) {
             "dns.max_answers",
             format!("{} is out of range 1..=8", config.dns.max_answers),
         );
+    }
+}
+
+/// A number the capacity engine accepts as a rate or cost: finite and ≥ 0.
+fn finite_non_negative(value: f64) -> bool {
+    value.is_finite() && value >= 0.0
+}
+
+/// The capacity fields: cluster hints, node scaling, placement and scaling. Cron expressions
+/// are parsed by the capacity crate's own parser, so a schedule `meridian check` accepts is
+/// one the scaler can run.
+fn capacity(config: &Config, p: &mut Problems) {
+    use crate::capacity::PlacementStrategy;
+
+    for (i, cluster) in config.clusters.iter().enumerate() {
+        let Some(cap) = &cluster.capacity else {
+            continue;
+        };
+        let path = format!("clusters[{i}].capacity");
+        if cap.max_replicas == Some(0) {
+            p.add(
+                format!("{path}.max_replicas"),
+                "must be at least 1 (or unset: unknown)",
+            );
+        }
+        if let Some(cost) = cap.cost_per_replica_hour
+            && !finite_non_negative(cost)
+        {
+            p.add(
+                format!("{path}.cost_per_replica_hour"),
+                format!("{cost} must be a finite number >= 0"),
+            );
+        }
+        if let Some(nodes) = &cap.node_scaling {
+            let path = format!("{path}.node_scaling");
+            if nodes.min_machines > nodes.max_machines {
+                p.add(
+                    format!("{path}.max_machines"),
+                    format!(
+                        "{} is below min_machines {}",
+                        nodes.max_machines, nodes.min_machines
+                    ),
+                );
+            }
+            if nodes.max_machines == 0 {
+                p.add(format!("{path}.max_machines"), "must be at least 1");
+            }
+            if nodes.cpu_millis_per_machine == 0 {
+                p.add(
+                    format!("{path}.cpu_millis_per_machine"),
+                    "must be above zero",
+                );
+            }
+            if nodes.memory_bytes_per_machine == 0 {
+                p.add(
+                    format!("{path}.memory_bytes_per_machine"),
+                    "must be above zero",
+                );
+            }
+            let u = nodes.scale_down_utilisation;
+            if !(u.is_finite() && u > 0.0 && u <= 1.0) {
+                p.add(
+                    format!("{path}.scale_down_utilisation"),
+                    format!("{u} is out of range: above 0 and at most 1"),
+                );
+            }
+        }
+    }
+
+    for (i, app) in config.apps.iter().enumerate() {
+        let path = format!("apps[{i}]");
+        let targets: Vec<&str> = app.targets.iter().map(|t| t.cluster.as_str()).collect();
+        if let Some(placement) = &app.placement {
+            let path = format!("{path}.placement");
+            // Without total_replicas or scaling, the replicas running now are kept in total
+            // and divided again when a cluster fails or drains.
+            if placement.strategy == PlacementStrategy::Capacity {
+                let missing: Vec<&str> = targets
+                    .iter()
+                    .copied()
+                    .filter(|name| {
+                        config
+                            .clusters
+                            .iter()
+                            .find(|c| c.name == *name)
+                            .is_some_and(|c| {
+                                c.capacity.as_ref().is_none_or(|c| c.max_replicas.is_none())
+                            })
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    p.add(
+                        format!("{path}.strategy"),
+                        format!(
+                            "the capacity strategy divides by capacity.max_replicas, which these target clusters do not set: {}",
+                            missing.join(", ")
+                        ),
+                    );
+                }
+            }
+            if placement.spread == Some(0) {
+                p.add(format!("{path}.spread"), "must be at least 1 (or unset: 2)");
+            }
+            if !placement.cluster_selector.is_empty() {
+                let matches = config.clusters.iter().any(|c| {
+                    targets.contains(&c.name.as_str())
+                        && placement
+                            .cluster_selector
+                            .iter()
+                            .all(|(k, v)| c.labels.get(k) == Some(v))
+                });
+                if !matches {
+                    let wanted: Vec<String> = placement
+                        .cluster_selector
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    p.add(
+                        format!("{path}.cluster_selector"),
+                        format!(
+                            "no target cluster of app {:?} has the labels {}",
+                            app.name,
+                            wanted.join(", ")
+                        ),
+                    );
+                }
+            }
+            let mut seen = HashSet::new();
+            for (j, bound) in placement.bounds.iter().enumerate() {
+                let path = format!("{path}.bounds[{j}]");
+                if !targets.contains(&bound.cluster.as_str()) {
+                    p.add(
+                        format!("{path}.cluster"),
+                        format!(
+                            "{:?} is not a target cluster of app {:?} ({})",
+                            bound.cluster,
+                            app.name,
+                            targets.join(", ")
+                        ),
+                    );
+                } else if !seen.insert(bound.cluster.as_str()) {
+                    p.add(
+                        format!("{path}.cluster"),
+                        format!("duplicate bounds for cluster {:?}", bound.cluster),
+                    );
+                }
+                if let Some(max) = bound.max_replicas
+                    && bound.min_replicas > max
+                {
+                    p.add(
+                        format!("{path}.max_replicas"),
+                        format!("{max} is below min_replicas {}", bound.min_replicas),
+                    );
+                }
+            }
+        }
+        if let Some(scaling) = &app.scaling {
+            let path = format!("{path}.scaling");
+            let target = scaling.target_rps_per_replica;
+            if !(target.is_finite() && target > 0.0) {
+                p.add(
+                    format!("{path}.target_rps_per_replica"),
+                    format!("{target} must be a finite number above 0"),
+                );
+            }
+            if let Some(max) = scaling.max_replicas
+                && scaling.min_replicas > max
+            {
+                p.add(
+                    format!("{path}.max_replicas"),
+                    format!("{max} is below min_replicas {}", scaling.min_replicas),
+                );
+            }
+            if let Some(limit) = &scaling.scale_up_limit {
+                let lpath = format!("{path}.scale_up_limit");
+                if let Some(f) = limit.factor
+                    && !(f.is_finite() && f >= 1.0)
+                {
+                    p.add(
+                        format!("{lpath}.factor"),
+                        format!("{f} must be a finite number of at least 1"),
+                    );
+                }
+                if limit.factor.is_none() && limit.step.is_none() {
+                    p.add(lpath.clone(), "needs a factor, a step or both");
+                }
+                if limit.period.is_zero() {
+                    p.add(format!("{lpath}.period"), "must be above zero");
+                }
+            }
+            for (j, schedule) in scaling.schedules.iter().enumerate() {
+                let spath = format!("{path}.schedules[{j}]");
+                // The window's length is checked on its own field below.
+                if let Err(err) =
+                    meridian_capacity::scaler::ScheduledFloor::new(&schedule.cron, 1, 0)
+                {
+                    let reason = match err {
+                        meridian_capacity::CapacityError::BadSchedule { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    p.add(
+                        format!("{spath}.cron"),
+                        format!("{:?} is not a cron expression: {reason}", schedule.cron),
+                    );
+                }
+                if schedule.duration.is_zero() {
+                    p.add(format!("{spath}.duration"), "must be above zero");
+                }
+                if let Some(max) = scaling.max_replicas
+                    && schedule.min_replicas > max
+                {
+                    p.add(
+                        format!("{spath}.min_replicas"),
+                        format!(
+                            "{} is above the app's max_replicas {max}",
+                            schedule.min_replicas
+                        ),
+                    );
+                }
+            }
+        }
     }
 }

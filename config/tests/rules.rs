@@ -5,6 +5,46 @@ use std::path::Path;
 
 const CASES: &[(&str, &str)] = &[
     (
+        "capacity-bounds-cluster.yaml",
+        r#"capacity-bounds-cluster.yaml:17:22: apps[0].placement.bounds[1].cluster: "c3" is not a target cluster of app "web" (c1, c2)"#,
+    ),
+    (
+        "capacity-bounds-min-above-max.yaml",
+        "capacity-bounds-min-above-max.yaml:16:57: apps[0].placement.bounds[0].max_replicas: 2 is below min_replicas 4",
+    ),
+    (
+        "capacity-cost.yaml",
+        "capacity-cost.yaml:8:58: clusters[0].capacity.cost_per_replica_hour: -0.5 must be a finite number >= 0",
+    ),
+    (
+        "capacity-cron.yaml",
+        r#"capacity-cron.yaml:16:19: apps[0].scaling.schedules[0].cron: "0 25 * * *" is not a cron expression: Component error: Number out of bounds."#,
+    ),
+    (
+        "capacity-node-scaling.yaml",
+        "capacity-node-scaling.yaml:13:23: clusters[0].capacity.node_scaling.max_machines: 3 is below min_machines 5",
+    ),
+    (
+        "capacity-scale-down-utilisation.yaml",
+        "capacity-scale-down-utilisation.yaml:14:33: clusters[0].capacity.node_scaling.scale_down_utilisation: 1.5 is out of range: above 0 and at most 1",
+    ),
+    (
+        "capacity-scaling-min-above-max.yaml",
+        "capacity-scaling-min-above-max.yaml:16:21: apps[0].scaling.max_replicas: 4 is below min_replicas 10",
+    ),
+    (
+        "capacity-selector.yaml",
+        r#"capacity-selector.yaml:15:7: apps[0].placement.cluster_selector: no target cluster of app "web" has the labels compliance=pci"#,
+    ),
+    (
+        "capacity-strategy-needs-max.yaml",
+        "capacity-strategy-needs-max.yaml:15:17: apps[0].placement.strategy: the capacity strategy divides by capacity.max_replicas, which these target clusters do not set: c1, c2",
+    ),
+    (
+        "capacity-target-rps.yaml",
+        "capacity-target-rps.yaml:14:31: apps[0].scaling.target_rps_per_replica: 0 must be a finite number above 0",
+    ),
+    (
         "dns-udp-workers.yaml",
         "dns-udp-workers.yaml:12:16: dns.udp_workers: must be at least 1 (or unset: one per CPU)",
     ),
@@ -126,7 +166,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "unknown-field.yaml",
-        "unknown-field.yaml:10:5: apps[0].dns_tll: unknown field `dns_tll`, expected one of `name`, `hostnames`, `policy`, `failure_mode`, `dns_ttl`, `probe`, `drain_period`, `slow_start`, `geo_preferences`, `targets`",
+        "unknown-field.yaml:10:5: apps[0].dns_tll: unknown field `dns_tll`, expected one of `name`, `hostnames`, `policy`, `failure_mode`, `dns_ttl`, `probe`, `drain_period`, `slow_start`, `geo_preferences`, `targets`, `placement`, `scaling`",
     ),
     (
         "unknown-policy.yaml",

@@ -13,7 +13,15 @@ use meridian_config::{
 };
 use meridian_routing::{FailureMode, Location, Policy};
 
-use crate::crd::{FailureModeSpec, MeridianApp, MeridianCluster, PolicySpec, ProbeSpec};
+use meridian_config::capacity::{
+    ClusterBounds, ClusterCapacity, NodeScalingConfig, ObjectRef, PlacementConfig,
+    PlacementStrategy, ScaleUpLimitConfig, ScalingConfig, ScheduleConfig,
+};
+
+use crate::crd::{
+    ClusterSpec, FailureModeSpec, MeridianApp, MeridianCluster, PlacementSpec, PolicySpec,
+    ProbeSpec, ScalingSpec, WorkloadRef,
+};
 
 /// The verdict on each resource: accepted, or why not.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -157,6 +165,123 @@ fn cluster_config(cluster: &MeridianCluster) -> Result<ClusterConfig, String> {
             lon: l.lon,
         }),
         endpoints,
+        labels: cluster.labels().clone(),
+        capacity: cluster_capacity(spec)?,
+    })
+}
+
+fn object_ref(r: &WorkloadRef) -> ObjectRef {
+    ObjectRef {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+    }
+}
+
+fn cluster_capacity(spec: &ClusterSpec) -> Result<Option<ClusterCapacity>, String> {
+    if spec.capacity.is_none() && spec.node_scaling.is_none() {
+        return Ok(None);
+    }
+    let hints = spec.capacity.clone().unwrap_or_default();
+    let node_scaling = spec
+        .node_scaling
+        .as_ref()
+        .map(|n| {
+            Ok::<_, String>(NodeScalingConfig {
+                machine_deployment: object_ref(&n.machine_deployment),
+                min_machines: n.min_machines,
+                max_machines: n.max_machines,
+                cpu_millis_per_machine: n.cpu_millis_per_machine,
+                memory_bytes_per_machine: n.memory_bytes_per_machine,
+                cool_down: duration(
+                    "nodeScaling.coolDown",
+                    n.cool_down.as_ref(),
+                    Duration::from_secs(600),
+                )?,
+                scale_down_utilisation: n.scale_down_utilisation.unwrap_or(0.5),
+            })
+        })
+        .transpose()?;
+    Ok(Some(ClusterCapacity {
+        max_replicas: hints.max_replicas,
+        cost_per_replica_hour: hints.cost_per_replica_hour,
+        node_scaling,
+    }))
+}
+
+fn placement_config(spec: &PlacementSpec) -> Result<PlacementConfig, String> {
+    Ok(PlacementConfig {
+        workload: Some(object_ref(&spec.workload)),
+        total_replicas: spec.total_replicas,
+        strategy: match spec.strategy.as_deref() {
+            None | Some("weight") => PlacementStrategy::Weight,
+            Some("capacity") => PlacementStrategy::Capacity,
+            Some("cost") => PlacementStrategy::Cost,
+            Some(other) => {
+                return Err(format!(
+                    "placement.strategy: {other:?} is not one of weight, capacity, cost"
+                ));
+            }
+        },
+        cluster_selector: spec.cluster_selector.clone(),
+        bounds: spec
+            .bounds
+            .iter()
+            .map(|b| ClusterBounds {
+                cluster: b.cluster.clone(),
+                min_replicas: b.min_replicas,
+                max_replicas: b.max_replicas,
+            })
+            .collect(),
+        spread: spec.spread,
+        readiness_timeout: duration(
+            "placement.readinessTimeout",
+            spec.readiness_timeout.as_ref(),
+            Duration::from_secs(300),
+        )?,
+    })
+}
+
+fn scaling_config(spec: &ScalingSpec) -> Result<ScalingConfig, String> {
+    Ok(ScalingConfig {
+        target_rps_per_replica: spec.target_requests_per_second_per_replica,
+        min_replicas: spec.min_replicas,
+        max_replicas: spec.max_replicas,
+        scale_down_stabilization: duration(
+            "scaling.scaleDownStabilization",
+            spec.scale_down_stabilization.as_ref(),
+            Duration::from_secs(300),
+        )?,
+        scale_up_limit: spec
+            .scale_up_limit
+            .as_ref()
+            .map(|l| {
+                Ok::<_, String>(ScaleUpLimitConfig {
+                    factor: l.factor,
+                    step: l.step,
+                    period: duration(
+                        "scaling.scaleUpLimit.period",
+                        l.period.as_ref(),
+                        Duration::from_secs(60),
+                    )?,
+                })
+            })
+            .transpose()?,
+        schedules: spec
+            .schedules
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Ok(ScheduleConfig {
+                    cron: s.cron.clone(),
+                    duration: duration(
+                        &format!("scaling.schedules[{i}].duration"),
+                        Some(&s.duration),
+                        Duration::ZERO,
+                    )?,
+                    min_replicas: s.min_replicas,
+                })
+            })
+            .collect::<Result<_, String>>()?,
     })
 }
 
@@ -224,8 +349,16 @@ fn app_config(app: &MeridianApp) -> Result<(AppConfig, Option<ProbeConfig>), Str
             },
             dns_ttl: spec.dns_ttl.unwrap_or(30),
             probe: probe.as_ref().map(|p| p.name.clone()),
-            drain_period: Duration::from_secs(30),
-            slow_start: Duration::from_secs(30),
+            drain_period: duration(
+                "drainPeriod",
+                spec.drain_period.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            slow_start: duration(
+                "slowStart",
+                spec.slow_start.as_ref(),
+                Duration::from_secs(30),
+            )?,
             geo_preferences: Vec::new(),
             targets: spec
                 .targets
@@ -236,6 +369,8 @@ fn app_config(app: &MeridianApp) -> Result<(AppConfig, Option<ProbeConfig>), Str
                     tier: t.tier.unwrap_or(0),
                 })
                 .collect(),
+            placement: spec.placement.as_ref().map(placement_config).transpose()?,
+            scaling: spec.scaling.as_ref().map(scaling_config).transpose()?,
         },
         probe,
     ))

@@ -195,6 +195,16 @@ pub struct Inventory {
     pub requested_cpu_millis: u64,
     /// Memory requested by pods, bytes.
     pub requested_memory_bytes: u64,
+    /// Pods the scheduler could not place: phase Pending with condition PodScheduled=False,
+    /// reason Unschedulable. Their requests are part of the requested totals above too.
+    #[serde(default)]
+    pub unschedulable_pods: u32,
+    /// CPU requested by the unschedulable pods, millicores.
+    #[serde(default)]
+    pub unschedulable_cpu_millis: u64,
+    /// Memory requested by the unschedulable pods, bytes.
+    #[serde(default)]
+    pub unschedulable_memory_bytes: u64,
     /// Each app's workload there.
     #[serde(default)]
     pub workloads: Vec<WorkloadInventory>,
@@ -300,6 +310,10 @@ pub struct PlacementSpec {
     /// For `cost`: clusters kept non-zero for resilience (default 2 when two are eligible).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<u32>,
+    /// How long traffic waits for new replicas to become ready before it moves as far as
+    /// the ready ones carry, such as `5m` (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_timeout: Option<String>,
 }
 
 /// A Deployment, by namespace and name.
@@ -406,6 +420,12 @@ pub struct AppSpec {
     /// Health check; a TCP connect when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeSpec>,
+    /// How long a drain ramps a target's weight down, such as `30s` (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_period: Option<String>,
+    /// How long a recovered target ramps back up, such as `30s` (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<String>,
     /// The app in each of its clusters.
     pub targets: Vec<TargetSpec>,
     /// Where its replicas run.

@@ -1,5 +1,6 @@
 //! The inventory of one member cluster: nodes and how many are Ready, allocatable CPU and memory
-//! of the Ready nodes, what the pods that still run request, and each app's Deployment replicas.
+//! of the Ready nodes, what the pods that still run request, the pods the scheduler could not
+//! place (for node scaling), and each app's Deployment replicas.
 //!
 //! [`summarize`] is pure (tested beside it); [`fetch`] reads the objects through a client.
 //! Pod requests are counted as the scheduler counts them: per pod, the larger of the sum of its
@@ -110,6 +111,65 @@ fn pod_request(pod: &Pod) -> Result<Amount, Error> {
     Ok(regular.max(init).add(overhead))
 }
 
+/// Whether the scheduler tried and failed to place the pod: phase Pending, condition
+/// PodScheduled=False with reason Unschedulable. A pending pod not yet tried, or waiting for its
+/// images on a node, is not: more machines would not help it.
+pub fn pod_unschedulable(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status.phase.as_deref() == Some("Pending")
+        && status.conditions.as_ref().is_some_and(|c| {
+            c.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        })
+}
+
+/// A pod the scheduler could not place, and what it requests (as the scheduler counts it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnschedulablePod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Requested CPU, millicores.
+    pub cpu_millis: u64,
+    /// Requested memory, bytes.
+    pub memory_bytes: u64,
+}
+
+/// The unschedulable pods among `pods`, sorted by namespace and name. A quantity that does not
+/// parse is an error naming the object and field.
+pub fn unschedulable_pods(pods: &[Pod]) -> Result<Vec<UnschedulablePod>, Error> {
+    let mut out = Vec::new();
+    for pod in pods.iter().filter(|p| pod_unschedulable(p)) {
+        let request = pod_request(pod)?;
+        out.push(UnschedulablePod {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            cpu_millis: request.cpu_millis,
+            memory_bytes: request.memory_bytes,
+        });
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok(out)
+}
+
+/// Reads a member cluster's unschedulable pods, each with its requests: what node scaling sizes
+/// machines by (the inventory carries only their count and sums, to keep the status small).
+/// Only pending pods not bound to a node are listed; [`pod_unschedulable`] picks among them.
+pub async fn fetch_unschedulable(client: &Client) -> Result<Vec<UnschedulablePod>, Error> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let pending = ListParams::default().fields("status.phase=Pending,spec.nodeName=");
+    let pods = list_all(&pods, pending)
+        .await
+        .map_err(|e| kube_error("listing pending pods", e))?;
+    unschedulable_pods(&pods)
+}
+
 /// The inventory from listed objects. A quantity that does not parse is an error naming the
 /// object and field (the API server validates them, so this means a broken member).
 pub fn summarize(
@@ -130,6 +190,13 @@ pub fn summarize(
     for pod in pods.iter().filter(|p| pod_running(p)) {
         requested = requested.add(pod_request(pod)?);
     }
+    let unschedulable = unschedulable_pods(pods)?;
+    let stuck = unschedulable.iter().fold(Amount::default(), |total, pod| {
+        total.add(Amount {
+            cpu_millis: pod.cpu_millis,
+            memory_bytes: pod.memory_bytes,
+        })
+    });
     Ok(Inventory {
         kubernetes_version,
         nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
@@ -138,6 +205,9 @@ pub fn summarize(
         allocatable_memory_bytes: allocatable.memory_bytes,
         requested_cpu_millis: requested.cpu_millis,
         requested_memory_bytes: requested.memory_bytes,
+        unschedulable_pods: u32::try_from(unschedulable.len()).unwrap_or(u32::MAX),
+        unschedulable_cpu_millis: stuck.cpu_millis,
+        unschedulable_memory_bytes: stuck.memory_bytes,
         workloads,
     })
 }
@@ -307,12 +377,101 @@ mod tests {
                 requested_cpu_millis: 750 + 2010,
                 // web: max(384Mi, 1Gi) = 1Gi; init-heavy: max(1Mi, 1Mi) = 1Mi.
                 requested_memory_bytes: (1 << 30) + (1 << 20),
+                // "init-heavy" is Pending but the scheduler has not given up on it.
+                unschedulable_pods: 0,
+                unschedulable_cpu_millis: 0,
+                unschedulable_memory_bytes: 0,
                 workloads: vec![WorkloadInventory {
                     app: "shop".into(),
                     desired_replicas: 0,
                     ready_replicas: 0
                 }],
             }
+        );
+    }
+
+    fn stuck_pod(name: &str, phase: &str, condition: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "containers": [requests("1500m", "2Gi")], "overhead": { "memory": "1Mi" } },
+            "status": { "phase": phase, "conditions": [condition] }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_only_pods_the_scheduler_gave_up_on() {
+        let unschedulable = json!({ "type": "PodScheduled", "status": "False",
+                                    "reason": "Unschedulable",
+                                    "message": "0/2 nodes are available: 2 Insufficient cpu." });
+        let pods = [
+            stuck_pod("b-stuck", "Pending", unschedulable.clone()),
+            stuck_pod("a-stuck", "Pending", unschedulable.clone()),
+            // Scheduled, waiting for its images: more machines would not help.
+            stuck_pod(
+                "pulling",
+                "Pending",
+                json!({ "type": "PodScheduled", "status": "True" }),
+            ),
+            // Another reason, such as a scheduling gate or a failed bind.
+            stuck_pod(
+                "other-reason",
+                "Pending",
+                json!({ "type": "PodScheduled", "status": "False", "reason": "SchedulerError" }),
+            ),
+            // A stale condition on a pod that has since finished.
+            stuck_pod("done", "Failed", unschedulable),
+            pod(
+                "never-tried",
+                "Pending",
+                json!({ "containers": [requests("1", "1Gi")] }),
+            ),
+        ];
+        let stuck = unschedulable_pods(&pods).unwrap();
+        let one = |name: &str| UnschedulablePod {
+            namespace: "shop".into(),
+            name: name.into(),
+            cpu_millis: 1500,
+            memory_bytes: (2 << 30) + (1 << 20),
+        };
+        assert_eq!(
+            stuck,
+            vec![one("a-stuck"), one("b-stuck")],
+            "sorted by name"
+        );
+        let inventory = summarize("v1.20.2".into(), &[], &pods, vec![]).unwrap();
+        assert_eq!(
+            (
+                inventory.unschedulable_pods,
+                inventory.unschedulable_cpu_millis,
+                inventory.unschedulable_memory_bytes
+            ),
+            (2, 3000, 2 * ((2 << 30) + (1 << 20)))
+        );
+    }
+
+    #[test]
+    fn a_bad_quantity_in_an_unschedulable_pod_names_it() {
+        let mut stuck = stuck_pod(
+            "web",
+            "Pending",
+            json!({ "type": "PodScheduled", "status": "False", "reason": "Unschedulable" }),
+        );
+        stuck.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), Quantity("lots".into()));
+        assert!(
+            unschedulable_pods(&[stuck])
+                .unwrap_err()
+                .to_string()
+                .starts_with(
+                    "Pod shop/web spec.containers[0].resources.requests.cpu: bad quantity \"lots\""
+                )
         );
     }
 

@@ -1,6 +1,6 @@
 //! Meridian's Kubernetes side, used only by the controller: the custom resources generated
-//! from Rust types, and (as it grows) member-cluster clients, ingress discovery, inventory and
-//! leader election.
+//! from Rust types, and (as it grows) member-cluster clients, ingress discovery, inventory,
+//! leader election, and replicas written through scale subresources.
 //!
 //! What it must not do: be a dependency of the proxy, the DNS server or the routing crate.
 //! The data plane reads routing tables; it never talks to Kubernetes.
@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod lease;
 pub mod member;
 pub mod quantity;
+pub mod scale;
 pub mod status;
 
 use kube::CustomResourceExt;
@@ -58,5 +59,17 @@ pub enum Error {
         field: String,
         /// What is wrong with it.
         source: Box<Error>,
+    },
+    /// A scale subresource (Deployment, MachineDeployment) that could not be read or written.
+    #[error("{action} {object}: {message}")]
+    Scale {
+        /// What Meridian was doing, such as `reading the scale of`.
+        action: String,
+        /// The object, such as `MachineDeployment capi/workers`.
+        object: String,
+        /// The HTTP status when the API server answered with an error, such as 404 or 409.
+        code: Option<u16>,
+        /// What went wrong.
+        message: String,
     },
 }

@@ -291,10 +291,15 @@ impl Shared {
     }
 }
 
+/// The client of a member's last poll that answered, shared between its task and
+/// [`Members::client`].
+type ClientSlot = Arc<Mutex<Option<Client>>>;
+
 struct Task {
     target: MemberTarget,
     stopped: Arc<AtomicBool>,
     handle: JoinHandle<()>,
+    client: ClientSlot,
 }
 
 impl Task {
@@ -379,18 +384,36 @@ impl Members {
                 });
             }
             let stopped = Arc::new(AtomicBool::new(false));
-            let handle =
-                self.runtime
-                    .spawn(run(self.shared.clone(), target.clone(), stopped.clone()));
+            let client = ClientSlot::default();
+            let handle = self.runtime.spawn(run(
+                self.shared.clone(),
+                target.clone(),
+                stopped.clone(),
+                client.clone(),
+            ));
             tasks.insert(
                 cluster,
                 Task {
                     target,
                     stopped,
                     handle,
+                    client,
                 },
             );
         }
+    }
+
+    /// The member's current client: the one its last poll reached the API server with (with the
+    /// member's timeouts), so writes to the member go where its view comes from. None while the
+    /// member is unknown, unreachable or not followed, and after its target changed until the
+    /// restarted task's first poll answers.
+    pub fn client(&self, cluster: &str) -> Option<Client> {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tasks.get(cluster)?;
+        task.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every member's view, updated after each poll.
@@ -408,7 +431,12 @@ impl Drop for Members {
     }
 }
 
-async fn run(shared: Arc<Shared>, target: MemberTarget, stopped: Arc<AtomicBool>) {
+async fn run(
+    shared: Arc<Shared>,
+    target: MemberTarget,
+    stopped: Arc<AtomicBool>,
+    slot: ClientSlot,
+) {
     let cluster = target.cluster.as_str();
     let options = &shared.options;
     let mut client: Option<Client> = None;
@@ -447,6 +475,8 @@ async fn run(shared: Arc<Shared>, target: MemberTarget, stopped: Arc<AtomicBool>
                 if let Err(message) = &observation.inventory {
                     tracing::warn!(cluster, %message, "member inventory not read; keeping the last one");
                 }
+                // Before the view: whoever sees this poll's view finds its client.
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = client.clone();
                 shared.update(cluster, &stopped, |view| {
                     view.reachability = Reachability::Reachable {
                         version: observation.version,
@@ -462,6 +492,7 @@ async fn run(shared: Arc<Shared>, target: MemberTarget, stopped: Arc<AtomicBool>
                 failures = failures.saturating_add(1);
                 // A new client next time: the Secret may have been fixed or rotated meanwhile.
                 client = None;
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 tracing::warn!(cluster, %message, failures, "member cluster unreachable");
                 shared.update(cluster, &stopped, |view| {
                     let now = now_ms();

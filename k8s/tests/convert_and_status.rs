@@ -53,6 +53,8 @@ fn app(name: &str, host: &str, clusters: &[&str]) -> MeridianApp {
                 rise: None,
                 fall: None,
             }),
+            drain_period: None,
+            slow_start: None,
             targets: clusters
                 .iter()
                 .map(|c| TargetSpec {

@@ -167,7 +167,11 @@ fn member_routes(path: &str, query: &str) -> (StatusCode, Value) {
                 json!([{ "metadata": { "name": "b", "namespace": "shop" },
                          "spec": { "containers": [{ "name": "c", "resources": {
                              "requests": { "cpu": "1500m", "memory": "1Gi" } } }] },
-                         "status": { "phase": "Pending" } }])
+                         "status": { "phase": "Pending", "conditions": [
+                             { "type": "PodScheduled", "status": "False",
+                               "reason": "Unschedulable",
+                               "message": "0/2 nodes are available: 1 Insufficient cpu." }
+                         ] } }])
             } else {
                 json!([{ "metadata": { "name": "a", "namespace": "shop" },
                          "spec": { "containers": [{ "name": "c", "resources": {
@@ -235,6 +239,9 @@ async fn inventory_from_nodes_pods_and_deployments() {
             allocatable_memory_bytes: 8 << 30,
             requested_cpu_millis: 1750,
             requested_memory_bytes: (1 << 30) + (128 << 20),
+            unschedulable_pods: 1,
+            unschedulable_cpu_millis: 1500,
+            unschedulable_memory_bytes: 1 << 30,
             workloads: vec![
                 WorkloadInventory {
                     app: "shop".into(),
@@ -383,6 +390,10 @@ async fn refused_connection_and_missing_secret_hub_are_unreachable() {
         "{refused}"
     );
     assert!(message("secret").contains("Secret meridian/member-secret cannot be read"));
+    // An unreachable member has no client to write with.
+    assert!(members.client("refused").is_none());
+    assert!(members.client("secret").is_none());
+    assert!(members.client("not-followed").is_none());
     // Unchanged targets leave the tasks alone; a removed one takes its view with it.
     members.set_targets(vec![file_target.clone(), secret_target]);
     members.set_targets(vec![file_target]);

@@ -317,6 +317,10 @@ async fn members_discovery_inventory_and_a_lost_member() {
             requested_cpu_millis: 1750,
             // web-1: 128Mi + 256Mi; web-2: max(512Mi, init 64Mi).
             requested_memory_bytes: (384 + 512) << 20,
+            // No scheduler runs, so no pod carries an Unschedulable condition here.
+            unschedulable_pods: 0,
+            unschedulable_cpu_millis: 0,
+            unschedulable_memory_bytes: 0,
             workloads: vec![
                 WorkloadInventory {
                     app: "shop".into(),
