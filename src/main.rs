@@ -43,6 +43,8 @@ enum Command {
     History(cmd::operator::LogArgs),
     /// The audit log: every operator change, who and when.
     Audit(cmd::operator::LogArgs),
+    /// What if a cluster fails, is drained or a peak arrives: weights, traffic, replicas, cost.
+    Plan(cmd::plan::Args),
     /// Make a stand-in cluster of `meridian up --demo` fail or recover.
     Demo(cmd::demo::Args),
     /// Print the CustomResourceDefinitions (Kubernetes mode) as YAML.
@@ -67,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => cmd::operator::explain(args),
         Command::History(args) => cmd::operator::history(args),
         Command::Audit(args) => cmd::operator::audit(args),
+        Command::Plan(args) => cmd::plan::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Crds(args) => cmd::crds::run(args),
         Command::Dns(args) => cmd::dns::run(args),

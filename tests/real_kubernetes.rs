@@ -14,142 +14,25 @@
 //!
 //! Ignored by a plain `cargo test`; `scripts/test-all` runs it with `--ignored`.
 
+mod kube_support;
 #[path = "../k8s/tests/support/mod.rs"]
 mod support;
 
-use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::Method;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
+use kube_support::*;
 use meridian_k8s::crd::{MeridianApp, MeridianCluster};
 use meridian_subscriber::http::ControllerClient;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{ApiServer, install};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meridian");
-const NS: &str = "meridian";
 /// The Lease timing the controllers run with: short, so the test is quick.
 const LEASE: Duration = Duration::from_secs(3);
-
-/// A controller process, killed when dropped.
-struct Replica {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_replica(config: &Path, hub: &ApiServer, data: &Path) -> Replica {
-    let mut child = Command::new(BIN)
-        .args(["controller", "--kubernetes", "--leader-elect", "-c"])
-        .arg(config)
-        .arg("--kubeconfig")
-        .arg(&hub.kubeconfig)
-        .args(["--namespace", NS, "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .args([
-            "--lease-duration",
-            "3s",
-            "--lease-renew-deadline",
-            "2s",
-            "--lease-retry-period",
-            "500ms",
-            "--member-poll-interval",
-            "300ms",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn meridian controller");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("controller listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Replica { child, url }
-}
-
-async fn get(url: &str, path: &str) -> Value {
-    try_get(url, path)
-        .await
-        .unwrap_or_else(|| panic!("GET {url}{path} failed"))
-}
-
-/// `None` while the controller answers with an error (no table yet, for example).
-async fn try_get(url: &str, path: &str) -> Option<Value> {
-    let client = ControllerClient::new(url, None).unwrap();
-    let (_, body) = client.call(Method::GET, path, None).await.ok()?;
-    serde_json::from_slice(&body).ok()
-}
-
-/// Polls `check` every 100 ms until it gives `Some`, or panics naming `what` after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return (v, start.elapsed());
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
-    status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
-async fn status_of<K>(api: &Api<K>, name: &str) -> Value
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    let object = api.get(name).await.unwrap();
-    let mut value = serde_json::to_value(&object).unwrap();
-    value["status"].take()
-}
-
-async fn create<K>(api: &Api<K>, object: Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    let object: K = serde_json::from_value(object).unwrap();
-    api.create(&PostParams::default(), &object).await.unwrap()
-}
-
-async fn set_status<K>(api: &Api<K>, name: &str, status: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({ "status": status })),
-    )
-    .await
-    .unwrap();
-}
 
 /// A stand-in ingress: accepts TCP connections (the apps probe with a TCP connect).
 fn ingress() -> (std::net::TcpListener, u16) {
@@ -283,8 +166,8 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
          - { name: us, location: { lat: 39.0, lon: -77.5 } }\nclusters: []\napps: []\n",
     )
     .unwrap();
-    let first = start_replica(&config, &hub, &dir.join("one"));
-    let second = start_replica(&config, &hub, &dir.join("two"));
+    let first = start_replica(&config, &hub, &dir.join("one"), &["--leader-elect"]);
+    let second = start_replica(&config, &hub, &dir.join("two"), &["--leader-elect"]);
 
     // One leader, and both replicas agree on who it is.
     let ((leader, follower), took) = eventually("a leader elected", LEASE * 3, || async {

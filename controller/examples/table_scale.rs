@@ -43,6 +43,8 @@ fn config(apps: usize, clusters: usize) -> Config {
                 [127, 0, (i / 250) as u8, (i % 250) as u8 + 1],
                 443,
             ))],
+            labels: Default::default(),
+            capacity: None,
         })
         .collect();
     let policies = [
@@ -69,6 +71,8 @@ fn config(apps: usize, clusters: usize) -> Config {
             drain_period: Duration::from_secs(30),
             slow_start: Duration::from_secs(30),
             geo_preferences: Vec::new(),
+            placement: None,
+            scaling: None,
             targets: clusters
                 .iter()
                 .enumerate()
@@ -141,7 +145,14 @@ fn main() {
         base_t.push(t.elapsed());
         drop(base);
         let t = Instant::now();
-        let data = compute(&cfg, &overrides, &verdicts, &stats, now);
+        let data = compute(
+            &cfg,
+            &overrides,
+            &verdicts,
+            &stats,
+            &Default::default(),
+            now,
+        );
         compute_t.push(t.elapsed());
         let t = Instant::now();
         let table = next_table(None, data).expect("valid").expect("a table");

@@ -141,7 +141,11 @@ impl ApiError {
             field: None,
         }
     }
-    fn field(status: StatusCode, field: impl Into<String>, error: impl Into<String>) -> Self {
+    pub(crate) fn field(
+        status: StatusCode,
+        field: impl Into<String>,
+        error: impl Into<String>,
+    ) -> Self {
         let field = field.into();
         Self {
             status,
@@ -173,12 +177,16 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 type Ctx = State<Arc<Shared>>;
 
-const READERS: &[Role] = &[Role::ReadOnly, Role::Operator];
+pub(crate) const READERS: &[Role] = &[Role::ReadOnly, Role::Operator];
 const WATCHERS: &[Role] = &[Role::ReadOnly, Role::Operator, Role::Subscriber];
 const VANTAGES: &[Role] = &[Role::Subscriber, Role::Operator];
 const OPERATORS: &[Role] = &[Role::Operator];
 
-fn authorize(shared: &Shared, headers: &HeaderMap, roles: &[Role]) -> ApiResult<Principal> {
+pub(crate) fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    roles: &[Role],
+) -> ApiResult<Principal> {
     let principal = shared.tokens.authenticate(headers)?;
     if !roles.contains(&principal.role) {
         let allowed: Vec<&str> = roles.iter().map(Role::name).collect();
@@ -238,7 +246,7 @@ fn parse_query_u64(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<
         .transpose()
 }
 
-fn current_table(shared: &Shared) -> ApiResult<Arc<RoutingTable>> {
+pub(crate) fn current_table(shared: &Shared) -> ApiResult<Arc<RoutingTable>> {
     shared
         .publisher
         .current()
@@ -980,7 +988,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Meridian controller API", description = "Routing tables, health, weights, drains, explanations and history."),
     paths(status, app_status, table, set_weight, reset_weight, drain_cluster, undrain_cluster,
           drain_target, undrain_target, explain, history, audit, watch, probes, reports,
-          overrides, leader, inventory),
+          overrides, leader, inventory, capacity, crate::plan::plan),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1030,6 +1038,25 @@ async fn inventory(State(shared): Ctx, headers: HeaderMap) -> ApiResult<Response
     Ok(axum::Json(members.values().collect::<Vec<_>>()).into_response())
 }
 
+/// Capacity-first failover (Kubernetes mode): per app with a placement, where its transition
+/// stands (converged, waiting for capacity, capacity short) and each cluster's replicas
+/// desired, ready and wanted, and the weight allowed now. Empty in file mode.
+#[utoipa::path(get, path = "/api/v1/capacity", tag = "read",
+    responses((status = 200, body = Vec<crate::capacity::AppCapacity>)),
+    security(("bearer" = [])))]
+async fn capacity(
+    State(shared): Ctx,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<Vec<crate::capacity::AppCapacity>>> {
+    authorize(&shared, &headers, READERS)?;
+    let capacity = shared
+        .capacity
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(axum::Json(capacity.as_ref().clone()))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
@@ -1067,6 +1094,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/overrides", get(overrides))
         .route("/api/v1/leader", get(leader))
         .route("/api/v1/inventory", get(inventory))
+        .route("/api/v1/capacity", get(capacity))
+        .route("/api/v1/plan", get(crate::plan::plan))
         .route("/api/v1/{*rest}", axum::routing::any(not_found))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(self::metrics))

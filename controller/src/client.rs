@@ -6,6 +6,7 @@ use meridian_subscriber::http::ControllerClient;
 use serde::de::DeserializeOwned;
 
 use crate::api::{ChangeResponse, StatusView, WeightRequest};
+use crate::plan::{Plan, Scenario, scenario_text};
 use crate::store::{AuditEntry, HistoryEntry};
 
 /// A client of one controller.
@@ -89,6 +90,13 @@ impl ApiClient {
         let path = format!("/api/v1/explain?host={}&client={}", seg(host), seg(client));
         let (_, b) = self.http.call(Method::GET, &path, None).await?;
         json("explanation", &b)
+    }
+
+    /// `GET /api/v1/plan?scenario=…`: the dry-run planner's answer.
+    pub async fn plan(&self, scenario: &Scenario) -> Result<Plan, Error> {
+        let path = format!("/api/v1/plan?scenario={}", seg(&scenario_text(scenario)));
+        let (_, b) = self.http.call(Method::GET, &path, None).await?;
+        json("plan", &b)
     }
 
     /// `GET /api/v1/history`.

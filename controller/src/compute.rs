@@ -86,6 +86,26 @@ pub struct TrafficStats {
     pub rtt_ms: BTreeMap<(String, String), f64>,
 }
 
+/// What capacity-first failover allows of a target's drain (the capacity loop sets it for
+/// apps with a placement; other targets have none and drain as the operator asked).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DrainGate {
+    /// The replicas that will take its traffic are not ready: it keeps its full weight, even
+    /// while drained (shown as a drain at 0 %).
+    Hold,
+    /// Its traffic may leave from `since_ms` on (drained by an operator or not: its cluster is
+    /// being evacuated), but only `max_progress` of the way when capacity elsewhere is short.
+    Release {
+        /// When the ramp starts.
+        since_ms: u64,
+        /// How far it may go, 0.0 to 1.0.
+        max_progress: f64,
+    },
+}
+
+/// Drain gates by (app, cluster).
+pub type DrainGates = BTreeMap<(String, String), DrainGate>;
+
 fn quantise(progress: f64) -> f64 {
     ((progress.clamp(0.0, 1.0) * RAMP_STEPS).floor() / RAMP_STEPS).clamp(0.0, 1.0)
 }
@@ -180,6 +200,7 @@ fn target_health(
     cluster: (Option<u64>, Option<u64>),
     periods: (u64, u64),
     verdict: HealthInput,
+    gate: Option<DrainGate>,
     now_ms: u64,
 ) -> Health {
     let (drain_ms, slow_start_ms) = periods;
@@ -187,10 +208,26 @@ fn target_health(
         return Health::Unhealthy;
     }
     let drain_start = [target.0, cluster.0].into_iter().flatten().min();
-    if let Some(start) = drain_start {
-        return Health::Draining {
-            progress: quantise(ramp(now_ms, start, drain_ms)),
-        };
+    match (gate, drain_start) {
+        (Some(DrainGate::Hold), Some(_)) => return Health::Draining { progress: 0.0 },
+        (
+            Some(DrainGate::Release {
+                since_ms,
+                max_progress,
+            }),
+            start,
+        ) => {
+            let start = start.map_or(since_ms, |s| s.max(since_ms));
+            return Health::Draining {
+                progress: quantise(ramp(now_ms, start, drain_ms).min(max_progress)),
+            };
+        }
+        (_, Some(start)) => {
+            return Health::Draining {
+                progress: quantise(ramp(now_ms, start, drain_ms)),
+            };
+        }
+        (_, None) => {}
     }
     let ramp_start = [target.1, cluster.1, verdict.recovered_at_ms]
         .into_iter()
@@ -214,6 +251,7 @@ pub fn compute(
     overrides: &Overrides,
     verdicts: &VerdictInputs,
     stats: &TrafficStats,
+    gates: &DrainGates,
     now_ms: u64,
 ) -> TableData {
     let lookup = Lookup::new(overrides);
@@ -229,7 +267,8 @@ pub fn compute(
         let app_verdicts = verdicts.0.get(&app.name).unwrap_or(&no_verdicts);
         let plain = lookup.clusters.is_empty()
             && app_verdicts.is_empty()
-            && std::ptr::eq(app_overrides, &none);
+            && std::ptr::eq(app_overrides, &none)
+            && gates.is_empty();
         if plain {
             // Healthy at configured weights, as the base table already says.
             continue;
@@ -245,7 +284,12 @@ pub fn compute(
             );
             let whole = lookup.clusters.get(cluster).copied().unwrap_or_default();
             let verdict = app_verdicts.get(cluster).copied().unwrap_or_default();
-            target.health = target_health(own, whole, periods, verdict, now_ms);
+            let gate = if gates.is_empty() {
+                None
+            } else {
+                gates.get(&(app.name.clone(), cluster.to_string())).copied()
+            };
+            target.health = target_health(own, whole, periods, verdict, gate, now_ms);
         }
     }
     data.rtt = stats
@@ -470,6 +514,7 @@ apps:
                 &overrides,
                 &from_map(&verdicts),
                 &TrafficStats::default(),
+                &DrainGates::new(),
                 now,
             );
             let want: Vec<_> = want
@@ -482,25 +527,84 @@ apps:
     }
 
     #[test]
+    fn capacity_gates_hold_a_drain_and_cap_an_evacuation() {
+        use meridian_routing::Health::{Draining, Healthy};
+        let cfg = config();
+        let drained = Overrides {
+            drains: [("cluster:c1".to_string(), 1_000)].into(),
+            ..Overrides::default()
+        };
+        let none = VerdictInputs::default();
+        let stats = TrafficStats::default();
+        let gate = |g| DrainGates::from([(("shop".to_string(), "c1".to_string()), g)]);
+        let health = |o: &Overrides, gates: &DrainGates, now| {
+            compute(&cfg, o, &none, &stats, gates, now).apps[0].targets[0].health
+        };
+        // Held: the drain waits at 0 % however long ago it was asked for.
+        assert_eq!(
+            health(&drained, &gate(DrainGate::Hold), 60_000),
+            Draining { progress: 0.0 }
+        );
+        // Released at 20 s: the 10 s ramp starts then, not at the drain's own start.
+        let released = gate(DrainGate::Release {
+            since_ms: 20_000,
+            max_progress: 1.0,
+        });
+        assert_eq!(
+            health(&drained, &released, 25_000),
+            Draining { progress: 0.5 }
+        );
+        // An evacuation without an operator drain, capped where capacity ran short.
+        let capped = gate(DrainGate::Release {
+            since_ms: 0,
+            max_progress: 0.6,
+        });
+        assert_eq!(
+            health(&Overrides::default(), &capped, 60_000),
+            Draining { progress: 0.6 }
+        );
+        // A hold without a drain changes nothing.
+        assert_eq!(
+            health(&Overrides::default(), &gate(DrainGate::Hold), 60_000),
+            Healthy
+        );
+    }
+
+    #[test]
     fn new_version_only_on_change() {
         let cfg = config();
         let none = BTreeMap::new();
         let stats = TrafficStats::default();
         let first = next_table(
             None,
-            compute(&cfg, &Overrides::default(), &from_map(&none), &stats, 1),
+            compute(
+                &cfg,
+                &Overrides::default(),
+                &from_map(&none),
+                &stats,
+                &DrainGates::new(),
+                1,
+            ),
         )
         .unwrap()
         .unwrap();
         assert_eq!(first.version(), 1);
         // Only the time moved: no new version.
-        let same = compute(&cfg, &Overrides::default(), &from_map(&none), &stats, 5_000);
+        let same = compute(
+            &cfg,
+            &Overrides::default(),
+            &from_map(&none),
+            &stats,
+            &DrainGates::new(),
+            5_000,
+        );
         assert!(next_table(Some(&first), same).unwrap().is_none());
         let changed = compute(
             &cfg,
             &Overrides::default(),
             &from_map(&down("shop/c2")),
             &stats,
+            &DrainGates::new(),
             6_000,
         );
         let second = next_table(Some(&first), changed).unwrap().unwrap();
@@ -524,6 +628,7 @@ apps:
             &Overrides::default(),
             &VerdictInputs::default(),
             &stats,
+            &DrainGates::new(),
             1,
         );
         assert_eq!(data.rtt.len(), 1);

@@ -136,6 +136,7 @@ pub(crate) async fn run(
         clusters_api,
         apps_api,
         reachable: BTreeMap::new(),
+        capacity: crate::capacity::CapacityLoop::default(),
     };
     let ready = async {
         let _ = clusters.wait_until_ready().await;
@@ -229,6 +230,8 @@ struct Reconciler {
     apps_api: Api<MeridianApp>,
     /// Last reachability seen per member cluster, for history entries on a change.
     reachable: BTreeMap<String, bool>,
+    /// Capacity-first failover: replicas and drain gates.
+    capacity: crate::capacity::CapacityLoop,
 }
 
 impl Reconciler {
@@ -279,6 +282,7 @@ impl Reconciler {
             ),
         }
         if self.shared.is_leader() {
+            self.capacity.run(&self.shared, members, views).await;
             self.write_statuses(clusters, apps, views, &verdicts).await;
         }
     }
@@ -395,9 +399,21 @@ impl Reconciler {
             }
         }
         let table = self.shared.publisher.current();
+        let capacity = self
+            .shared
+            .capacity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for app in apps {
             let name = app.name_any();
-            let status = app_status(app, verdicts, table.as_deref(), &now);
+            let mut status = app_status(app, verdicts, table.as_deref(), &now);
+            if let Some(report) = capacity.iter().find(|r| r.app == name) {
+                set_condition(
+                    &mut status.conditions,
+                    capacity_condition(report, status.observed_generation.unwrap_or(0), &now),
+                );
+            }
             if Some(&status) != app.status.as_ref()
                 && let Err(err) = write_status(&self.apps_api, &name, &status).await
             {
@@ -514,6 +530,40 @@ pub fn app_status(
         condition("Ready", ready, reason, message, generation, now),
     );
     status
+}
+
+/// `CapacityReady`: whether the app's traffic sits on ready replicas.
+pub fn capacity_condition(
+    report: &crate::capacity::AppCapacity,
+    generation: i64,
+    now: &str,
+) -> meridian_k8s::crd::Condition {
+    use meridian_capacity::TransitionStatus;
+    let (ok, reason, message) = match &report.status {
+        TransitionStatus::Converged => (
+            true,
+            "Converged",
+            "traffic is on ready replicas at the wanted weights".to_string(),
+        ),
+        TransitionStatus::WaitingForCapacity {
+            cluster,
+            ready,
+            wanted,
+        } => (
+            false,
+            "WaitingForCapacity",
+            format!("traffic held until {cluster} has {wanted} ready replicas ({ready} now)"),
+        ),
+        TransitionStatus::CapacityShort {
+            missing_rps,
+            reason,
+        } => (
+            false,
+            "CapacityShort",
+            format!("{missing_rps:.1} req/s not carried by ready replicas: {reason}"),
+        ),
+    };
+    condition("CapacityReady", ok, reason, message, generation, now)
 }
 
 /// The pseudo-app of history entries about a member cluster as a whole.

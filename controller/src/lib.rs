@@ -20,14 +20,17 @@
 //! - [`traffic`]: request rates per target from the proxies' counters (pure).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`client`]: a typed client of the API, for the `meridian` operator commands.
+//! - [`plan`]: the dry-run planner's inputs from the controller's state, `GET /api/v1/plan`.
 
 pub mod api;
+pub mod capacity;
 pub mod client;
 pub mod compute;
 mod error;
 pub mod kubernetes;
 pub mod leadership;
 pub mod metrics;
+pub mod plan;
 pub mod publish;
 pub mod store;
 pub mod traffic;
@@ -107,6 +110,8 @@ pub(crate) struct State {
     pub(crate) rtt_ms: BTreeMap<(String, String), f64>,
     /// Request rates per target, from the subscribers' traffic counters.
     pub(crate) traffic: traffic::Traffic,
+    /// What capacity-first failover allows of drains (Kubernetes mode, apps with placement).
+    pub(crate) drain_gates: compute::DrainGates,
 }
 
 /// What the controller routes and probes: the config (apps, clusters, probes) and the probe
@@ -152,6 +157,8 @@ pub(crate) struct Shared {
     pub(crate) leadership: watch::Sender<leadership::Leadership>,
     /// What the member clusters look like (Kubernetes mode), for the API.
     pub(crate) members: RwLock<Arc<BTreeMap<String, meridian_k8s::member::MemberView>>>,
+    /// What capacity-first failover decided per app (Kubernetes mode), for the API.
+    pub(crate) capacity: RwLock<Arc<Vec<capacity::AppCapacity>>>,
     /// Set until the first config arrives (Kubernetes mode): nothing to compute yet.
     config_pending: AtomicBool,
     wake: Notify,
@@ -234,6 +241,27 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Request rates per target of `table` that the proxies reported recently, requests/s.
+    pub(crate) fn traffic_rates(
+        &self,
+        table: &RoutingTable,
+        now_ms: u64,
+    ) -> BTreeMap<(String, String), f64> {
+        // Rates older than a few report intervals describe traffic that has stopped.
+        let max_age_ms = (self.inputs().report_interval.as_millis() as u64 * 3).max(3_000);
+        let st = self.state();
+        table
+            .apps()
+            .iter()
+            .flat_map(|a| a.targets.iter().map(move |t| (a, t)))
+            .filter_map(|(a, t)| {
+                st.traffic
+                    .target(&a.name, &t.cluster, now_ms, max_age_ms)
+                    .map(|v| ((a.name.clone(), t.cluster.clone()), v.requests_per_second))
+            })
+            .collect()
+    }
+
     pub(crate) fn is_leader(&self) -> bool {
         self.leadership.borrow().is_leader
     }
@@ -256,7 +284,14 @@ impl Shared {
             };
             let start = Instant::now();
             let health = st.verdicts.inputs();
-            let data = compute::compute(&self.inputs().config, &st.overrides, &health, &stats, now);
+            let data = compute::compute(
+                &self.inputs().config,
+                &st.overrides,
+                &health,
+                &stats,
+                &st.drain_gates,
+                now,
+            );
             (changes, data, start.elapsed())
         };
         for change in &changes {
@@ -443,6 +478,7 @@ impl Controller {
                 verdicts,
                 rtt_ms: BTreeMap::new(),
                 traffic: traffic::Traffic::default(),
+                drain_gates: compute::DrainGates::new(),
             }),
             compute_lock: Mutex::new(()),
             publisher: Publisher::default(),
@@ -452,6 +488,7 @@ impl Controller {
             wake: Notify::new(),
             leadership: watch::channel(leadership).0,
             members: RwLock::default(),
+            capacity: RwLock::default(),
             // In Kubernetes mode apps and clusters come from resources: nothing is computed
             // until they are read, so a start never publishes an empty table.
             config_pending: AtomicBool::new(kubernetes.is_some()),

@@ -2,8 +2,8 @@
 //! controllers can run in one process, as tests and `meridian up` do).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the controller exports.
@@ -42,6 +42,10 @@ pub struct Metrics {
     pub member_memory_bytes: IntGaugeVec,
     /// Per app and member cluster: replicas, by `kind` (`desired`, `ready`).
     pub workload_replicas: IntGaugeVec,
+    /// Per app: requests/s its ready replicas cannot carry (capacity short), else 0.
+    pub capacity_missing_rps: GaugeVec,
+    /// Per app and cluster: the replicas capacity-first placement wants there.
+    pub capacity_wanted_replicas: IntGaugeVec,
 }
 
 impl Metrics {
@@ -154,6 +158,20 @@ impl Metrics {
                 ),
                 &["app", "cluster", "kind"],
             )?,
+            capacity_missing_rps: GaugeVec::new(
+                Opts::new(
+                    "meridian_capacity_missing_rps",
+                    "Requests per second an app's ready replicas cannot carry",
+                ),
+                &["app"],
+            )?,
+            capacity_wanted_replicas: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_capacity_wanted_replicas",
+                    "Replicas capacity-first placement wants for an app in a cluster",
+                ),
+                &["app", "cluster"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.probe_results.clone()))?;
@@ -175,6 +193,10 @@ impl Metrics {
         m.registry
             .register(Box::new(m.member_memory_bytes.clone()))?;
         m.registry.register(Box::new(m.workload_replicas.clone()))?;
+        m.registry
+            .register(Box::new(m.capacity_missing_rps.clone()))?;
+        m.registry
+            .register(Box::new(m.capacity_wanted_replicas.clone()))?;
         Ok(m)
     }
 

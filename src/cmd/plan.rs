@@ -1,0 +1,221 @@
+//! `meridian plan`: the dry-run planner of a running controller — what if a cluster fails, is
+//! drained, or a peak arrives — as a table per app or as the API's JSON.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use meridian_controller::client::ApiClient;
+use meridian_controller::plan::{AppPlan, Plan, Scenario, TransitionStatus};
+
+/// How to print the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// A table per app.
+    Text,
+    /// The API's JSON.
+    Json,
+}
+
+/// Arguments of `meridian plan`. Without a scenario flag: the plan for now.
+#[derive(clap::Args)]
+pub struct Args {
+    /// What if this cluster fails.
+    #[arg(long, value_name = "CLUSTER", conflicts_with_all = ["drain", "peak"])]
+    fail: Option<String>,
+    /// What if this cluster is drained.
+    #[arg(long, value_name = "CLUSTER", conflicts_with = "peak")]
+    drain: Option<String>,
+    /// What if every app's traffic grows by this factor (such as 3 or 1.5).
+    #[arg(long, value_name = "FACTOR", value_parser = parse_factor)]
+    peak: Option<f64>,
+    /// The controller's base URL.
+    #[arg(
+        long,
+        env = "MERIDIAN_CONTROLLER",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    controller: String,
+    /// File holding the bearer token (else env MERIDIAN_TOKEN); role read-only or operator.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Text (a table per app) or the API's JSON.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+fn parse_factor(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
+        _ => Err(format!(
+            "{text:?} is not a peak factor (a finite number >= 0, such as 3 or 1.5)"
+        )),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let scenario = match (&args.fail, &args.drain, args.peak) {
+        (Some(cluster), _, _) => Scenario::Fail {
+            cluster: cluster.clone(),
+        },
+        (_, Some(cluster), _) => Scenario::Drain {
+            cluster: cluster.clone(),
+        },
+        (_, _, Some(factor)) => Scenario::Peak { factor },
+        _ => Scenario::Now,
+    };
+    let token = match super::read_token(args.token_file.as_deref())? {
+        Some(token) => Some(token),
+        None => std::env::var("MERIDIAN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    let client = ApiClient::new(&args.controller, token)?;
+    let plan = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(client.plan(&scenario))?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        Output::Text => print!("{}", render(&plan)),
+    }
+    Ok(())
+}
+
+fn describe(scenario: &Scenario) -> String {
+    match scenario {
+        Scenario::Now => "now (the current traffic)".to_owned(),
+        Scenario::Fail { cluster } => format!("cluster {cluster} fails"),
+        Scenario::Drain { cluster } => format!("cluster {cluster} is drained"),
+        Scenario::Peak { factor } => format!("a peak of {factor}x the current traffic"),
+    }
+}
+
+/// A weight as its share of the app's weights, in percent.
+fn share(weights: &std::collections::BTreeMap<String, u32>, cluster: &str) -> String {
+    let sum: f64 = weights.values().map(|&w| f64::from(w)).sum();
+    match weights.get(cluster) {
+        Some(&w) if sum > 0.0 => format!("{:.1}%", 100.0 * f64::from(w) / sum),
+        Some(_) => "0.0%".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+fn count(map: &std::collections::BTreeMap<String, u32>, cluster: &str) -> String {
+    map.get(cluster).map_or("-".to_owned(), u32::to_string)
+}
+
+/// Whether the app's capacity suffices after the scenario, and if not, why.
+fn app_status(app: &AppPlan) -> String {
+    let mut short = Vec::new();
+    if app.replica_shortfall > 0 {
+        short.push(format!(
+            "{} replicas fit in no cluster",
+            app.replica_shortfall
+        ));
+    }
+    match &app.status {
+        TransitionStatus::CapacityShort {
+            missing_rps,
+            reason,
+        } => {
+            short.push(format!(
+                "{missing_rps:.1} req/s beyond what the replicas carry"
+            ));
+            short.push(reason.clone());
+        }
+        TransitionStatus::WaitingForCapacity {
+            cluster,
+            ready,
+            wanted,
+        } => short.push(format!("{cluster} has {ready} of {wanted} replicas ready")),
+        TransitionStatus::Converged => {}
+    }
+    if short.is_empty() && !app.replicas_known {
+        "sufficient: unknown, replicas unknown".to_owned()
+    } else if short.is_empty() {
+        "sufficient: yes".to_owned()
+    } else {
+        format!("sufficient: NO: {}", short.join("; "))
+    }
+}
+
+/// The text form: a table per app, then nodes and cost.
+pub fn render(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "plan: {}", describe(&plan.scenario));
+    for app in &plan.apps {
+        let _ = writeln!(out, "\nAPP {}  ({})", app.app, app_status(app));
+        if !app.replicas_known {
+            let _ = writeln!(
+                out,
+                "  replicas unknown: no placement.total_replicas or scaling; weights and traffic only"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>17} {:>21} {:>15} {:>9}",
+            "CLUSTER", "WEIGHT NOW→AFTER", "REQ/S NOW→AFTER", "REPLICAS", "MACHINES"
+        );
+        for cluster in app.weights.keys() {
+            let weight = format!(
+                "{} → {}",
+                share(&app.weights_before, cluster),
+                share(&app.weights, cluster)
+            );
+            let rps = format!(
+                "{:.1} → {:.1}",
+                app.traffic_rps_before.get(cluster).copied().unwrap_or(0.0),
+                app.traffic_rps.get(cluster).copied().unwrap_or(0.0)
+            );
+            let replicas = format!(
+                "{} → {}",
+                count(&app.replicas_before, cluster),
+                count(&app.replicas, cluster)
+            );
+            let machines = plan.nodes.get(cluster).map_or("-".to_owned(), |n| {
+                format!("{} → {}", n.machines_now, n.machines_needed)
+            });
+            let _ = writeln!(
+                out,
+                "  {cluster:<22} {weight:>17} {rps:>21} {replicas:>15} {machines:>9}"
+            );
+        }
+    }
+    if !plan.nodes.is_empty() {
+        let _ = writeln!(out, "\nNODES");
+        for (cluster, n) in &plan.nodes {
+            let fits = if n.machines_needed <= n.max_machines {
+                "fits"
+            } else {
+                "ABOVE the pool's maximum"
+            };
+            let _ = writeln!(
+                out,
+                "  {cluster:<22} machines {} → {} (max {}): {fits}",
+                n.machines_now, n.machines_needed, n.max_machines
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\ncost/h: {:.2} → {:.2}{}",
+        plan.cost_per_hour_before,
+        plan.cost_per_hour_after,
+        if plan.unknown_cost.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (cost unknown, counted as 0: {})",
+                plan.unknown_cost.join(", ")
+            )
+        }
+    );
+    let _ = writeln!(
+        out,
+        "capacity sufficient: {}",
+        if plan.sufficient { "yes" } else { "NO" }
+    );
+    out
+}
