@@ -5,82 +5,25 @@
 //! and use only flags the binary has.
 
 mod dns_support;
+mod process_support;
 #[path = "../k8s/tests/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
+use process_support::{Kill, TempDir, free_port, http};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
 fn root(path: &str) -> PathBuf {
     Path::new(ROOT).join(path)
-}
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A port free on `ip` right now (for listeners whose address the process does not print).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("meridian-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One HTTP/1.1 GET with `Connection: close`: (status, body).
-fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((status, body))
 }
 
 /// Sample names of a Prometheus text exposition (`_bucket`, `_sum`, `_count` included as
@@ -221,7 +164,7 @@ fn grafana_dashboard_queries_only_metrics_the_processes_export() {
     std::thread::spawn(move || lines.for_each(drop));
 
     for _ in 0..10 {
-        let (status, body) = get(proxy, "shop.demo.test", "/").unwrap();
+        let (status, body) = http(proxy, "GET", "shop.demo.test", "/").unwrap();
         assert_eq!(status, 200, "{body}");
         assert!(body.starts_with("cluster="), "{body}");
     }
@@ -255,11 +198,11 @@ fn grafana_dashboard_queries_only_metrics_the_processes_export() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {
         for _ in 0..10 {
-            let _ = get(proxy, "shop.demo.test", "/");
+            let _ = http(proxy, "GET", "shop.demo.test", "/");
         }
         let mut exported = BTreeMap::new();
         for addr in [controller, proxy_admin, dns_admin] {
-            let (status, text) = get(addr, "localhost", "/metrics").unwrap();
+            let (status, text) = http(addr, "GET", "localhost", "/metrics").unwrap();
             assert_eq!(status, 200, "/metrics on {addr}");
             exported.extend(sample_names(&text));
         }

@@ -4,15 +4,18 @@
 //! the controller publishes must be the plan's, and the traffic the proxy measures must split
 //! as the plan said. Also the peak scenario's replicas, and bad scenarios named.
 
+mod process_support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use process_support::{Kill, TempDir, free_port, http};
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -21,65 +24,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 const DRAINED: &str = "aws-us-east-1";
 const TARGET_RPS: f64 = 5.0;
 const MIN_REPLICAS: u64 = 3;
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("meridian-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A port free on `ip` right now (for listeners whose address the process does not print).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 request with `Connection: close`: (status, body).
-fn http(addr: SocketAddr, method: &str, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((status, body))
-}
 
 fn api(controller: SocketAddr, path: &str) -> (u16, Value) {
     let (status, body) = http(controller, "GET", "localhost", path).unwrap();
@@ -416,7 +360,7 @@ fn drain_plan_matches_what_the_controller_then_does() {
     let cost_after = plan["costPerHourAfter"].as_f64().unwrap();
     assert!(cost_before > 0.0 && cost_after > 0.0, "{plan}");
 
-    let out = cli_plan(controller, &["--drain", DRAINED, "--output", "json"]);
+    let out = cli_plan(controller, &["--drain", DRAINED, "--json"]);
     assert!(
         out.status.success(),
         "{}",

@@ -19,7 +19,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
@@ -159,16 +159,11 @@ async fn replicas_move_before_traffic_private_apps_stay_and_machines_follow_pods
     // The ingresses answer throughout: only member B's control plane is lost.
     let ingress_a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let ingress_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let secrets: Api<Secret> = Api::namespaced(hub_client.clone(), NS);
-    for (name, member) in [("member-a", &member_a), ("member-b", &member_b)] {
-        let text = std::fs::read_to_string(&member.kubeconfig).unwrap();
-        create(
-            &secrets,
-            json!({"metadata": {"name": format!("{name}-kubeconfig")},
-                   "stringData": {"kubeconfig": text}}),
-        )
-        .await;
-    }
+    kubeconfig_secrets(
+        &hub_client,
+        &[("member-a", &member_a), ("member-b", &member_b)],
+    )
+    .await;
     let clusters: Api<MeridianCluster> = Api::namespaced(hub_client.clone(), NS);
     create(
         &clusters,

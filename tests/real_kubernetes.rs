@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube_support::*;
 use meridian_k8s::crd::{MeridianApp, MeridianCluster};
@@ -113,17 +113,11 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
     let (_ingress_b, port_b) = ingress();
     populate_member(&member_a.client().await, port_a).await;
 
-    // Each member's kubeconfig in a Secret on the hub.
-    let secrets: Api<Secret> = Api::namespaced(hub_client.clone(), NS);
-    for (name, member) in [("member-a", &member_a), ("member-b", &member_b)] {
-        let text = std::fs::read_to_string(&member.kubeconfig).unwrap();
-        create(
-            &secrets,
-            json!({"metadata": {"name": format!("{name}-kubeconfig")},
-                   "stringData": {"kubeconfig": text}}),
-        )
-        .await;
-    }
+    kubeconfig_secrets(
+        &hub_client,
+        &[("member-a", &member_a), ("member-b", &member_b)],
+    )
+    .await;
     let clusters: Api<MeridianCluster> = Api::namespaced(hub_client.clone(), NS);
     create(
         &clusters,

@@ -21,11 +21,11 @@ pub struct Api {
     token_file: Option<PathBuf>,
     /// Print the API's JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 impl Api {
-    fn client(&self) -> anyhow::Result<ApiClient> {
+    pub fn client(&self) -> anyhow::Result<ApiClient> {
         let token = match super::read_token(self.token_file.as_deref())? {
             Some(token) => Some(token),
             None => std::env::var("MERIDIAN_TOKEN")

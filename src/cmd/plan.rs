@@ -1,20 +1,8 @@
 //! `meridian plan`: the dry-run planner of a running controller — what if a cluster fails, is
 //! drained, or a peak arrives — as a table per app or as the API's JSON.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
-use meridian_controller::client::ApiClient;
 use meridian_controller::plan::{AppPlan, Plan, Scenario, TransitionStatus};
-
-/// How to print the plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// A table per app.
-    Text,
-    /// The API's JSON.
-    Json,
-}
 
 /// Arguments of `meridian plan`. Without a scenario flag: the plan for now.
 #[derive(clap::Args)]
@@ -28,19 +16,8 @@ pub struct Args {
     /// What if every app's traffic grows by this factor (such as 3 or 1.5).
     #[arg(long, value_name = "FACTOR", value_parser = parse_factor)]
     peak: Option<f64>,
-    /// The controller's base URL.
-    #[arg(
-        long,
-        env = "MERIDIAN_CONTROLLER",
-        default_value = "http://127.0.0.1:8090"
-    )]
-    controller: String,
-    /// File holding the bearer token (else env MERIDIAN_TOKEN); role read-only or operator.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// Text (a table per app) or the API's JSON.
-    #[arg(long, value_enum, default_value = "text")]
-    output: Output,
+    #[command(flatten)]
+    api: super::operator::Api,
 }
 
 fn parse_factor(text: &str) -> Result<f64, String> {
@@ -63,21 +40,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (_, _, Some(factor)) => Scenario::Peak { factor },
         _ => Scenario::Now,
     };
-    let token = match super::read_token(args.token_file.as_deref())? {
-        Some(token) => Some(token),
-        None => std::env::var("MERIDIAN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-    };
-    let client = ApiClient::new(&args.controller, token)?;
+    let client = args.api.client()?;
     let plan = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
         .block_on(client.plan(&scenario))?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-        Output::Text => print!("{}", render(&plan)),
+    if args.api.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", render(&plan));
     }
     Ok(())
 }

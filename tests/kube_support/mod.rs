@@ -137,3 +137,18 @@ where
     .await
     .unwrap();
 }
+
+/// Each member's kubeconfig in a Secret `<name>-kubeconfig` on the hub, as an operator
+/// stores it for `kubeconfigSecretRef`.
+pub async fn kubeconfig_secrets(hub: &kube::Client, members: &[(&str, &ApiServer)]) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(hub.clone(), NS);
+    for (name, member) in members {
+        let text = std::fs::read_to_string(&member.kubeconfig).unwrap();
+        create(
+            &secrets,
+            json!({"metadata": {"name": format!("{name}-kubeconfig")},
+                   "stringData": {"kubeconfig": text}}),
+        )
+        .await;
+    }
+}
