@@ -19,7 +19,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
@@ -65,24 +65,6 @@ async fn desired(member: &kube::Client, name: &str) -> i32 {
         .unwrap()
         .replicas
         .unwrap()
-}
-
-/// A member cluster with a Ready node of 2 CPUs and 4 GiB, and the default service account.
-async fn populate(member: &kube::Client) {
-    let accounts: Api<ServiceAccount> = Api::namespaced(member.clone(), "default");
-    create(&accounts, json!({"metadata": {"name": "default"}})).await;
-    let nodes: Api<Node> = Api::all(member.clone());
-    create(&nodes, json!({"metadata": {"name": "node-1"}})).await;
-    set_status(
-        &nodes,
-        "node-1",
-        json!({"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-               "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-               "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                               "message": "ready", "lastHeartbeatTime": "2026-11-28T00:00:00Z",
-                               "lastTransitionTime": "2026-11-28T00:00:00Z"}]}),
-    )
-    .await;
 }
 
 fn machine_deployments(member: &kube::Client) -> Api<DynamicObject> {
@@ -141,7 +123,7 @@ async fn replicas_move_before_traffic_private_apps_stay_and_machines_follow_pods
     install(&hub_client).await;
     let (a, b) = (member_a.client().await, member_b.client().await);
     for member in [&a, &b] {
-        populate(member).await;
+        stand_in_node(member, "2", "4Gi").await;
         deployment(member, "shop", 2).await;
         deployment(member, "ledger", 0).await;
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use kube_support::*;
 use meridian_k8s::crd::{MeridianApp, MeridianCluster};
@@ -44,10 +44,7 @@ fn ingress() -> (std::net::TcpListener, u16) {
 /// Objects in member A: the ingress Service (status set as a cloud would), a Ready node
 /// with allocatable resources, a Pod with requests on it, and the app's Deployment.
 async fn populate_member(member: &kube::Client, ingress_port: u16) {
-    // No controller-manager creates the default service account that Pods need.
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(member.clone(), "default");
-    create(&accounts, json!({"metadata": {"name": "default"}})).await;
+    stand_in_node(member, "4", "8Gi").await;
     let services: Api<Service> = Api::namespaced(member.clone(), "default");
     create(
         &services,
@@ -59,18 +56,6 @@ async fn populate_member(member: &kube::Client, ingress_port: u16) {
         &services,
         "ingress",
         json!({"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}),
-    )
-    .await;
-    let nodes: Api<Node> = Api::all(member.clone());
-    create(&nodes, json!({"metadata": {"name": "node-1"}})).await;
-    set_status(
-        &nodes,
-        "node-1",
-        json!({"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-               "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-               "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                               "message": "ready", "lastHeartbeatTime": "2026-11-28T00:00:00Z",
-                               "lastTransitionTime": "2026-11-28T00:00:00Z"}]}),
     )
     .await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(member.clone(), "default");

@@ -151,6 +151,56 @@ fn a_cluster_waiting_for_its_address_does_not_block_its_apps() {
     assert_eq!(config.apps[0].targets[0].cluster, "gcp-1");
 }
 
+#[test]
+fn bad_capacity_fields_are_named_and_block_only_their_app() {
+    let mut bad_strategy = app("shop", "shop.example.com", &["aws-1"]);
+    bad_strategy.spec.placement = Some(
+        serde_json::from_value(serde_json::json!({
+            "workload": {"namespace": "default", "name": "shop"},
+            "strategy": "cheapest"
+        }))
+        .unwrap(),
+    );
+    let mut bad_timeout = app("cart", "cart.example.com", &["aws-1"]);
+    bad_timeout.spec.placement = Some(
+        serde_json::from_value(serde_json::json!({
+            "workload": {"namespace": "default", "name": "cart"},
+            "readinessTimeout": "soon"
+        }))
+        .unwrap(),
+    );
+    let mut bad_drain = app("maps", "maps.example.com", &["aws-1"]);
+    bad_drain.spec.drain_period = Some("-5s".into());
+    let (verdicts, result) = to_config(
+        &base(),
+        &[cluster("aws-1", "192.0.2.1:443")],
+        &[
+            bad_strategy,
+            bad_timeout,
+            bad_drain,
+            app("ok", "ok.example.com", &["aws-1"]),
+        ],
+    );
+    assert_eq!(
+        verdicts.apps["shop"],
+        vec!["placement.strategy: \"cheapest\" is not one of weight, capacity, cost"]
+    );
+    assert!(
+        verdicts.apps["cart"][0]
+            .starts_with("placement.readinessTimeout: \"soon\" is not a duration"),
+        "{:?}",
+        verdicts.apps["cart"]
+    );
+    assert!(
+        verdicts.apps["maps"][0].starts_with("drainPeriod: \"-5s\" is not a duration"),
+        "{:?}",
+        verdicts.apps["maps"]
+    );
+    assert!(verdicts.apps["ok"].is_empty());
+    let config = result.unwrap().config;
+    assert_eq!(config.apps.len(), 1, "only the good app is served");
+}
+
 #[tokio::test]
 async fn status_is_written_through_the_status_subresource() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

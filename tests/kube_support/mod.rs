@@ -152,3 +152,24 @@ pub async fn kubeconfig_secrets(hub: &kube::Client, members: &[(&str, &ApiServer
         .await;
     }
 }
+
+/// A Ready stand-in Node with `cpu` and `memory` allocatable (no kubelet runs: the test sets
+/// its status as one would), and the default service account Pods need (no
+/// controller-manager creates it).
+pub async fn stand_in_node(member: &kube::Client, cpu: &str, memory: &str) {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(member.clone(), "default");
+    create(&accounts, json!({"metadata": {"name": "default"}})).await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(member.clone());
+    create(&nodes, json!({"metadata": {"name": "node-1"}})).await;
+    set_status(
+        &nodes,
+        "node-1",
+        json!({"allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+               "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+               "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                               "message": "ready", "lastHeartbeatTime": "2026-11-28T00:00:00Z",
+                               "lastTransitionTime": "2026-11-28T00:00:00Z"}]}),
+    )
+    .await;
+}
