@@ -70,7 +70,8 @@ pub struct ProxyConfig {
     /// idle timeout of client connections.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// Time a client has to send a buffered request body.
+    /// Time a client has to send a buffered request body, and the longest pause allowed
+    /// inside a streamed one; past it the client gets 408 (the target is not blamed).
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
     /// Time to open a connection to an upstream ingress endpoint.

@@ -23,9 +23,10 @@ use crate::headers::{self, Refusal};
 use crate::metrics::{Metrics, class_index};
 use crate::pool::{Pooled, SendError};
 use crate::state::{AppRuntime, Registry, TableRuntime};
+use crate::upload::{ClientFault, Upload, UploadState};
 
 /// What the proxy sends upstream: a buffered body it can replay, or the client's stream.
-pub(crate) type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub(crate) type UpstreamBody = Either<Full<Bytes>, Upload>;
 /// What the proxy answers: the upstream's stream, or a short body of its own.
 pub type ProxyBody = Either<Pooled, Full<Bytes>>;
 
@@ -298,53 +299,28 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|n| n > shared.config.max_body_bytes) {
-        shared
-            .metrics
-            .refused
-            .with_label_values(&["body-too-large"])
-            .inc();
-        return (
-            plain(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large\n"),
-            false,
-        );
+        // Refused before any byte goes upstream.
+        return (client_fault_response(shared, ClientFault::TooLarge), false);
     }
+    // Set when the body is streamed: says whether the client broke it.
+    let mut upload_state: Option<Arc<UploadState>> = None;
     let (mut replay, mut stream) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
     } else if length.is_some_and(|n| n <= shared.config.replay_buffer_bytes) {
         let limited = Limited::new(body, shared.config.replay_buffer_bytes as usize);
         match tokio::time::timeout(shared.config.body_timeout, limited.collect()).await {
             Ok(Ok(collected)) => (Some(collected.to_bytes()), None),
-            Ok(Err(_)) => {
-                shared
-                    .metrics
-                    .refused
-                    .with_label_values(&["bad-body"])
-                    .inc();
-                return (
-                    plain(StatusCode::BAD_REQUEST, "request body could not be read\n"),
-                    false,
-                );
-            }
-            Err(_) => {
-                shared
-                    .metrics
-                    .refused
-                    .with_label_values(&["body-timeout"])
-                    .inc();
-                return (
-                    plain(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request body was not received in time\n",
-                    ),
-                    false,
-                );
-            }
+            Ok(Err(_)) => return (client_fault_response(shared, ClientFault::Malformed), false),
+            Err(_) => return (client_fault_response(shared, ClientFault::Slow), false),
         }
     } else {
-        (
-            None,
-            Some(Limited::new(body, shared.config.max_body_bytes as usize)),
-        )
+        let (upload, state) = Upload::new(
+            body,
+            shared.config.max_body_bytes,
+            shared.config.body_timeout,
+        );
+        upload_state = Some(state);
+        (None, Some(upload))
     };
 
     let marked = parts
@@ -478,6 +454,11 @@ async fn forward(
         }
         let took = sent.elapsed();
         upstream_time += took;
+        if let Some(fault) = client_fault(upload_state.as_deref(), &result) {
+            // The client broke its own request: answer it, and neither blame the target
+            // nor retry.
+            break Err(client_fault_response(shared, fault));
+        }
         state.latency.observe(took.as_secs_f64());
         let failure = match result {
             Ok(Ok(response)) if !shared.retry_statuses.contains(&response.status().as_u16()) => {
@@ -590,6 +571,35 @@ async fn forward(
         table_version = table.version(),
     );
     (response, true)
+}
+
+/// The client's fault when an attempt with a streamed body failed because of the client:
+/// its body broke, or the upstream gave no answer before the client finished sending it.
+fn client_fault<T, E>(
+    upload: Option<&UploadState>,
+    result: &Result<Result<T, E>, tokio::time::error::Elapsed>,
+) -> Option<ClientFault> {
+    let upload = upload?;
+    match result {
+        Ok(Ok(_)) => None,
+        Ok(Err(_)) => upload.fault(),
+        Err(_) if !upload.is_complete() => Some(upload.fault().unwrap_or(ClientFault::Slow)),
+        Err(_) => None,
+    }
+}
+
+fn client_fault_response(shared: &Shared, fault: ClientFault) -> Response<ProxyBody> {
+    shared
+        .metrics
+        .refused
+        .with_label_values(&[fault.reason()])
+        .inc();
+    let mut response = plain(fault.status(), fault.message());
+    // The rest of the body is unread: the connection cannot carry another request.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Joins an upgraded client connection to the upgraded upstream one until either closes.

@@ -38,6 +38,7 @@ mod pool;
 mod state;
 mod tls;
 mod traffic;
+mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -162,11 +162,71 @@ impl Upstream {
     }
 }
 
+/// A stand-in ingress that reads whatever it is sent and never answers: it logs the
+/// connections it accepted and the bytes it received, to show what reached an upstream.
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub bytes: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let (c, b) = (connections.clone(), bytes.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let b = b.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        b.fetch_add(n, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Sink {
+            addr,
+            connections,
+            bytes,
+            task,
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A table with one region, a cluster per upstream and one app `shop` served under
 /// `shop.test` and `*.wild.test`, one target per `(upstream, weight, health)`.
 pub fn table(
     version: u64,
     targets: &[(&Upstream, u32, Health)],
+    failure_mode: FailureMode,
+) -> Arc<RoutingTable> {
+    let targets: Vec<_> = targets
+        .iter()
+        .map(|(u, weight, health)| (u.name, u.addr, *weight, *health))
+        .collect();
+    table_of(version, &targets, failure_mode)
+}
+
+/// [`table`] over any ingress addresses: one target per `(cluster, address, weight, health)`.
+pub fn table_of(
+    version: u64,
+    targets: &[(&str, SocketAddr, u32, Health)],
     failure_mode: FailureMode,
 ) -> Arc<RoutingTable> {
     let location = Location {
@@ -185,12 +245,12 @@ pub fn table(
         }],
         clusters: targets
             .iter()
-            .map(|(u, _, _)| Cluster {
-                name: u.name.into(),
+            .map(|(name, addr, _, _)| Cluster {
+                name: (*name).into(),
                 region: "eu".into(),
                 provider: "onprem".into(),
                 location,
-                endpoints: vec![u.addr],
+                endpoints: vec![*addr],
             })
             .collect(),
         apps: vec![App {
@@ -202,8 +262,8 @@ pub fn table(
             geo_preferences: vec![],
             targets: targets
                 .iter()
-                .map(|(u, weight, health)| Target {
-                    cluster: u.name.into(),
+                .map(|(name, _, weight, health)| Target {
+                    cluster: (*name).into(),
                     weight: *weight,
                     tier: 0,
                     health: *health,
@@ -361,5 +421,34 @@ impl SteadyLoad {
             errors.extend(worker.await.unwrap());
         }
         (self.ok.load(Ordering::Relaxed), errors)
+    }
+}
+
+/// Writes `request` and reads until the response head is complete, the peer closes, or
+/// 3 s pass. Returns what was read and whether the peer closed.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request)
+        .await
+        .unwrap();
+    read_head(&mut stream, Duration::from_secs(3)).await
+}
+
+pub async fn read_head(stream: &mut tokio::net::TcpStream, limit: Duration) -> (String, bool) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, tokio::io::AsyncReadExt::read(stream, &mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&buf).into(), true),
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return (String::from_utf8_lossy(&buf).into(), false);
+                }
+            }
+            Err(_) => return (String::from_utf8_lossy(&buf).into(), false),
+        }
     }
 }
