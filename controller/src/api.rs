@@ -6,7 +6,7 @@
 //! configured at all). Bodies are parsed field by field, so a malformed one gets a 4xx that
 //! names the field, and nothing changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -158,6 +158,15 @@ impl ApiError {
     }
     fn internal(err: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::NotLeader => Self::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+            other => Self::internal(other),
+        }
     }
 }
 
@@ -535,7 +544,7 @@ fn check_cluster(shared: &Shared, cluster: &str) -> ApiResult<()> {
     }
 }
 
-/// Applies an override change and its audit entry durably, then recomputes the table.
+/// Applies an override change, its audit entry and the table it gives, all or nothing.
 fn apply_change(
     shared: &Shared,
     who: &Principal,
@@ -544,12 +553,9 @@ fn apply_change(
     detail: serde_json::Value,
     change: impl FnOnce(&mut crate::compute::Overrides, u64) -> ApiResult<()>,
 ) -> ApiResult<ChangeResponse> {
-    let audit = {
-        let mut st = shared.state();
-        let now = now_ms();
-        let mut next = st.overrides.clone();
-        change(&mut next, now)?;
-        let entry = AuditEntry {
+    let (audit, table_version) = shared.change_overrides(|next, now| {
+        change(next, now)?;
+        Ok::<_, ApiError>(AuditEntry {
             seq: 0,
             at_ms: now,
             who: who.name.clone(),
@@ -557,16 +563,9 @@ fn apply_change(
             action: action.into(),
             subject,
             detail,
-        };
-        let entry = shared
-            .store
-            .commit_change(&next, entry)
-            .map_err(ApiError::internal)?;
-        st.overrides = next;
-        entry
-    };
+        })
+    })?;
     info!(who = %audit.who, action = %audit.action, subject = %audit.subject, "operator change");
-    let table_version = shared.recompute().map_err(ApiError::internal)?;
     Ok(ChangeResponse {
         audit,
         table_version,
@@ -901,53 +900,47 @@ async fn reports(
     body: Bytes,
 ) -> ApiResult<axum::Json<ReportResponse>> {
     authorize(&shared, &headers, VANTAGES)?;
-    let report: VantageReport = parse_body(&body)?;
-    if report.vantage.is_empty() {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "vantage",
-            "must not be empty",
-        ));
+    let refused = |reason: &str| {
+        shared
+            .metrics
+            .reports_refused
+            .with_label_values(&[reason])
+            .inc()
+    };
+    let report: VantageReport = parse_body(&body).inspect_err(|_| refused("invalid"))?;
+    // Check the whole report before recording any of it, so a bad report changes nothing.
+    let now = now_ms();
+    let checked = crate::intake::check_report(
+        &report,
+        &shared.inputs(),
+        &shared.vantage,
+        now,
+        shared.opts.forget_after_ms(),
+    )
+    .map_err(|p| {
+        refused("invalid");
+        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, p.field, p.message)
+    })?;
+    if checked.stale > 0 {
+        shared
+            .metrics
+            .samples_ignored
+            .with_label_values(&["stale"])
+            .inc_by(checked.stale as u64);
     }
-    // Check every observation before recording any, so a bad report changes nothing.
-    let inputs = shared.inputs();
-    let known: HashSet<(&str, &str)> = inputs
-        .jobs
+    let accepted = checked
+        .observations
         .iter()
-        .map(|j| (j.app.as_str(), j.cluster.as_str()))
-        .collect();
-    for (i, obs) in report.observations.iter().enumerate() {
-        if !known.contains(&(obs.app.as_str(), obs.cluster.as_str())) {
-            return Err(ApiError::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("observations[{i}]"),
-                format!("no target {}/{}", obs.app, obs.cluster),
-            ));
-        }
-    }
-    for (i, sample) in report.traffic.iter().enumerate() {
-        if !known.contains(&(sample.app.as_str(), sample.cluster.as_str())) {
-            return Err(ApiError::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("traffic[{i}]"),
-                format!("no target {}/{}", sample.app, sample.cluster),
-            ));
-        }
-    }
-    for obs in &report.observations {
-        shared.observe(&report.vantage, report.region.as_deref(), obs);
-    }
-    if !report.traffic.is_empty() {
-        let now = now_ms();
+        .filter(|obs| shared.observe(&report.vantage, report.region.as_deref(), obs))
+        .count();
+    if !checked.traffic.is_empty() {
         let mut st = shared.state();
-        for sample in &report.traffic {
+        for sample in &checked.traffic {
             st.traffic.record(&report.vantage, sample, now);
         }
     }
     shared.wake();
-    Ok(axum::Json(ReportResponse {
-        accepted: report.observations.len(),
-    }))
+    Ok(axum::Json(ReportResponse { accepted }))
 }
 
 async fn metrics(State(shared): Ctx) -> Response {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use meridian_config::Config;
-use meridian_routing::{Health, RoutingTable, RttSample, TableData};
+use meridian_routing::{Health, Problem, RoutingTable, RttSample, TableData};
 use serde::{Deserialize, Serialize};
 
 /// Ramps move in steps of 1/RAMP_STEPS.
@@ -295,8 +295,11 @@ pub fn compute(
     data.rtt = stats
         .rtt_ms
         .iter()
-        .filter(|((region, cluster), _)| {
-            data.regions.iter().any(|r| &r.name == region)
+        .filter(|((region, cluster), rtt)| {
+            // A sample that is not a duration is left out rather than failing the table.
+            rtt.is_finite()
+                && **rtt >= 0.0
+                && data.regions.iter().any(|r| &r.name == region)
                 && data.clusters.iter().any(|c| &c.name == cluster)
         })
         .map(|((region, cluster), rtt)| RttSample {
@@ -332,6 +335,92 @@ pub fn next_table(
         data.version = 1;
     }
     RoutingTable::new(data).map(Some)
+}
+
+/// What [`next_table_contained`] set aside to publish the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Contained {
+    /// An app whose computed state broke a rule: it keeps what the previous table had for
+    /// it, or is left out when that had none (or that is no longer valid either).
+    App(Problem),
+    /// An RTT sample that broke a rule: dropped.
+    Rtt(Problem),
+}
+
+impl Contained {
+    /// The part, as a metric label.
+    pub fn part(&self) -> &'static str {
+        match self {
+            Contained::App(_) => "app",
+            Contained::Rtt(_) => "rtt",
+        }
+    }
+}
+
+/// The index `N` of a problem path that starts `PREFIX[N]`.
+fn index_in(path: &str, prefix: &str) -> Option<usize> {
+    let rest = path.strip_prefix(prefix)?.strip_prefix('[')?;
+    rest.split_once(']')?.0.parse().ok()
+}
+
+/// As [`next_table`], but a problem located in one app or one RTT sample does not fail the
+/// table for everyone: that app keeps its state of `prev` (or is left out), that sample is
+/// dropped, and the rest is published. `make` gives the computed data; it is called again
+/// (compute is pure) only when something had to be contained. Problems outside apps and
+/// samples still fail.
+pub fn next_table_contained(
+    prev: Option<&RoutingTable>,
+    make: impl Fn() -> TableData,
+) -> Result<(Option<RoutingTable>, Vec<Contained>), meridian_routing::TableError> {
+    use meridian_routing::TableError;
+    let problems = match next_table(prev, make()) {
+        Ok(table) => return Ok((table, Vec::new())),
+        Err(TableError::Invalid(problems)) => problems,
+        Err(other) => return Err(other),
+    };
+    let mut data = make();
+    let mut contained = Vec::new();
+    let mut problems = problems;
+    // Attempt 1 puts back the previous state of failing apps; attempt 2 leaves out any
+    // that still fail; attempt 3 must pass.
+    for attempt in 0..3 {
+        let mut apps = std::collections::BTreeSet::new();
+        let mut samples = std::collections::BTreeSet::new();
+        for p in &problems {
+            if let Some(i) = index_in(&p.path, "apps") {
+                apps.insert(i);
+                contained.push(Contained::App(p.clone()));
+            } else if let Some(i) = index_in(&p.path, "rtt") {
+                samples.insert(i);
+                contained.push(Contained::Rtt(p.clone()));
+            } else {
+                return Err(TableError::Invalid(problems));
+            }
+        }
+        for &i in samples.iter().rev() {
+            data.rtt.remove(i);
+        }
+        for &i in apps.iter().rev() {
+            let previous = prev.and_then(|p| {
+                p.apps()
+                    .iter()
+                    .find(|a| a.name == data.apps[i].name)
+                    .cloned()
+            });
+            match previous {
+                Some(app) if attempt == 0 => data.apps[i] = app,
+                _ => {
+                    data.apps.remove(i);
+                }
+            }
+        }
+        match next_table(prev, data.clone()) {
+            Ok(table) => return Ok((table, contained)),
+            Err(TableError::Invalid(more)) => problems = more,
+            Err(other) => return Err(other),
+        }
+    }
+    Err(TableError::Invalid(problems))
 }
 
 #[cfg(test)]
@@ -634,5 +723,58 @@ apps:
         assert_eq!(data.rtt.len(), 1);
         assert_eq!(data.rtt[0].rtt_ms, 4.0);
         RoutingTable::new(data).unwrap();
+    }
+
+    #[test]
+    fn one_bad_app_or_sample_is_contained_and_the_rest_published() {
+        let yaml = CONFIG.replace(
+            "apps:\n",
+            "apps:\n  - { name: blog, hostnames: [blog.test], failure_mode: fail-open, targets: [{ cluster: c1, weight: 10 }] }\n",
+        );
+        let cfg = meridian_config::parse(&yaml, std::path::Path::new("t.yaml"))
+            .unwrap()
+            .config;
+        let base = || cfg.base_table(1, 1000);
+        let prev = next_table(None, base()).unwrap().unwrap();
+        let (blog, shop) = (0, 1);
+        assert_eq!(prev.apps()[shop].name, "shop");
+        // shop's computed state breaks a rule, a sample is negative; blog changes validly.
+        let bad = || {
+            let mut data = base();
+            data.apps[shop].targets[0].health = Health::Draining { progress: 2.0 };
+            data.apps[blog].targets[0].weight = 5;
+            data.rtt.push(RttSample {
+                region: "eu".into(),
+                cluster: "c1".into(),
+                rtt_ms: -5000.0,
+            });
+            data
+        };
+        let (table, contained) = next_table_contained(Some(&prev), bad).unwrap();
+        let table = table.expect("blog's change is published");
+        assert_eq!(table.version(), 2);
+        assert_eq!(table.apps()[blog].targets[0].weight, 5);
+        assert_eq!(
+            table.apps()[shop],
+            prev.apps()[shop],
+            "shop keeps its last state"
+        );
+        assert!(table.data().rtt.is_empty());
+        let parts: Vec<&str> = contained.iter().map(Contained::part).collect();
+        assert_eq!(parts, ["app", "rtt"]);
+
+        // With no previous state to keep, the bad app is left out, the others go on.
+        let (table, _) = next_table_contained(None, bad).unwrap();
+        let table = table.unwrap();
+        let names: Vec<&str> = table.apps().iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["blog"]);
+
+        // A problem outside any app or sample still fails the compute.
+        let global = || {
+            let mut data = base();
+            data.clusters[0].region = "nowhere".into();
+            data
+        };
+        assert!(next_table_contained(Some(&prev), global).is_err());
     }
 }

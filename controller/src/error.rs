@@ -44,6 +44,9 @@ pub enum Error {
     /// A computed table failed validation; it is not published.
     #[error("computed table is invalid: {0}")]
     Table(#[from] meridian_routing::TableError),
+    /// A change was asked of a replica that does not lead.
+    #[error("this replica is not the leader; changes are made by the leader only")]
+    NotLeader,
     /// The HTTP listener could not be bound.
     #[error("binding {addr}: {error}")]
     Bind {

@@ -14,6 +14,7 @@
 //!
 //! - [`verdict`]: quorum across vantages and flap damping (pure).
 //! - [`compute`]: (config, overrides, verdicts, stats, now) → table data (pure).
+//! - [`intake`]: vantage reports checked where they enter (pure).
 //! - [`store`]: redb: overrides, audit log, failover history, last table.
 //! - [`publish`]: the current table and the watch streams.
 //! - [`api`]: the HTTP surface: `/api/v1/…`, `/openapi.json`, `/metrics`, `/livez`, `/readyz`.
@@ -27,6 +28,7 @@ pub mod capacity;
 pub mod client;
 pub mod compute;
 mod error;
+pub(crate) mod intake;
 pub mod kubernetes;
 pub mod leadership;
 pub mod metrics;
@@ -52,7 +54,7 @@ use tracing::{error, info, warn};
 
 pub use error::Error;
 
-use crate::compute::{Overrides, TrafficStats};
+use crate::compute::{Contained, Overrides, TrafficStats};
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::store::Store;
@@ -143,6 +145,8 @@ impl Inputs {
 #[derive(Debug)]
 pub(crate) struct Shared {
     inputs: RwLock<Arc<Inputs>>,
+    /// The controller's own vantage name: no report may speak for it.
+    pub(crate) vantage: String,
     pub(crate) opts: VerdictOptions,
     pub(crate) heartbeat: Duration,
     pub(crate) store: Store,
@@ -206,6 +210,15 @@ impl Shared {
 
     /// Records one vantage's observation.
     pub(crate) fn observe(&self, vantage: &str, region: Option<&str>, obs: &Observation) -> bool {
+        if !obs.latency_seconds.is_finite() || obs.latency_seconds < 0.0 {
+            // Reports are checked where they enter; whatever slips past is ignored here,
+            // never carried into a compute.
+            self.metrics
+                .samples_ignored
+                .with_label_values(&["latency"])
+                .inc();
+            return false;
+        }
         let labels = [obs.app.as_str(), obs.cluster.as_str(), vantage];
         let known = {
             let mut st = self.state();
@@ -269,30 +282,79 @@ impl Shared {
     /// Evaluates verdicts, computes the table and publishes it when it changed. Returns the
     /// current version.
     pub(crate) fn recompute(&self) -> Result<u64, Error> {
-        let _serial = self.compute_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.is_leader() || self.config_pending.load(Ordering::Acquire) {
-            // A follower publishes what it mirrors from the leader, nothing of its own; a
-            // controller waiting for its first config keeps serving the last table.
-            return Ok(self.publisher.current().map_or(0, |t| t.version()));
+        let serial = self.compute_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.recompute_locked(&serial, None)
+            .map(|(version, _)| version)
+    }
+
+    /// Applies an operator change to the overrides whole or not at all: `change` edits a
+    /// copy of them, the table is computed with the copy, and the overrides, the audit entry
+    /// and the table are stored in one transaction before any of it is published or put in
+    /// force. Returns the entry (numbered) and the table version that carries it.
+    pub(crate) fn change_overrides<E: From<Error>>(
+        &self,
+        change: impl FnOnce(&mut Overrides, u64) -> Result<store::AuditEntry, E>,
+    ) -> Result<(store::AuditEntry, u64), E> {
+        let serial = self.compute_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_leader() {
+            return Err(Error::NotLeader.into());
+        }
+        let mut next = self.state().overrides.clone();
+        let entry = change(&mut next, now_ms())?;
+        let (version, entry) = self.recompute_locked(&serial, Some((next, entry)))?;
+        let entry = entry.ok_or_else(|| Error::NotLeader)?;
+        Ok((entry, version))
+    }
+
+    /// The body of [`Self::recompute`], under the compute lock; with `change`, the new
+    /// overrides and their audit entry, committed together with the table they give.
+    fn recompute_locked(
+        &self,
+        _serial: &MutexGuard<'_, ()>,
+        change: Option<(Overrides, store::AuditEntry)>,
+    ) -> Result<(u64, Option<store::AuditEntry>), Error> {
+        let prev = self.publisher.current();
+        let current = prev.as_ref().map_or(0, |t| t.version());
+        if !self.is_leader() {
+            // A follower publishes what it mirrors from the leader, nothing of its own.
+            return match change {
+                Some(_) => Err(Error::NotLeader),
+                None => Ok((current, None)),
+            };
+        }
+        if self.config_pending.load(Ordering::Acquire) {
+            // Waiting for its first config, a controller keeps serving the last table; an
+            // operator change is stored and applies from the first compute.
+            let Some((overrides, entry)) = change else {
+                return Ok((current, None));
+            };
+            let entry = self.store.commit_change(&overrides, entry, None)?;
+            self.state().overrides = overrides;
+            return Ok((current, Some(entry)));
         }
         let now = now_ms();
-        let (changes, data, elapsed) = {
+        let inputs = self.inputs();
+        let (changes, built, elapsed) = {
             let mut st = self.state();
             let changes = st.verdicts.evaluate(now, &self.opts);
+            let start = Instant::now();
+            let st = &*st;
+            let overrides = change.as_ref().map_or(&st.overrides, |(o, _)| o);
             let stats = TrafficStats {
                 rtt_ms: st.rtt_ms.clone(),
             };
-            let start = Instant::now();
             let health = st.verdicts.inputs();
-            let data = compute::compute(
-                &self.inputs().config,
-                &st.overrides,
-                &health,
-                &stats,
-                &st.drain_gates,
-                now,
-            );
-            (changes, data, start.elapsed())
+            let built = compute::next_table_contained(prev.as_deref(), || {
+                compute::compute(
+                    &inputs.config,
+                    overrides,
+                    &health,
+                    &stats,
+                    &st.drain_gates,
+                    now,
+                )
+            });
+            (changes, built, start.elapsed())
         };
         for change in &changes {
             let state = if change.healthy {
@@ -313,20 +375,49 @@ impl Shared {
         if let Err(err) = self.store.append_history(&changes) {
             error!(error = %err, "could not record verdict changes in the history");
         }
-        let prev = self.publisher.current();
-        let Some(table) = compute::next_table(prev.as_deref(), data)? else {
-            return Ok(prev.map_or(0, |t| t.version()));
+        let (table, contained) = built?;
+        for c in &contained {
+            let (Contained::App(p) | Contained::Rtt(p)) = c;
+            warn!(part = c.part(), problem = %p, "contained a bad part of the computed table");
+            self.metrics
+                .compute_contained
+                .with_label_values(&[c.part()])
+                .inc();
+        }
+        let Some(table) = table else {
+            // Routing is unchanged; an operator change may still be (a weight equal to the
+            // configured one): it is stored all the same.
+            let entry = match change {
+                Some((overrides, entry)) => {
+                    let entry = self.store.commit_change(&overrides, entry, None)?;
+                    self.state().overrides = overrides;
+                    Some(entry)
+                }
+                None => None,
+            };
+            return Ok((current, entry));
         };
         self.metrics.compute_seconds.observe(elapsed.as_secs_f64());
         let table = Arc::new(table);
         // Encoded once, for the store and for every stream. Durable before it is published:
         // a restart serves at least this version.
         let line = Publisher::encode_line(&table);
-        self.store.save_table(&line[..line.len() - 1])?;
+        let encoded = &line[..line.len() - 1];
+        let entry = match change {
+            Some((overrides, entry)) => {
+                let entry = self.store.commit_change(&overrides, entry, Some(encoded))?;
+                self.state().overrides = overrides;
+                Some(entry)
+            }
+            None => {
+                self.store.save_table(encoded)?;
+                None
+            }
+        };
         self.metrics.table_version.set(table.version() as i64);
         self.metrics.table_bytes.set(line.len() as i64);
         self.publisher.publish(table.clone(), line);
-        Ok(table.version())
+        Ok((table.version(), entry))
     }
 }
 
@@ -470,6 +561,7 @@ impl Controller {
         };
         metrics.leader.set(i64::from(leadership.is_leader));
         let shared = Arc::new(Shared {
+            vantage: options.vantage.clone(),
             opts: VerdictOptions::from_config(section),
             heartbeat: section.heartbeat,
             store,
@@ -599,5 +691,91 @@ impl RunningController {
             let _ = server.await;
         }
         self.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+    use meridian_subscriber::http::ControllerClient;
+
+    const CONFIG: &str = r#"
+regions:
+  - { name: eu, location: { lat: 50.0, lon: 8.0 } }
+clusters:
+  - { name: c1, region: eu, provider: aws, endpoints: ["127.0.0.1:1"] }
+apps:
+  - name: shop
+    hostnames: [shop.test]
+    failure_mode: fail-open
+    targets:
+      - { cluster: c1, weight: 100 }
+controller:
+  listen: 127.0.0.1:0
+"#;
+
+    async fn get(client: &ControllerClient, path: &str) -> serde_json::Value {
+        let (_, body) = client.call(Method::GET, path, None).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_operator_write_leaves_no_trace() {
+        let loaded = meridian_config::parse(CONFIG, std::path::Path::new("t.yaml")).unwrap();
+        let ctl = Controller::start(
+            loaded,
+            ControllerOptions {
+                probe: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let client = ControllerClient::new(&ctl.url(), None).unwrap();
+        let version = ctl.table().unwrap().version();
+        let weight = "/api/v1/apps/shop/targets/c1/weight";
+
+        ctl.shared
+            .store
+            .fail_table_writes
+            .store(true, Ordering::SeqCst);
+        let response = client
+            .send(Method::PUT, weight, Some(br#"{"weight": 7}"#.to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        let response = client
+            .send(Method::POST, "/api/v1/clusters/c1/drain", None)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(
+            get(&client, "/api/v1/overrides").await,
+            serde_json::json!({ "weights": {}, "drains": {}, "undrains": {} })
+        );
+        assert_eq!(get(&client, "/api/v1/audit").await, serde_json::json!([]));
+        assert_eq!(ctl.table().unwrap().version(), version, "nothing published");
+        assert_eq!(ctl.table().unwrap().apps()[0].targets[0].weight, 100);
+
+        // The same write succeeds once the store does, and lands whole.
+        ctl.shared
+            .store
+            .fail_table_writes
+            .store(false, Ordering::SeqCst);
+        let (_, body) = client
+            .call(Method::PUT, weight, Some(br#"{"weight": 7}"#.to_vec()))
+            .await
+            .unwrap();
+        let change: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(change["audit"]["seq"], 1);
+        assert_eq!(change["table_version"], version + 1);
+        assert_eq!(ctl.table().unwrap().apps()[0].targets[0].weight, 7);
+        assert_eq!(
+            ctl.shared.store.last_table().unwrap().unwrap().version(),
+            version + 1,
+            "the table is stored with the change"
+        );
+        ctl.shutdown().await;
     }
 }

@@ -18,6 +18,12 @@ pub struct Metrics {
     pub verdict_changes: IntCounterVec,
     /// Current verdict per target (1 healthy, 0 not).
     pub verdict_healthy: IntGaugeVec,
+    /// Vantage reports refused whole, by reason (`invalid`, `forbidden-vantage`).
+    pub reports_refused: IntCounterVec,
+    /// Samples skipped without failing anything, by reason (`stale`, `latency`).
+    pub samples_ignored: IntCounterVec,
+    /// Problems a compute contained instead of failing, by part (`app`, `rtt`).
+    pub compute_contained: IntCounterVec,
     /// The version of the table being published.
     pub table_version: IntGauge,
     /// Time to compute a table, seconds.
@@ -83,6 +89,27 @@ impl Metrics {
                     "Current verdict: 1 healthy, 0 unhealthy",
                 ),
                 &["app", "cluster"],
+            )?,
+            reports_refused: IntCounterVec::new(
+                Opts::new(
+                    "meridian_reports_refused_total",
+                    "Vantage reports refused whole, by reason",
+                ),
+                &["reason"],
+            )?,
+            samples_ignored: IntCounterVec::new(
+                Opts::new(
+                    "meridian_samples_ignored_total",
+                    "Probe samples skipped without failing anything, by reason",
+                ),
+                &["reason"],
+            )?,
+            compute_contained: IntCounterVec::new(
+                Opts::new(
+                    "meridian_compute_contained_total",
+                    "Problems in a computed table contained to their part (an app keeps its last table, an RTT sample is dropped)",
+                ),
+                &["part"],
             )?,
             table_version: IntGauge::new(
                 "meridian_table_version",
@@ -178,6 +205,9 @@ impl Metrics {
         m.registry.register(Box::new(m.probe_latency.clone()))?;
         m.registry.register(Box::new(m.verdict_changes.clone()))?;
         m.registry.register(Box::new(m.verdict_healthy.clone()))?;
+        m.registry.register(Box::new(m.reports_refused.clone()))?;
+        m.registry.register(Box::new(m.samples_ignored.clone()))?;
+        m.registry.register(Box::new(m.compute_contained.clone()))?;
         m.registry.register(Box::new(m.table_version.clone()))?;
         m.registry.register(Box::new(m.compute_seconds.clone()))?;
         m.registry.register(Box::new(m.table_bytes.clone()))?;

@@ -57,6 +57,9 @@ pub struct HistoryEntry {
 pub struct Store {
     db: Database,
     name: String,
+    /// Tests make every write of a table fail, to show a failed change leaves no trace.
+    #[cfg(test)]
+    pub(crate) fail_table_writes: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -95,7 +98,12 @@ impl Store {
                 (db, "<memory>".to_string())
             }
         };
-        let store = Self { db, name };
+        let store = Self {
+            db,
+            name,
+            #[cfg(test)]
+            fail_table_writes: Default::default(),
+        };
         store.write("creating tables", |txn| {
             txn.open_table(STATE)?;
             txn.open_table(AUDIT)?;
@@ -160,17 +168,27 @@ impl Store {
         }
     }
 
-    /// Stores `overrides` and the audit entry of the change that made them, in one
-    /// transaction; returns the entry with its sequence number.
+    /// Stores `overrides`, the audit entry of the change that made them and the table that
+    /// carries them (wire format, when the change made a new one), in one transaction: all
+    /// land or none does. Returns the entry with its sequence number.
     pub fn commit_change(
         &self,
         overrides: &Overrides,
         mut entry: AuditEntry,
+        table: Option<&[u8]>,
     ) -> Result<AuditEntry, Error> {
+        #[cfg(test)]
+        if table.is_some() {
+            self.injected_failure("recording a change")?;
+        }
         let overrides = serde_json::to_vec(overrides).unwrap_or_default();
         self.write("recording a change", |txn| {
-            txn.open_table(STATE)?
-                .insert(KEY_OVERRIDES, overrides.as_slice())?;
+            let mut state = txn.open_table(STATE)?;
+            state.insert(KEY_OVERRIDES, overrides.as_slice())?;
+            if let Some(table) = table {
+                state.insert(KEY_TABLE, table)?;
+            }
+            drop(state);
             let mut audit = txn.open_table(AUDIT)?;
             entry.seq = audit.last()?.map_or(0, |(k, _)| k.value()) + 1;
             let bytes = serde_json::to_vec(&entry).unwrap_or_default();
@@ -191,8 +209,25 @@ impl Store {
         })
     }
 
+    #[cfg(test)]
+    fn injected_failure(&self, action: &'static str) -> Result<(), Error> {
+        if self
+            .fail_table_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Error::Store {
+                path: self.name.clone(),
+                action,
+                error: Box::new(redb::Error::Io(std::io::Error::other("injected failure"))),
+            });
+        }
+        Ok(())
+    }
+
     /// Stores a published table, given in the wire format (as `wire::encode` made it).
     pub fn save_table(&self, encoded: &[u8]) -> Result<(), Error> {
+        #[cfg(test)]
+        self.injected_failure("saving the table")?;
         self.write("saving the table", |txn| {
             txn.open_table(STATE)?.insert(KEY_TABLE, encoded)?;
             Ok(())
@@ -281,8 +316,17 @@ mod tests {
             let store = Store::open(Some(&dir)).unwrap();
             let mut o = Overrides::default();
             o.weights.insert("shop/c1".into(), 3);
-            assert_eq!(store.commit_change(&o, entry("set-weight")).unwrap().seq, 1);
-            assert_eq!(store.commit_change(&o, entry("drain")).unwrap().seq, 2);
+            assert_eq!(
+                store
+                    .commit_change(&o, entry("set-weight"), None)
+                    .unwrap()
+                    .seq,
+                1
+            );
+            assert_eq!(
+                store.commit_change(&o, entry("drain"), None).unwrap().seq,
+                2
+            );
         }
         let store = Store::open(Some(&dir)).unwrap();
         assert_eq!(store.overrides().unwrap().weights["shop/c1"], 3);

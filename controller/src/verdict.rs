@@ -28,6 +28,11 @@ pub struct VerdictOptions {
 }
 
 impl VerdictOptions {
+    /// How long a vote is kept (shown, and raising the quorum) after its observation.
+    pub fn forget_after_ms(&self) -> u64 {
+        self.vantage_ttl_ms.saturating_mul(FORGET_AFTER_TTLS)
+    }
+
     /// The options of a config's controller section.
     pub fn from_config(c: &meridian_config::controller::ControllerConfig) -> Self {
         Self {
@@ -248,7 +253,7 @@ impl Verdicts {
                 .iter_mut()
                 .map(move |(cluster, t)| (app, cluster, t))
         }) {
-            let forget = opts.vantage_ttl_ms.saturating_mul(FORGET_AFTER_TTLS);
+            let forget = opts.forget_after_ms();
             t.votes
                 .retain(|_, v| now_ms.saturating_sub(v.at_ms) <= forget);
             let known = t.votes.len() + usize::from(own.is_some_and(|o| !t.votes.contains_key(o)));

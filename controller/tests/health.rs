@@ -306,3 +306,69 @@ async fn a_subscriber_vantage_probes_what_it_is_assigned_and_reports() {
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reports_are_refused_and_the_next_failure_still_fails_over() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("bad-reports");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, true).await;
+    let http = client_for(&ctl);
+    let now = meridian_subscriber::probe::now_ms();
+    let observation = |latency: &str, at_ms: u64| {
+        format!(
+            r#"{{"vantage":"edge-a","region":"eu","observations":[{{"app":"shop","cluster":"c1",
+            "healthy":false,"last_ok":true,"latency_seconds":{latency},"detail":"","at_ms":{at_ms}}}]}}"#
+        )
+    };
+    let cases = [
+        ("-5", now, "observations[0].latency_seconds"),
+        ("1e9", now, "observations[0].latency_seconds"),
+        // JSON has no NaN or infinity; a number beyond f64 is the nearest a sender gets.
+        ("1e400", now, "observations[0].latency_seconds"),
+        ("0.001", now + 3_600_000, "observations[0].at_ms"),
+    ];
+    for (latency, at_ms, field) in cases {
+        let (status, body) = call(
+            &http,
+            Method::POST,
+            "/api/v1/reports",
+            Some(&observation(latency, at_ms)),
+        )
+        .await;
+        assert_eq!(status, 422, "{latency} at {at_ms}: {body}");
+        assert_eq!(body["field"], field, "{body}");
+    }
+    let (_, app) = call(&http, Method::GET, "/api/v1/apps/shop", None).await;
+    let votes = app["targets"][0]["verdict"]["votes"].as_array().unwrap();
+    assert!(
+        votes.iter().all(|v| v["vantage"] != "edge-a"),
+        "nothing of a refused report is recorded: {app}"
+    );
+    assert!(ctl.table().unwrap().data().rtt.is_empty());
+    // Operator writes still work, and so does the next real failure.
+    let (status, body) = call(&http, Method::POST, "/api/v1/clusters/c2/drain", None).await;
+    assert_eq!(status, 200, "{body}");
+    b1.stop();
+    let stopped = Instant::now();
+    wait_for(Duration::from_secs(3), || {
+        ctl.table()
+            .filter(|t| health_of(t, "shop", "c1") == Health::Unhealthy)
+    })
+    .await
+    .expect("c1 fails over");
+    let took = stopped.elapsed();
+    assert!(
+        took <= Duration::from_millis(2 * 110 + 80 + 200),
+        "took {took:?}"
+    );
+    let (_, metrics) = call(&http, Method::GET, "/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(r#"meridian_reports_refused_total{reason="invalid"} 4"#),
+        "{metrics}"
+    );
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
