@@ -9,52 +9,6 @@ use std::time::Duration;
 use meridian_config::proxy::{CertificateConfig, TlsConfig};
 use meridian_routing::{FailureMode, Health};
 use proxy_support::*;
-use rustls_pki_types::{CertificateDer, ServerName};
-
-/// A self-signed certificate for `names`, written as PEM files under `dir`.
-fn write_cert(dir: &std::path::Path, stem: &str, names: &[&str]) -> CertificateDer<'static> {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let generated = rcgen::generate_simple_self_signed(names).unwrap();
-    std::fs::write(dir.join(format!("{stem}.crt")), generated.cert.pem()).unwrap();
-    std::fs::write(
-        dir.join(format!("{stem}.key")),
-        generated.signing_key.serialize_pem(),
-    )
-    .unwrap();
-    generated.cert.der().clone()
-}
-
-/// Connects trusting only `trusted`, with SNI `name`; the negotiated ALPN protocol.
-async fn handshake(
-    addr: std::net::SocketAddr,
-    name: &'static str,
-    trusted: &CertificateDer<'static>,
-) -> Result<
-    (
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-        Vec<u8>,
-    ),
-    String,
-> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trusted.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from(name).unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let alpn = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
-    Ok((tls, alpn))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminates_tls_by_sni_and_reloads_certificates() {

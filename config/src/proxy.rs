@@ -40,6 +40,15 @@ fn default_upstream_timeout() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_upstream_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 
 /// The proxy process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,9 +74,10 @@ pub struct ProxyConfig {
     /// bodies are streamed and their requests are never retried.
     #[serde(default = "default_replay_buffer_bytes")]
     pub replay_buffer_bytes: u64,
-    /// Time a client has to send a whole request head (slowloris guard). The same timer
-    /// runs while a keep-alive connection waits for its next request, so it is also the
-    /// idle timeout of client connections.
+    /// Time a client has to send a whole request head (slowloris guard), counted from
+    /// the accept (after the TLS handshake, on the TLS listener): a connection that
+    /// completes no request head in time is closed. On HTTP/1.1 the same timer runs while a
+    /// keep-alive connection waits for its next request.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Time a client has to send a buffered request body, and the longest pause allowed
@@ -80,6 +90,21 @@ pub struct ProxyConfig {
     /// Time for one attempt to get the upstream's response head.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// A client connection with no request in flight and no byte moving for this long is
+    /// closed (HTTP/2 with GOAWAY). Each open connection holds about its buffers' memory
+    /// and one of `max_connections` until then.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest pause inside an upstream's response body; past it the upstream connection
+    /// is closed and the client's response cut off (a stalled upstream cannot hold a client
+    /// connection forever).
+    #[serde(default = "default_upstream_body_timeout", with = "humantime_serde")]
+    pub upstream_body_timeout: Duration,
+    /// An upgraded connection (WebSocket and the like) with no byte moving either way for
+    /// this long is closed. Applications that keep such connections open while quiet must
+    /// send pings more often than this.
+    #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
     /// On SIGTERM or shutdown, time in-flight requests get to finish.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -146,6 +171,9 @@ impl Default for ProxyConfig {
             connect_timeout: default_connect_timeout(),
             upstream_timeout: default_upstream_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            idle_timeout: default_idle_timeout(),
+            upstream_body_timeout: default_upstream_body_timeout(),
+            tunnel_idle_timeout: default_tunnel_idle_timeout(),
             retry: RetryConfig::default(),
             outlier: OutlierConfig::default(),
             affinity: None,
@@ -310,6 +338,17 @@ impl ProxyConfig {
                     self.replay_buffer_bytes, self.max_body_bytes
                 ),
             );
+        }
+        for (path, timeout) in [
+            ("proxy.header_timeout", self.header_timeout),
+            ("proxy.body_timeout", self.body_timeout),
+            ("proxy.idle_timeout", self.idle_timeout),
+            ("proxy.upstream_body_timeout", self.upstream_body_timeout),
+            ("proxy.tunnel_idle_timeout", self.tunnel_idle_timeout),
+        ] {
+            if timeout.is_zero() {
+                add(path, "must be longer than zero".to_string());
+            }
         }
         if self.retry.max_attempts == 0 {
             add("proxy.retry.max_attempts", "must be at least 1".to_string());

@@ -20,6 +20,7 @@ use meridian_subscriber::TableCell;
 
 use crate::framing::FramingWatch;
 use crate::headers::{self, Refusal};
+use crate::idle::{self, Activity, Tracked};
 use crate::metrics::{Metrics, class_index};
 use crate::pool::{Pooled, SendError};
 use crate::state::{AppRuntime, Registry, TableRuntime};
@@ -177,7 +178,9 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     framing: Arc<FramingWatch>,
     forwarded: Arc<headers::ForwardedFor>,
+    activity: Arc<Activity>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let _request = activity.request();
     let started = Instant::now();
     let _active = CountGuard::new(&shared.active);
     shared.metrics.active_requests.inc();
@@ -243,6 +246,10 @@ fn refuse(shared: &Shared, refusal: Refusal) -> Response<ProxyBody> {
 }
 
 /// How an attempt ended.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request on the stack; boxing the response would cost an allocation on the hot path"
+)]
 enum Attempt {
     /// No connection could be opened: nothing was sent, so any request may be replayed.
     Connect,
@@ -511,7 +518,7 @@ async fn forward(
                     head.extensions.remove::<hyper::upgrade::OnUpgrade>(),
                 ) {
                     (Some(client), Some(upstream)) => {
-                        tokio::spawn(tunnel(client, upstream));
+                        tokio::spawn(tunnel(client, upstream, shared.config.tunnel_idle_timeout));
                         head.headers.remove(header::TRANSFER_ENCODING);
                         (
                             Response::from_parts(head, Either::Right(Full::new(Bytes::new()))),
@@ -527,6 +534,7 @@ async fn forward(
             Some((Attempt::Response(response), target)) => {
                 let (mut head, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut head.headers);
+                let body = body.with_idle_timeout(shared.config.upstream_body_timeout);
                 (Response::from_parts(head, Either::Left(body)), Some(target))
             }
             Some((Attempt::Timeout, target)) => (
@@ -602,14 +610,28 @@ fn client_fault_response(shared: &Shared, fault: ClientFault) -> Response<ProxyB
     response
 }
 
-/// Joins an upgraded client connection to the upgraded upstream one until either closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Joins an upgraded client connection to the upgraded upstream one until either closes
+/// or no byte moves either way for `idle_timeout`.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle_timeout: Duration,
+) {
     match tokio::join!(client, upstream) {
         (Ok(client), Ok(upstream)) => {
-            let mut client = hyper_util::rt::TokioIo::new(client);
+            let activity = Arc::new(Activity::default());
+            let mut client = Tracked::new(hyper_util::rt::TokioIo::new(client), activity.clone());
             let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-            if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(%err, "upgraded connection ended with an error");
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(err) = copied {
+                        tracing::debug!(%err, "upgraded connection ended with an error");
+                    }
+                }
+                // Every byte either way passes the client side: counting there is enough.
+                () = idle::idle_for(&activity, idle_timeout) => {
+                    tracing::debug!(?idle_timeout, "upgraded connection idle; closing");
+                }
             }
         }
         (Err(err), _) | (_, Err(err)) => tracing::debug!(%err, "upgrade did not complete"),

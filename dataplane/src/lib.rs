@@ -32,6 +32,7 @@ mod forward;
 mod framing;
 mod h1;
 mod headers;
+mod idle;
 mod listener;
 mod metrics;
 mod pool;

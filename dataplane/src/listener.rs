@@ -1,12 +1,13 @@
 //! The client listener: accepts connections up to the configured maximum, serves HTTP/1.1
 //! and h2c on each (hyper-util's auto builder), and drains them on shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -14,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::forward::{Shared, handle};
 use crate::framing::{FramingWatch, Watched};
 use crate::headers::ForwardedFor;
+use crate::idle::{self, Activity, Quiet, Tracked};
 
 pub(crate) fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     let config = &shared.config;
@@ -41,8 +43,8 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = builder(&shared);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let max_connections = u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(max_connections as usize));
     loop {
         // Waiting for a free slot before accepting leaves excess clients in the kernel's
         // accept queue instead of accepting and dropping them.
@@ -70,83 +72,107 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let metrics = shared.metrics.connections.clone();
         metrics.inc();
-        let shared_conn = shared.clone();
-        let framing = Arc::new(FramingWatch::default());
-        match acceptor {
-            None => {
-                let io = TokioIo::new(Watched::new(stream, framing.clone()));
-                let forwarded = Arc::new(ForwardedFor::new(peer.ip(), "http"));
-                let service = service_fn(move |req| {
-                    handle(
-                        shared_conn.clone(),
-                        req,
-                        peer,
-                        framing.clone(),
-                        forwarded.clone(),
-                    )
-                });
-                let conn = graceful.watch(
-                    builder
-                        .serve_connection_with_upgrades(io, service)
-                        .into_owned(),
-                );
-                tokio::spawn(async move {
-                    if let Err(err) = conn.await {
-                        tracing::debug!(%peer, %err, "client connection ended with an error");
-                    }
-                    metrics.dec();
-                    drop(permit);
-                });
-            }
-            Some(acceptor) => {
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
-                let handshake_timeout = shared.config.header_timeout;
-                tokio::spawn(async move {
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_connection(stream, peer, "http", &builder, shared, stop).await,
+                Some(acceptor) => {
                     // The handshake is bounded like a request head: a slow client must not
                     // hold a connection slot.
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    let timeout = shared.config.header_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let io = TokioIo::new(Watched::new(tls, framing.clone()));
-                            let forwarded = Arc::new(ForwardedFor::new(peer.ip(), "https"));
-                            let service = service_fn(move |req| {
-                                handle(
-                                    shared_conn.clone(),
-                                    req,
-                                    peer,
-                                    framing.clone(),
-                                    forwarded.clone(),
-                                )
-                            });
-                            let conn = builder.serve_connection_with_upgrades(io, service);
-                            if let Err(err) = watcher.watch(conn.into_owned()).await {
-                                tracing::debug!(%peer, %err, "TLS client connection ended with an error");
-                            }
+                            serve_connection(tls, peer, "https", &builder, shared, stop).await;
                         }
                         Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    metrics.dec();
-                    drop(permit);
-                });
+                }
             }
-        }
+            metrics.dec();
+            drop(permit);
+        });
     }
     drop(listener);
     drop(tls);
     tracing::info!("proxy stopped accepting; finishing requests in flight");
+    // Every connection holds a slot until it ends: holding them all means all have ended.
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all client connections closed"),
+        _ = slots.acquire_many(max_connections) => tracing::info!("all client connections closed"),
         _ = tokio::time::sleep(shared.config.shutdown_grace) => {
             tracing::warn!(grace = ?shared.config.shutdown_grace, "shutdown grace period over; closing remaining connections");
         }
     }
 }
 
+/// Serves one client connection until it closes. It is closed at once when it completes
+/// no request head within the header timeout, and gracefully (after the response in
+/// flight; GOAWAY on HTTP/2) when it sits idle or the proxy stops.
+async fn serve_connection<T>(
+    io: T,
+    peer: SocketAddr,
+    proto: &'static str,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let framing = Arc::new(FramingWatch::default());
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Tracked::new(
+        Watched::new(io, framing.clone()),
+        activity.clone(),
+    ));
+    let forwarded = Arc::new(ForwardedFor::new(peer.ip(), proto));
+    let (header_timeout, idle_timeout) = (shared.config.header_timeout, shared.config.idle_timeout);
+    let watched = activity.clone();
+    let service = service_fn(move |req| {
+        handle(
+            shared.clone(),
+            req,
+            peer,
+            framing.clone(),
+            forwarded.clone(),
+            activity.clone(),
+        )
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let quiet = idle::watch(&watched, header_timeout, idle_timeout);
+    let mut quiet = std::pin::pin!(quiet);
+    let mut closing = false;
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            why = quiet.as_mut(), if !closing => match why {
+                Quiet::Silent => {
+                    tracing::debug!(%peer, "no request head within the header timeout; closing");
+                    return;
+                }
+                Quiet::Idle => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            },
+            _ = stopped(&mut stop), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, %err, "client connection ended with an error");
+    }
+}
+
 /// Accepts on the TLS listener; never resolves when there is none.
 async fn accept_tls(
     tls: &Option<(TcpListener, TlsAcceptor)>,
-) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match tls {
         Some((listener, _)) => listener.accept().await,
         None => std::future::pending().await,

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 
 use crate::forward::UpstreamBody;
 use crate::h1;
+use crate::idle::IdleTimer;
 
 /// The error a response body read can end with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -171,7 +172,7 @@ impl Endpoint {
                     endpoint: self.clone(),
                 },
             };
-            return Ok(response.map(|()| Pooled { inner: body }));
+            return Ok(response.map(|()| Pooled::new(body)));
         }
     }
 
@@ -239,7 +240,7 @@ impl Endpoint {
                     {
                         release(sender, endpoint);
                     }
-                    return Ok(Response::from_parts(head, Pooled { inner }));
+                    return Ok(Response::from_parts(head, Pooled::new(inner)));
                 }
                 Err(mut err) => match err.take_message() {
                     // Not sent: a stale pooled connection; try again on another.
@@ -258,6 +259,32 @@ impl Endpoint {
 /// end. Dropped earlier, it closes the connection (its framing state is unknown).
 pub struct Pooled {
     inner: Inner,
+    /// Cuts the body off when the upstream pauses too long; none for a body in memory.
+    idle: Option<IdleTimer>,
+}
+
+impl Pooled {
+    fn new(inner: Inner) -> Self {
+        Pooled { inner, idle: None }
+    }
+
+    /// Ends the body with an error, closing its connection, when the upstream sends
+    /// nothing for `timeout`.
+    pub(crate) fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        if !matches!(self.inner, Inner::Ready(_)) {
+            self.idle = Some(IdleTimer::new(timeout));
+        }
+        self
+    }
+
+    /// Forgets the connection: it will not go back to the pool.
+    fn abandon(&mut self) {
+        match &mut self.inner {
+            Inner::Hyper { sender, .. } => *sender = None,
+            Inner::Direct { conn, .. } => *conn = None,
+            Inner::Ready(_) => {}
+        }
+    }
 }
 
 enum Inner {
@@ -292,6 +319,34 @@ impl Body for Pooled {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = self.poll_inner(cx);
+        let this = self.get_mut();
+        if let Some(idle) = &mut this.idle {
+            if polled.is_ready() {
+                idle.progress();
+            } else if idle.poll_expired(cx) {
+                this.abandon();
+                this.inner = Inner::Ready(None);
+                return Poll::Ready(Some(Err("upstream response body stalled".into())));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Pooled {
+    fn poll_inner(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.inner {
@@ -338,9 +393,11 @@ impl Body for Pooled {
             }
         }
     }
+}
 
+impl Inner {
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
+        match self {
             Inner::Hyper { body, .. } => body.is_end_stream(),
             Inner::Ready(data) => data.is_none(),
             Inner::Direct { conn, reader, .. } => conn.is_none() || reader.is_done(),
@@ -348,7 +405,7 @@ impl Body for Pooled {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
+        match self {
             Inner::Hyper { body, .. } => body.size_hint(),
             Inner::Ready(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Inner::Direct { reader, .. } => match reader.remaining() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
 
+use crate::idle::IdleTimer;
 use crate::pool::BodyError;
 
 /// How the client broke its request body.
@@ -93,10 +93,7 @@ pub(crate) struct Upload {
     inner: Incoming,
     /// Bytes the client may still send.
     left: u64,
-    idle: Duration,
-    /// Armed while the client owes the next frame; created on the first wait.
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    idle: IdleTimer,
     state: Arc<UploadState>,
 }
 
@@ -106,9 +103,7 @@ impl Upload {
         let upload = Upload {
             inner,
             left: limit,
-            idle,
-            timer: None,
-            armed: false,
+            idle: IdleTimer::new(idle),
             state: state.clone(),
         };
         (upload, state)
@@ -135,7 +130,7 @@ impl Body for Upload {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.armed = false;
+                this.idle.progress();
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.left {
@@ -154,15 +149,7 @@ impl Body for Upload {
                 Poll::Ready(Some(Err(Box::new(err))))
             }
             Poll::Pending => {
-                let deadline = Instant::now() + this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if !this.armed {
-                    timer.as_mut().reset(deadline);
-                    this.armed = true;
-                }
-                if timer.as_mut().poll(cx).is_ready() {
+                if this.idle.poll_expired(cx) {
                     return this.fail(SLOW, "request body not received in time");
                 }
                 Poll::Pending

@@ -452,3 +452,52 @@ pub async fn read_head(stream: &mut tokio::net::TcpStream, limit: Duration) -> (
         }
     }
 }
+
+/// A self-signed certificate for `names`, written as PEM files under `dir`.
+pub fn write_cert(
+    dir: &std::path::Path,
+    stem: &str,
+    names: &[&str],
+) -> rustls_pki_types::CertificateDer<'static> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let generated = rcgen::generate_simple_self_signed(names).unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), generated.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{stem}.key")),
+        generated.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    generated.cert.der().clone()
+}
+
+/// Connects trusting only `trusted`, with SNI `name`; the negotiated ALPN protocol.
+pub async fn handshake(
+    addr: SocketAddr,
+    name: &'static str,
+    trusted: &rustls_pki_types::CertificateDer<'static>,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+    ),
+    String,
+> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(rustls_pki_types::ServerName::try_from(name).unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let alpn = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
+    Ok((tls, alpn))
+}
