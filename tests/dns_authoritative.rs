@@ -390,7 +390,7 @@ fn any_is_answered_minimally() {
         Opts::default(),
     );
     assert_authoritative(&reply, ResponseCode::NoError);
-    assert_eq!(reply.answers.len(), 1, "one RRset, one record (RFC 8482)");
+    assert_eq!(reply.answers.len(), 1, "one RRset: the SOA (RFC 8482)");
     let app = udp(
         server.addr(),
         "pay.example.test.",
@@ -520,6 +520,12 @@ fn axfr_to_allowed_secondaries_only() {
         .filter(|l| l.starts_with("shop.example.test."))
         .collect();
     assert_eq!(shop.len(), 3, "127.0.1.1, ::1 and 127.0.3.1: {shop:?}");
+    // So does the wildcard name (a secondary would answer NXDOMAIN below it otherwise).
+    let wildcard: Vec<&str> = xfr
+        .lines()
+        .filter(|l| l.starts_with("*.shop.example.test."))
+        .collect();
+    assert_eq!(wildcard.len(), 3, "{wildcard:?}");
 
     // Not on the list: refused. Over UDP: refused.
     let refused = Server::start(&CONFIG.replace("dns:\n", "dns:\n  axfr_allow: [192.0.2.0/24]\n"));

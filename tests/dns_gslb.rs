@@ -119,27 +119,30 @@ fn geo_answers_by_client_subnet_with_scope() {
     let server = Server::start(CONFIG);
     let maps = |opts| udp(server.addr(), "maps.example.test.", RecordType::A, opts);
 
-    // us-east by the /24 override: us1, scope 24.
+    // us-east by the /24 override: us1, scope 25 (its upper half is the /25 override's).
     let us = maps(with_ecs("198.51.100.0", 24));
     assert_eq!(addrs(&us)[0], ip("127.0.3.1"));
-    assert_eq!(ecs(&us), Some((ip("198.51.100.0"), 24, 24)));
+    assert_eq!(ecs(&us), Some((ip("198.51.100.0"), 24, 25)));
     // The more specific /25 override inside it: eu-west → eu2, scope 25.
     let eu = maps(with_ecs("198.51.100.128", 25));
     assert_eq!(addrs(&eu)[0], ip("127.0.1.2"));
     assert_eq!(ecs(&eu), Some((ip("198.51.100.128"), 25, 25)));
-    // A /32 source placed by a /24 override: scope 24 (what the answer depends on).
+    // A /32 source placed by the /24 override: scope 25, not 24, since the other half of
+    // the /24 is the /25 override's (a resolver must not hand this answer to it).
     let host = maps(with_ecs("198.51.100.7", 32));
     assert_eq!(addrs(&host)[0], ip("127.0.3.1"));
-    assert_eq!(ecs(&host).map(|e| e.2), Some(24));
-    // The /25 override narrower than a /24 source: scope capped at the source prefix.
+    assert_eq!(ecs(&host).map(|e| e.2), Some(25));
+    // A /23 source over both: the scope is longer than the source (RFC 7871 §7.2.1), so
+    // the resolver keeps the answer for the /25 it holds for, not the whole /23.
     let wide = maps(with_ecs("198.51.100.0", 23));
-    assert_eq!(ecs(&wide).map(|e| (e.1, e.2)), Some((23, 23)));
+    assert_eq!(ecs(&wide).map(|e| (e.1, e.2)), Some((23, 25)));
     // eu-west by 192.0.2.0/24.
     let ie = maps(with_ecs("192.0.2.0", 24));
     assert_eq!(addrs(&ie)[0], ip("127.0.1.2"));
-    // A private ECS address falls back to the resolver's address: scope 0, echo kept.
+    // A private ECS address no override maps falls back to the resolver's address; the
+    // answer is scoped to the client's own network, so a cache never gives it to others.
     let private = maps(with_ecs("10.1.2.0", 24));
-    assert_eq!(ecs(&private), Some((ip("10.1.2.0"), 24, 0)));
+    assert_eq!(ecs(&private), Some((ip("10.1.2.0"), 24, 24)));
     // An answer that does not depend on location: scope 0.
     let shop = udp(
         server.addr(),
@@ -162,16 +165,17 @@ fn geo_answers_by_client_subnet_with_scope() {
     });
     assert!(plain.edns.is_some());
     assert_eq!(ecs(&plain), None);
-    // IPv6 ECS with an unknown location: the answer holds for the source network only.
+    // IPv6 ECS with an unknown location: no IPv6 override exists, so every IPv6 client
+    // gets this answer; scope 1, never 0, which resolvers would cache for IPv4 clients too.
     let v6 = maps(with_ecs("2001:db8:1::", 48));
-    assert_eq!(ecs(&v6), Some((ip("2001:db8:1::"), 48, 48)));
+    assert_eq!(ecs(&v6), Some((ip("2001:db8:1::"), 48, 1)));
 
     // kdig shows the same echo and scope.
     let text = kdig(
         server.addr(),
         &["+subnet=198.51.100.0/24", "maps.example.test", "A"],
     );
-    assert!(text.contains("CLIENT-SUBNET: 198.51.100.0/24/24"), "{text}");
+    assert!(text.contains("CLIENT-SUBNET: 198.51.100.0/24/25"), "{text}");
     assert!(text.contains("127.0.3.1"), "{text}");
     let text = kdig(
         server.addr(),
@@ -217,8 +221,8 @@ fn geo_from_mmdb_files_in_both_layouts() {
     assert_eq!(addrs(&us)[0], ip("127.0.3.1"), "US by the GeoIP2 layout");
     assert_eq!(
         ecs(&us).map(|e| e.2),
-        Some(24),
-        "scope = the database network's prefix"
+        Some(25),
+        "the database's /24, narrowed to the half without the /25 override"
     );
     let ie = maps(with_ecs("2001:db8:100::", 56));
     assert_eq!(addrs(&ie)[0], ip("127.0.1.2"), "IE by the flat layout");
@@ -227,4 +231,27 @@ fn geo_from_mmdb_files_in_both_layouts() {
     let over = maps(with_ecs("203.0.113.200", 32));
     assert_eq!(addrs(&over)[0], ip("127.0.1.2"));
     assert_eq!(ecs(&over).map(|e| e.2), Some(25));
+}
+
+#[test]
+fn configured_subnets_place_private_ecs_addresses() {
+    // On-premises clients behind a resolver that forwards their private address.
+    let server = Server::start(&CONFIG.replace(
+        "    - { cidr: 192.0.2.0/24, region: eu-west }\n",
+        "    - { cidr: 192.0.2.0/24, region: eu-west }\n    - { cidr: 10.0.0.0/8, region: us-east }\n    - { cidr: 100.64.0.0/10, region: eu-west }\n    - { cidr: \"fc00::/7\", region: us-east }\n",
+    ));
+    let maps = |opts| udp(server.addr(), "maps.example.test.", RecordType::A, opts);
+    let onprem = maps(with_ecs("10.20.30.0", 24));
+    assert_eq!(addrs(&onprem)[0], ip("127.0.3.1"), "us-east by 10.0.0.0/8");
+    assert_eq!(ecs(&onprem).map(|e| e.2), Some(8));
+    let cgnat = maps(with_ecs("100.64.5.0", 24));
+    assert_eq!(
+        addrs(&cgnat)[0],
+        ip("127.0.1.2"),
+        "eu-west by 100.64.0.0/10"
+    );
+    assert_eq!(ecs(&cgnat).map(|e| e.2), Some(10));
+    let ula = maps(with_ecs("fd12:3456::", 48));
+    assert_eq!(addrs(&ula)[0], ip("127.0.3.1"), "us-east by fc00::/7");
+    assert_eq!(ecs(&ula).map(|e| e.2), Some(7));
 }

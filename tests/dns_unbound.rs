@@ -132,3 +132,51 @@ fn unbound_resolves_app_names_and_sees_the_geo_answer_per_subnet() {
         "{docs:?}"
     );
 }
+
+#[test]
+fn a_private_client_subnet_does_not_poison_the_resolvers_cache() {
+    // 10.0.0.0/8 is an on-premises network placed in us-east; 172.16.0.0/12 is placed
+    // nowhere. Whatever a private client gets, the next public clients get their own answer.
+    let config = CONFIG.replace(
+        "    - { cidr: 192.0.2.0/24, region: eu-west }\n",
+        "    - { cidr: 192.0.2.0/24, region: eu-west }\n    - { cidr: 10.0.0.0/8, region: us-east }\n",
+    );
+    let server = Server::start(&config);
+    let dir = Scratch::new("dns-unbound-private");
+    let (_unbound, resolver) = start_unbound(&dir, server.addr());
+    let first = |subnet: &str| -> Option<String> {
+        kdig(
+            resolver,
+            &[
+                "+short",
+                &format!("+subnet={subnet}"),
+                "maps.example.test",
+                "A",
+            ],
+        )
+        .lines()
+        .map(|l| l.trim().to_string())
+        .find(|l| !l.is_empty())
+    };
+    assert_eq!(
+        first("10.20.30.4/32").as_deref(),
+        Some("127.0.3.1"),
+        "on-prem: us-east"
+    );
+    assert_eq!(
+        first("192.0.2.0/24").as_deref(),
+        Some("127.0.1.2"),
+        "public eu-west client"
+    );
+    let _ = first("172.16.5.0/24");
+    assert_eq!(
+        first("192.0.2.0/24").as_deref(),
+        Some("127.0.1.2"),
+        "still eu-west"
+    );
+    assert_eq!(
+        first("198.51.100.0/24").as_deref(),
+        Some("127.0.3.1"),
+        "public us-east client"
+    );
+}

@@ -1,6 +1,6 @@
 //! The DNS server's section: where it listens, how many addresses an answer carries, its
-//! worker threads, TCP limits, response rate limiting and the admin (health, metrics)
-//! listener.
+//! worker threads, TCP limits and timeouts, response rate limiting (on by default) and the
+//! admin (health, metrics) listener.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +20,15 @@ fn default_tcp_idle_timeout() -> Duration {
 fn default_tcp_max_connections() -> usize {
     256
 }
+fn default_tcp_max_connections_per_client() -> usize {
+    16
+}
+fn default_tcp_write_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_rate() -> u32 {
+    200
+}
 fn default_slip() -> u32 {
     2
 }
@@ -31,21 +40,34 @@ pub struct DnsConfig {
     /// UDP and TCP listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// More UDP and TCP listeners served the same way, e.g. the IPv6 address beside an
+    /// IPv4 `listen` (each its own sockets; a port of 0 picks a free port per address).
+    #[serde(default)]
+    pub also_listen: Vec<SocketAddr>,
     /// Addresses per GSLB answer (each from a different target, in selection order).
     #[serde(default = "default_max_answers")]
     pub max_answers: usize,
     /// UDP worker threads, each with its own SO_REUSEPORT socket; one per core when unset.
     #[serde(default)]
     pub udp_workers: Option<usize>,
-    /// A TCP connection with no query for this long is closed.
+    /// Each query on a TCP connection must arrive whole within this long of the connection's
+    /// start or of the previous answer; else the connection is closed. Bytes trickling in
+    /// do not extend it.
     #[serde(default = "default_tcp_idle_timeout", with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
-    /// TCP connections served at once; more are closed on accept.
+    /// A TCP client that does not take an answer within this long is disconnected.
+    #[serde(default = "default_tcp_write_timeout", with = "humantime_serde")]
+    pub tcp_write_timeout: Duration,
+    /// TCP connections served at once; more are closed on accept. The last quarter is kept
+    /// for client addresses that hold no connection yet.
     #[serde(default = "default_tcp_max_connections")]
     pub tcp_max_connections: usize,
-    /// Response rate limiting per client /24 (/56); off when unset.
+    /// TCP connections one client address (IPv6: one /64) may hold at once.
+    #[serde(default = "default_tcp_max_connections_per_client")]
+    pub tcp_max_connections_per_client: usize,
+    /// Response rate limiting per client /24 (/56) over UDP; on by default.
     #[serde(default)]
-    pub rrl: Option<RrlConfig>,
+    pub rrl: RrlConfig,
     /// HTTP listener for `/livez`, `/readyz` and `/metrics`; none when unset.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
@@ -54,26 +76,46 @@ pub struct DnsConfig {
     pub axfr_allow: Vec<IpNet>,
 }
 
-/// Response rate limiting.
+/// Response rate limiting, as NSD does it by default: it keeps the server from being used
+/// to flood a spoofed source, at a rate no single resolver network reaches in normal use.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RrlConfig {
-    /// Responses per second per client network.
+    /// Responses per second per client network; 0 turns rate limiting off.
+    #[serde(default = "default_rate")]
     pub rate: u32,
-    /// Every `slip`-th limited response is sent truncated instead of dropped (0: never).
+    /// Every `slip`-th limited response is sent truncated instead of dropped (0: never), so
+    /// a real client behind a spoofed flood can retry over TCP.
     #[serde(default = "default_slip")]
     pub slip: u32,
+    /// Client networks never limited: the resolvers you know send you a lot (a large
+    /// ISP's or a public resolver's ranges), monitoring, a local resolver.
+    #[serde(default)]
+    pub exempt: Vec<IpNet>,
+}
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        RrlConfig {
+            rate: default_rate(),
+            slip: default_slip(),
+            exempt: Vec::new(),
+        }
+    }
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
             listen: default_listen(),
+            also_listen: Vec::new(),
             max_answers: default_max_answers(),
             udp_workers: None,
             tcp_idle_timeout: default_tcp_idle_timeout(),
+            tcp_write_timeout: default_tcp_write_timeout(),
             tcp_max_connections: default_tcp_max_connections(),
-            rrl: None,
+            tcp_max_connections_per_client: default_tcp_max_connections_per_client(),
+            rrl: RrlConfig::default(),
             admin_listen: None,
             axfr_allow: Vec::new(),
         }

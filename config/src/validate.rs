@@ -130,6 +130,8 @@ fn zones(config: &Config, p: &mut Problems) {
                 .map(|h| (normalize_host(h), a.name.as_str()))
         })
         .collect();
+    // Every CNAME of every zone: owner → (its record's path, target), for loops.
+    let mut cnames: HashMap<String, (String, String)> = HashMap::new();
     for (i, zone) in config.zones.iter().enumerate() {
         let path = format!("zones[{i}]");
         let apex = match normalize_name(&zone.name) {
@@ -179,8 +181,14 @@ fn zones(config: &Config, p: &mut Problems) {
                     continue;
                 }
             };
-            if let Err(message) = record.data() {
-                p.add(format!("{rpath}.value"), message);
+            match record.data() {
+                Err(message) => p.add(format!("{rpath}.value"), message),
+                Ok(crate::zone::RecordData::Cname(target)) => {
+                    if let Some(target) = normalize_name(&target) {
+                        cnames.insert(owner.clone(), (rpath.clone(), target));
+                    }
+                }
+                Ok(_) => {}
             }
             if let Some(app) = app_hosts.get(&owner) {
                 p.add(
@@ -233,6 +241,7 @@ fn zones(config: &Config, p: &mut Problems) {
             }
         }
     }
+    cname_loops(&cnames, p);
     if !apexes.is_empty() {
         for (i, app) in config.apps.iter().enumerate() {
             for (j, host) in app.hostnames.iter().enumerate() {
@@ -264,6 +273,56 @@ fn geo_databases(config: &Config, file: &Path, p: &mut Problems) {
     }
 }
 
+/// A CNAME chain that comes back to itself never ends in an answer: every resolver gives up
+/// on it. Reported once per loop, at its record that comes first in the file.
+fn cname_loops(cnames: &HashMap<String, (String, String)>, p: &mut Problems) {
+    let mut reported: HashSet<&str> = HashSet::new();
+    let mut owners: Vec<&String> = cnames.keys().collect();
+    owners.sort();
+    for start in owners {
+        let mut chain: Vec<&str> = vec![start];
+        let mut at = start.as_str();
+        while let Some((_, target)) = cnames.get(at) {
+            if let Some(pos) = chain.iter().position(|n| n == target) {
+                let cycle = &chain[pos..];
+                if cycle.iter().any(|n| reported.contains(n)) {
+                    break;
+                }
+                reported.extend(cycle.iter().copied());
+                // The record that comes first in the file (paths compare in file order
+                // within a zone; zones in order).
+                let first = cycle
+                    .iter()
+                    .min_by_key(|n| record_order(&cnames[**n].0))
+                    .copied()
+                    .unwrap_or(start);
+                let at_first = cycle.iter().position(|n| *n == first).unwrap_or(0);
+                let mut names: Vec<&str> = cycle[at_first..].to_vec();
+                names.extend_from_slice(&cycle[..at_first]);
+                names.push(first);
+                p.add(
+                    format!("{}.value", cnames[first].0),
+                    format!("CNAME loop: {}", names.join(" → ")),
+                );
+                break;
+            }
+            chain.push(target);
+            at = target;
+        }
+    }
+}
+
+/// (zone, record) indexes of a path `zones[i].records[j]`, for ordering.
+fn record_order(path: &str) -> (usize, usize) {
+    let mut numbers = path
+        .split(['[', ']'])
+        .filter_map(|part| part.parse::<usize>().ok());
+    (
+        numbers.next().unwrap_or(usize::MAX),
+        numbers.next().unwrap_or(usize::MAX),
+    )
+}
+
 fn listeners(config: &Config, p: &mut Problems) {
     let listeners: [(&str, SocketAddr); 3] = [
         ("controller.listen", config.controller.listen),
@@ -275,6 +334,43 @@ fn listeners(config: &Config, p: &mut Problems) {
         if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
             p.add(*name, format!("{addr} is also {other}"));
             p.add(*other, format!("{addr} is also {name}"));
+        }
+    }
+    for (i, addr) in config.dns.also_listen.iter().enumerate() {
+        let taken = listeners
+            .iter()
+            .map(|(name, a)| (name.to_string(), a))
+            .chain(
+                config.dns.also_listen[..i]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| (format!("dns.also_listen[{j}]"), a)),
+            )
+            .find(|(_, a)| *a == addr && addr.port() != 0);
+        if let Some((other, _)) = taken {
+            p.add(
+                format!("dns.also_listen[{i}]"),
+                format!("{addr} is also {other}"),
+            );
+        }
+    }
+    for (field, value) in [
+        ("dns.tcp_max_connections", config.dns.tcp_max_connections),
+        (
+            "dns.tcp_max_connections_per_client",
+            config.dns.tcp_max_connections_per_client,
+        ),
+    ] {
+        if value == 0 {
+            p.add(field, "must be at least 1");
+        }
+    }
+    for (field, value) in [
+        ("dns.tcp_idle_timeout", config.dns.tcp_idle_timeout),
+        ("dns.tcp_write_timeout", config.dns.tcp_write_timeout),
+    ] {
+        if value.is_zero() {
+            p.add(field, "must be longer than 0s");
         }
     }
     if config.dns.udp_workers == Some(0) {

@@ -81,6 +81,10 @@ const CASES: &[(&str, &str)] = &[
         r#"cname-and-other-data.yaml:19:17: zones[0].records[1].name: "ns1.example.com" has a CNAME and other records"#,
     ),
     (
+        "cname-loop.yaml",
+        "cname-loop.yaml:20:40: zones[0].records[2].value: CNAME loop: a.example.com → b.example.com → c.example.com → a.example.com",
+    ),
+    (
         "cname-at-apex.yaml",
         "cname-at-apex.yaml:19:28: zones[0].records[1].type: a CNAME cannot be at the zone apex",
     ),

@@ -20,8 +20,9 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use meridian_routing::geo::RegionMatch;
-use meridian_routing::{AppId, Client, NoTarget, Pick, Policy, Reason, RoutingTable, TargetSet};
+use meridian_routing::{
+    AppId, Client, NoTarget, Pick, Policy, Reason, RegionId, RoutingTable, TargetSet,
+};
 use meridian_subscriber::TableCell;
 
 use crate::axfr::AxfrAcl;
@@ -36,8 +37,11 @@ use crate::wire::{
 
 /// Longest CNAME chain followed inside our zones.
 const MAX_CHAIN: usize = 8;
-/// Largest query accepted: a standard query with EDNS fits in a few hundred bytes.
-pub const MAX_QUERY: usize = 512;
+/// Largest UDP query answered: with EDNS a query may exceed 512 bytes (padding, cookies,
+/// long names with options), as NSD and Knot accept; without EDNS it may not (RFC 1035).
+pub const MAX_QUERY: usize = 4096;
+/// Largest UDP query without EDNS.
+const MAX_PLAIN_QUERY: usize = 512;
 
 /// How a query arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +110,12 @@ struct Sections {
     ar: u16,
     /// The ECS scope for the echo, when the answer used the client's subnet.
     scope: u8,
+    /// Where the additional section starts in the response: it is the first thing given
+    /// up when the response does not fit (RFC 2181 §9).
+    additional_at: usize,
+    /// The additional section is a referral's glue, which must be complete or the response
+    /// truncated (RFC 9471).
+    glue_required: bool,
 }
 
 impl Sections {
@@ -117,32 +127,53 @@ impl Sections {
             ns: 0,
             ar: 0,
             scope: 0,
+            additional_at: 0,
+            glue_required: false,
         }
     }
 }
 
 /// Additional records to write after the answer and authority sections: an owner pointer
-/// target and a body.
+/// target and a body. The first few are kept inline, so an ordinary answer allocates
+/// nothing; a referral with many glue records spills over.
 struct Additional<'a> {
-    items: [(usize, &'a [u8]); 16],
+    inline: [(usize, &'a [u8]); 16],
     len: usize,
+    spill: Vec<(usize, &'a [u8])>,
 }
 
 impl<'a> Additional<'a> {
     fn new() -> Self {
         Additional {
-            items: [(0, &[]); 16],
+            inline: [(0, &[]); 16],
             len: 0,
+            spill: Vec::new(),
         }
     }
+
     fn push(&mut self, owner_at: usize, body: &'a [u8]) {
-        if self.len < self.items.len() && owner_at < 0x4000 {
-            self.items[self.len] = (owner_at, body);
-            self.len += 1;
+        if owner_at >= 0x4000 {
+            return;
         }
+        if self.len < self.inline.len() {
+            self.inline[self.len] = (owner_at, body);
+            self.len += 1;
+        } else {
+            self.spill.push((owner_at, body));
+        }
+    }
+
+    /// Writes every record after what `out` holds; returns how many.
+    fn write(&self, out: &mut Vec<u8>) -> u16 {
+        let items = self.inline[..self.len].iter().chain(&self.spill);
+        let mut n = 0;
+        for &(at, body) in items {
+            write_rr(out, at, body);
+            n += 1;
+        }
+        n
     }
 }
-
 fn write_rr(out: &mut Vec<u8>, owner_at: usize, body: &[u8]) {
     out.extend_from_slice(&pointer(owner_at));
     out.extend_from_slice(body);
@@ -263,14 +294,19 @@ impl Handler {
                 for at in [4, 6, 8, 10] {
                     set_u16(out, at, 0);
                 }
-                if edns.is_some() {
-                    push_opt(out, rc, None);
+                // With an OPT in the query, the error carries one too (RFC 6891 §7).
+                if let Some(e) = edns {
+                    push_opt(out, rc, e.dnssec_ok, None);
                     set_u16(out, 10, 1);
                 }
                 m.count(0, rc);
                 return Action::Send;
             }
             Outcome::Ok => {}
+        }
+        if transport == Transport::Udp && q.edns.is_none() && packet.len() > MAX_PLAIN_QUERY {
+            m.dropped.fetch_add(1, Ordering::Relaxed);
+            return Action::Drop;
         }
         let snap = &**snapshot;
         let limit = match (transport, q.edns) {
@@ -291,6 +327,8 @@ impl Handler {
             mut ns,
             mut ar,
             scope,
+            additional_at,
+            glue_required,
         } = sections;
         let mut flags = flag::QR | (q.flags & (flag::RD | flag::CD)) | (rc & 0xf);
         if aa {
@@ -317,23 +355,25 @@ impl Handler {
                 }
             }
         }
-        if q.edns.is_some() {
-            let opt_len = 11 + ecs.map_or(0, |e| 8 + usize::from(e.source).div_ceil(8));
-            if out.len() + opt_len > limit {
+        let opt_len = q.edns.map_or(0, |_| {
+            11 + ecs.map_or(0, |e| 8 + usize::from(e.source).div_ceil(8))
+        });
+        if out.len() + opt_len > limit {
+            if ar > 0 && !glue_required && additional_at + opt_len <= limit {
+                // The additional section is optional: give it up, keep the answer.
+                out.truncate(additional_at);
+                ar = 0;
+            } else {
                 out.truncate(q.question_end);
                 an = 0;
                 ns = 0;
                 ar = 0;
                 flags |= flag::TC;
             }
-            push_opt(out, rc, ecs.map(|e| (e, scope)));
+        }
+        if let Some(e) = q.edns {
+            push_opt(out, rc, e.dnssec_ok, ecs.map(|e| (e, scope)));
             ar += 1;
-        } else if out.len() > limit {
-            out.truncate(q.question_end);
-            an = 0;
-            ns = 0;
-            ar = 0;
-            flags |= flag::TC;
         }
         set_u16(out, 2, flags);
         set_u16(out, 4, 1);
@@ -377,7 +417,10 @@ impl Handler {
         let mut s = Sections::new(rcode::NOERROR);
         let mut owner_at = HEADER_LEN;
         let mut owner: &[u8] = name;
-        for _ in 0..MAX_CHAIN {
+        // Owners already answered in this chain: a CNAME loop is answered once per record.
+        let mut chain: [&[u8]; MAX_CHAIN] = [&[]; MAX_CHAIN];
+        for step in 0..MAX_CHAIN {
+            chain[step] = owner;
             let found = match snap.names.get(owner) {
                 Some(node) => Found::Node(node),
                 None => self.enclosing(snap, owner),
@@ -436,7 +479,9 @@ impl Handler {
                         let rr_at = out.len();
                         write_rr(out, owner_at, &rr.body);
                         s.an += 1;
-                        if matches!(q.qtype, rtype::CNAME | rtype::ANY) {
+                        if matches!(q.qtype, rtype::CNAME | rtype::ANY)
+                            || chain[..=step].contains(&&target[..])
+                        {
                             break;
                         }
                         owner_at = rr_at + 12;
@@ -451,7 +496,8 @@ impl Handler {
                                 &mut s, out,
                             );
                         } else if let Some(set) = node.rrsets.first() {
-                            if let Some(rr) = set.rrs.first() {
+                            // One whole RRset: a partial one would be cached as complete.
+                            for rr in &set.rrs {
                                 write_rr(out, owner_at, &rr.body);
                                 s.an += 1;
                             }
@@ -483,10 +529,10 @@ impl Handler {
                 }
             }
         }
-        for &(at, body) in &additional.items[..additional.len] {
-            write_rr(out, at, body);
-            s.ar += 1;
+        if !s.glue_required {
+            s.additional_at = out.len();
         }
+        s.ar += additional.write(out);
         s
     }
 
@@ -531,10 +577,9 @@ impl Handler {
                 glue.push(name_at, extra);
             }
         }
-        for &(at, body) in &glue.items[..glue.len] {
-            write_rr(out, at, body);
-            s.ar += 1;
-        }
+        s.additional_at = out.len();
+        s.ar += glue.write(out);
+        s.glue_required = s.ar > 0;
     }
 
     #[expect(
@@ -642,7 +687,11 @@ impl Handler {
         }
     }
 
-    /// The client's address and region, and the ECS scope that answer would carry.
+    /// The client's address and region, and the ECS scope an answer chosen by them carries
+    /// (0 without ECS). A configured override places any ECS address, private ones too
+    /// (on-premises clients reach their cluster that way); a private address nothing
+    /// places says nothing of where the client is, so the answer is the resolver's, scoped
+    /// to the client's own network so a cache never hands it to clients placed elsewhere.
     fn locate(
         &self,
         snap: &Snapshot,
@@ -650,32 +699,37 @@ impl Handler {
         src: IpAddr,
         ecs: Option<Ecs>,
     ) -> (Client, u8) {
-        let (addr, source) = match ecs {
-            Some(e) if e.source > 0 && is_routable(e.addr) => (e.addr, Some(e.source)),
-            _ => (src, None),
+        let Some(e) = ecs.filter(|e| e.source > 0) else {
+            let (region, _) = self.place(snap, table, src);
+            return (Client { addr: src, region }, 0);
         };
-        let by_subnet = match table.resolve_region(addr, None) {
-            Some((region, RegionMatch::Subnet { prefix_len })) => Some((region, prefix_len)),
-            _ => None,
-        };
-        let by_country = if self.geo.is_empty() {
-            None
-        } else {
-            self.geo
-                .country(addr)
-                .and_then(|(cc, len)| snap.countries.get(&cc).map(|r| (*r, len)))
-        };
-        let placed = match (by_subnet, by_country) {
-            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
-            (a, b) => a.or(b),
-        };
-        let (region, prefix) = match placed {
-            Some((region, len)) => (Some(region), len),
-            // Unknown: the answer holds for this source network only.
-            None => (None, source.unwrap_or(0)),
-        };
-        let scope = source.map_or(0, |s| prefix.min(s));
-        (Client { addr, region }, scope)
+        let (region, scope) = self.place(snap, table, e.addr);
+        // Never 0 for an answer chosen by location: resolvers cache scope 0 for every
+        // client of either family.
+        let scope = scope.max(1);
+        if region.is_none() && !is_routable(e.addr) {
+            let (region, _) = self.place(snap, table, src);
+            return (Client { addr: src, region }, scope.max(e.source));
+        }
+        (
+            Client {
+                addr: e.addr,
+                region,
+            },
+            scope,
+        )
+    }
+
+    /// The region of `addr` (the table's CIDR overrides first, then the geo databases) and
+    /// the prefix length over which every address gets that same region.
+    fn place(&self, snap: &Snapshot, table: &RoutingTable, addr: IpAddr) -> (Option<RegionId>, u8) {
+        let subnet = table.resolve_subnet(addr);
+        if subnet.region.is_some() || self.geo.is_empty() {
+            return (subnet.region, subnet.scope);
+        }
+        let (country, prefix) = self.geo.country(addr);
+        let region = country.and_then(|cc| snap.countries.get(&cc).copied());
+        (region, subnet.scope.max(prefix))
     }
 }
 
@@ -720,13 +774,17 @@ fn negative(
     s.ns += 1;
 }
 
-/// Appends an OPT record: our payload size, the upper bits of an extended rcode, and the
-/// ECS echo (family, source prefix and address as received, our scope).
-fn push_opt(out: &mut Vec<u8>, rc: u16, ecs: Option<(Ecs, u8)>) {
+/// Appends an OPT record: our payload size, the upper bits of an extended rcode, the DO
+/// bit as the query had it (RFC 3225), and the ECS echo (family, source prefix and address
+/// as received, our scope).
+fn push_opt(out: &mut Vec<u8>, rc: u16, dnssec_ok: bool, ecs: Option<(Ecs, u8)>) {
     out.push(0);
     put_u16(out, rtype::OPT);
     put_u16(out, OUR_UDP_PAYLOAD);
-    put_u32(out, u32::from((rc >> 4) as u8) << 24);
+    put_u32(
+        out,
+        (u32::from((rc >> 4) as u8) << 24) | if dnssec_ok { 0x8000 } else { 0 },
+    );
     match ecs {
         None => put_u16(out, 0),
         Some((e, scope)) => {

@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use meridian_routing::{AppId, RoutingTable};
 
 use crate::snapshot::Snapshot;
 use crate::wire::{self, Query, flag, put_u16, put_u32, rcode, rtype, set_u16};
@@ -82,32 +83,17 @@ pub(crate) fn transfer(
             records.push([&name[..], &rr.body].concat());
         }
         if let (Some(app_id), Some(table)) = (node.app, &snap.table) {
-            let app = table.app(app_id);
-            for (i, target) in app.targets.iter().enumerate() {
-                if target.effective_weight() == 0 {
-                    continue;
-                }
-                for endpoint in &table.target_cluster(app_id, i).endpoints {
-                    let mut rec = name.to_vec();
-                    match endpoint.ip() {
-                        IpAddr::V4(v4) => {
-                            put_u16(&mut rec, rtype::A);
-                            put_u16(&mut rec, 1);
-                            put_u32(&mut rec, app.dns_ttl);
-                            put_u16(&mut rec, 4);
-                            rec.extend_from_slice(&v4.octets());
-                        }
-                        IpAddr::V6(v6) => {
-                            put_u16(&mut rec, rtype::AAAA);
-                            put_u16(&mut rec, 1);
-                            put_u32(&mut rec, app.dns_ttl);
-                            put_u16(&mut rec, 16);
-                            rec.extend_from_slice(&v6.octets());
-                        }
-                    }
-                    if !records.contains(&rec) {
-                        records.push(rec);
-                    }
+            app_records(table, app_id, name, &mut records);
+        }
+    }
+    // Wildcard app names have no node of their own (a miss asks the table), but a secondary
+    // must hold them or it answers NXDOMAIN for every name below.
+    if let Some(table) = &snap.table {
+        for (ai, app) in table.apps().iter().enumerate() {
+            for host in app.hostnames.iter().filter(|h| h.starts_with("*.")) {
+                let owner = wire::name_to_wire(host);
+                if wire::zone_offset(&owner, apex).is_some() {
+                    app_records(table, AppId(ai as u32), &owner, &mut records);
                 }
             }
         }
@@ -127,6 +113,39 @@ pub(crate) fn transfer(
         start = end;
     }
     Some(messages)
+}
+
+/// The addresses of `app`'s serving targets under `owner` (TTL = the app's TTL), each once:
+/// what a secondary, which cannot steer per client, should answer for the app's name.
+fn app_records(table: &RoutingTable, app_id: AppId, owner: &[u8], records: &mut Vec<Vec<u8>>) {
+    let app = table.app(app_id);
+    for (i, target) in app.targets.iter().enumerate() {
+        if target.effective_weight() == 0 {
+            continue;
+        }
+        for endpoint in &table.target_cluster(app_id, i).endpoints {
+            let mut rec = owner.to_vec();
+            match endpoint.ip() {
+                IpAddr::V4(v4) => {
+                    put_u16(&mut rec, rtype::A);
+                    put_u16(&mut rec, 1);
+                    put_u32(&mut rec, app.dns_ttl);
+                    put_u16(&mut rec, 4);
+                    rec.extend_from_slice(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    put_u16(&mut rec, rtype::AAAA);
+                    put_u16(&mut rec, 1);
+                    put_u32(&mut rec, app.dns_ttl);
+                    put_u16(&mut rec, 16);
+                    rec.extend_from_slice(&v6.octets());
+                }
+            }
+            if !records.contains(&rec) {
+                records.push(rec);
+            }
+        }
+    }
 }
 
 fn message(head: &[u8], rc: u16, body: &[u8], count: u16) -> Vec<u8> {

@@ -62,25 +62,27 @@ impl GeoDb {
         self.readers.is_empty()
     }
 
-    /// The country of `addr` (upper-case ISO code) and the prefix length of the database
-    /// network that placed it. A database error for one address counts as "unknown".
-    pub fn country(&self, addr: IpAddr) -> Option<([u8; 2], u8)> {
+    /// The country of `addr` (upper-case ISO code), from the first database that knows it,
+    /// and the prefix length over which that lookup holds: the network the answering
+    /// database placed it in, lengthened by the networks of the databases before it that
+    /// did not know it (they might know a neighbour). A database error for one address
+    /// counts as "unknown".
+    pub fn country(&self, addr: IpAddr) -> (Option<[u8; 2]>, u8) {
+        let mut prefix = 0u8;
         for (_, reader) in &self.readers {
-            let Ok((Some(record), prefix)) = reader.lookup_prefix::<CountryRecord<'_>>(addr) else {
+            let Ok((record, len)) = reader.lookup_prefix::<CountryRecord<'_>>(addr) else {
                 continue;
             };
-            let code = record
-                .country
-                .and_then(|c| c.iso_code)
-                .or(record.country_code);
+            prefix = prefix.max(len as u8);
+            let code = record.and_then(|r| r.country.and_then(|c| c.iso_code).or(r.country_code));
             if let Some(&[a, b]) = code.map(str::as_bytes) {
-                return Some((
-                    [a.to_ascii_uppercase(), b.to_ascii_uppercase()],
-                    prefix as u8,
-                ));
+                return (
+                    Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()]),
+                    prefix,
+                );
             }
         }
-        None
+        (None, prefix)
     }
 }
 

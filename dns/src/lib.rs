@@ -52,8 +52,8 @@ pub struct DnsServer;
 
 /// A running server: its bound addresses and a way to stop it.
 pub struct RunningDns {
-    udp_addr: SocketAddr,
-    tcp_addr: SocketAddr,
+    /// Per listen address, the bound UDP and TCP addresses (the first is `dns.listen`).
+    bound: Vec<(SocketAddr, SocketAddr)>,
     admin_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -64,7 +64,8 @@ pub struct RunningDns {
 
 impl DnsServer {
     /// Starts the UDP workers, the TCP listener and (when configured) the admin listener
-    /// on the config's `dns` section; answers come from the config's zones and the table
+    /// on the config's `dns` section (`listen` and every `also_listen` address, each with
+    /// its own sockets and workers); answers come from the config's zones and the table
     /// in `cell`. A listen port of 0 picks a free port, the same for UDP and TCP.
     pub fn start(config: &LoadedConfig, cell: Arc<TableCell>) -> Result<RunningDns, DnsError> {
         let c = &config.config;
@@ -73,7 +74,8 @@ impl DnsServer {
         let base = config.file.parent().unwrap_or(std::path::Path::new("."));
         let geo = geo::GeoDb::open(base, &c.geo.databases)?;
         let metrics = Arc::new(Metrics::default());
-        let rrl = dns.rrl.as_ref().map(|r| rrl::Rrl::new(r.rate, r.slip));
+        let rrl = (dns.rrl.rate > 0)
+            .then(|| rrl::Rrl::new(dns.rrl.rate, dns.rrl.slip, dns.rrl.exempt.clone()));
         let handler = Arc::new(
             Handler::new(zones, geo, cell.clone(), dns.max_answers, metrics, rrl)
                 .with_axfr(axfr::AxfrAcl(dns.axfr_allow.clone())),
@@ -90,21 +92,17 @@ impl DnsServer {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
 
-        let (udp_sockets, tcp_listener) = bind_pair(dns.listen, workers)?;
-        let udp_addr = udp_sockets[0]
-            .local_addr()
-            .map_err(|source| DnsError::Listen {
-                addr: dns.listen,
-                what: "udp",
-                source,
-            })?;
-        let tcp_addr = tcp_listener
-            .local_addr()
-            .map_err(|source| DnsError::Listen {
-                addr: dns.listen,
-                what: "tcp",
-                source,
-            })?;
+        let mut listeners = Vec::new();
+        for addr in std::iter::once(dns.listen).chain(dns.also_listen.iter().copied()) {
+            let (udp_sockets, tcp_listener) = bind_pair(addr, workers)?;
+            let local = |what, r: std::io::Result<SocketAddr>| {
+                r.map_err(|source| DnsError::Listen { addr, what, source })
+            };
+            let udp_addr = local("udp", udp_sockets[0].local_addr())?;
+            let tcp_addr = local("tcp", tcp_listener.local_addr())?;
+            listeners.push((udp_sockets, tcp_listener, udp_addr, tcp_addr));
+        }
+        let bound: Vec<(SocketAddr, SocketAddr)> = listeners.iter().map(|l| (l.2, l.3)).collect();
 
         let stop = Arc::new(AtomicBool::new(false));
         let tcp_open = Arc::new(AtomicUsize::new(0));
@@ -115,23 +113,34 @@ impl DnsServer {
                 .spawn(f)
                 .map_err(|source| DnsError::Thread { name, source })
         };
+        // One set of TCP slots for every listener: the limits are the process's.
+        let tcp_slots = Arc::new(tcp::Slots::new(
+            dns.tcp_max_connections,
+            dns.tcp_max_connections_per_client,
+            tcp_open.clone(),
+        ));
         let started = || -> Result<Option<SocketAddr>, DnsError> {
-            for (i, socket) in udp_sockets.into_iter().enumerate() {
+            let mut seed = 0u64;
+            for (udp_sockets, tcp_listener, _, _) in listeners {
+                for socket in udp_sockets {
+                    seed += 1;
+                    let (h, s) = (handler.clone(), stop.clone());
+                    threads.push(spawn(
+                        format!("dns-udp-{}", seed - 1),
+                        Box::new(move || udp::serve(socket, h, s, seed)),
+                    )?);
+                }
                 let (h, s) = (handler.clone(), stop.clone());
+                let settings = tcp::TcpSettings {
+                    query_timeout: dns.tcp_idle_timeout,
+                    write_timeout: dns.tcp_write_timeout,
+                    slots: tcp_slots.clone(),
+                };
                 threads.push(spawn(
-                    format!("dns-udp-{i}"),
-                    Box::new(move || udp::serve(socket, h, s, i as u64 + 1)),
+                    "dns-tcp".into(),
+                    Box::new(move || tcp::serve(tcp_listener, h, s, settings)),
                 )?);
             }
-            let (h, s, o) = (handler.clone(), stop.clone(), tcp_open.clone());
-            let settings = tcp::TcpSettings {
-                idle_timeout: dns.tcp_idle_timeout,
-                max_connections: dns.tcp_max_connections,
-            };
-            threads.push(spawn(
-                "dns-tcp".into(),
-                Box::new(move || tcp::serve(tcp_listener, h, s, settings, o)),
-            )?);
             match dns.admin_listen {
                 Some(addr) => {
                     let listener =
@@ -159,17 +168,20 @@ impl DnsServer {
             Ok(addr) => addr,
             Err(err) => {
                 stop.store(true, Ordering::Relaxed);
-                let _ = TcpStream::connect(tcp_addr);
+                for (_, tcp_addr) in &bound {
+                    let _ = TcpStream::connect(tcp_addr);
+                }
                 for t in threads {
                     let _ = t.join();
                 }
                 return Err(err);
             }
         };
-        tracing::info!(%udp_addr, %tcp_addr, workers, "dns: serving");
+        for (udp_addr, tcp_addr) in &bound {
+            tracing::info!(%udp_addr, %tcp_addr, workers, "dns: serving");
+        }
         Ok(RunningDns {
-            udp_addr,
-            tcp_addr,
+            bound,
             admin_addr,
             stop,
             threads,
@@ -219,14 +231,19 @@ fn bind_pair(
 }
 
 impl RunningDns {
-    /// The UDP address (the same port serves TCP).
+    /// The UDP address of `dns.listen` (the same port serves TCP).
     pub fn udp_addr(&self) -> SocketAddr {
-        self.udp_addr
+        self.bound[0].0
     }
 
-    /// The TCP address.
+    /// The TCP address of `dns.listen`.
     pub fn tcp_addr(&self) -> SocketAddr {
-        self.tcp_addr
+        self.bound[0].1
+    }
+
+    /// The UDP and TCP addresses of every listen address, `dns.listen` first.
+    pub fn addrs(&self) -> &[(SocketAddr, SocketAddr)] {
+        &self.bound
     }
 
     /// The admin listener's address, when configured.
@@ -255,7 +272,9 @@ impl RunningDns {
             return;
         }
         // Wake the blocking accepts.
-        let _ = TcpStream::connect_timeout(&self.tcp_addr, Duration::from_secs(1));
+        for (_, tcp_addr) in &self.bound {
+            let _ = TcpStream::connect_timeout(tcp_addr, Duration::from_secs(1));
+        }
         if let Some(admin) = self.admin_addr {
             let _ = TcpStream::connect_timeout(&admin, Duration::from_secs(1));
         }

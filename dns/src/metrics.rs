@@ -46,6 +46,10 @@ pub struct Metrics {
     pub truncated: AtomicU64,
     /// App answers given as NODATA because the app fails closed with no serving target.
     pub fail_closed: AtomicU64,
+    /// TCP connections closed on accept (connection limits).
+    pub tcp_refused: AtomicU64,
+    /// TCP connections closed because a query did not arrive whole in time.
+    pub tcp_timed_out: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -60,6 +64,8 @@ impl Default for Metrics {
             dropped: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             fail_closed: AtomicU64::new(0),
+            tcp_refused: AtomicU64::new(0),
+            tcp_timed_out: AtomicU64::new(0),
         }
     }
 }
@@ -151,6 +157,16 @@ impl Metrics {
                 "meridian_dns_fail_closed_total",
                 "App answers given as NODATA because the app fails closed.",
                 &self.fail_closed,
+            ),
+            (
+                "meridian_dns_tcp_refused_total",
+                "TCP connections closed on accept by the connection limits.",
+                &self.tcp_refused,
+            ),
+            (
+                "meridian_dns_tcp_timed_out_total",
+                "TCP connections closed because a query did not arrive whole in time.",
+                &self.tcp_timed_out,
             ),
         ] {
             let _ = writeln!(

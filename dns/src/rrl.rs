@@ -7,6 +7,8 @@
 //! no allocation: each bucket is one atomic word holding (second, count).
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -27,6 +29,7 @@ pub enum RrlAction {
 pub struct Rrl {
     rate: u32,
     slip: u32,
+    exempt: Vec<IpNet>,
     start: Instant,
     buckets: Box<[AtomicU64]>,
 }
@@ -42,11 +45,12 @@ impl std::fmt::Debug for Rrl {
 
 impl Rrl {
     /// At most `rate` responses per second per network; every `slip`-th limited response
-    /// slips out truncated (0: never).
-    pub fn new(rate: u32, slip: u32) -> Self {
+    /// slips out truncated (0: never); clients in `exempt` are never limited.
+    pub fn new(rate: u32, slip: u32, exempt: Vec<IpNet>) -> Self {
         Rrl {
             rate: rate.max(1),
             slip,
+            exempt,
             start: Instant::now(),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -54,6 +58,15 @@ impl Rrl {
 
     /// Counts one response to `client` and says what to do with it.
     pub fn check(&self, client: IpAddr) -> RrlAction {
+        if !self.exempt.is_empty() {
+            let plain = match client {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+                v4 => v4,
+            };
+            if self.exempt.iter().any(|net| net.contains(&plain)) {
+                return RrlAction::Pass;
+            }
+        }
         self.check_at(client, self.start.elapsed().as_secs() as u32)
     }
 
@@ -98,7 +111,7 @@ mod tests {
 
     #[test]
     fn limits_per_network_with_slip() {
-        let rrl = Rrl::new(5, 2);
+        let rrl = Rrl::new(5, 2, Vec::new());
         let a: IpAddr = "198.51.100.7".parse().unwrap();
         let same_net: IpAddr = "198.51.100.200".parse().unwrap();
         let other: IpAddr = "203.0.113.1".parse().unwrap();

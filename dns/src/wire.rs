@@ -99,6 +99,8 @@ pub struct Edns {
     pub payload: u16,
     /// EDNS version; only 0 is supported.
     pub version: u8,
+    /// The DO bit: the requestor takes DNSSEC records (echoed, RFC 3225).
+    pub dnssec_ok: bool,
     /// Client subnet, when present and valid.
     pub ecs: Option<Ecs>,
 }
@@ -270,10 +272,11 @@ pub fn parse_into(packet: &[u8], query: &mut Query) -> Outcome {
         let Some(name_end) = skip_name(packet, at) else {
             return formerr;
         };
-        let (Some(rr_type), Some(class), Some(ttl_hi), Some(rdlen)) = (
+        let (Some(rr_type), Some(class), Some(ttl_hi), Some(ttl_lo), Some(rdlen)) = (
             u16_at(packet, name_end),
             u16_at(packet, name_end + 2),
             u16_at(packet, name_end + 4),
+            u16_at(packet, name_end + 6),
             u16_at(packet, name_end + 8),
         ) else {
             return formerr;
@@ -288,16 +291,23 @@ pub fn parse_into(packet: &[u8], query: &mut Query) -> Outcome {
             if edns.is_some() || name_end != at + 1 {
                 return formerr;
             }
-            let version = (ttl_hi & 0xff) as u8;
-            let ecs = match parse_options(&packet[rdata_at..rdata_end]) {
-                Ok(ecs) => ecs,
-                Err(()) => return formerr,
-            };
-            edns = Some(Edns {
+            let mut found = Edns {
                 payload: class,
-                version,
-                ecs,
-            });
+                version: (ttl_hi & 0xff) as u8,
+                dnssec_ok: ttl_lo & 0x8000 != 0,
+                ecs: None,
+            };
+            match parse_options(&packet[rdata_at..rdata_end]) {
+                Ok(ecs) => found.ecs = ecs,
+                // The error still carries an OPT (RFC 6891 §7), without the bad option.
+                Err(()) => {
+                    return Outcome::Error {
+                        rcode: rcode::FORMERR,
+                        edns: Some(found),
+                    };
+                }
+            }
+            edns = Some(found);
         }
         at = rdata_end;
     }

@@ -43,13 +43,119 @@ pub enum RegionMatch {
     Country,
 }
 
+/// The region a client network's CIDR overrides give, and how far that answer reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubnetAnswer {
+    /// The region of the most specific override containing the address; `None` when no
+    /// override contains it.
+    pub region: Option<RegionId>,
+    /// The shortest prefix length around the address over which every address gets the
+    /// same `region` (an override, a more specific override nested in it, or the gap
+    /// between overrides). This is the ECS scope an answer chosen by it may carry: never
+    /// shorter, or a resolver would cache it for clients another override sends elsewhere.
+    pub scope: u8,
+}
+
 /// The region map, indexed for lookups without allocation: one hash map per distinct
-/// prefix length, longest first.
+/// prefix length, longest first; and the same overrides flattened into sorted, disjoint
+/// address ranges for [`RegionIndex::subnet`].
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RegionIndex {
     v4: Vec<(u8, HashMap<u32, RegionId>)>,
     v6: Vec<(u8, HashMap<u128, RegionId>)>,
+    v4_ranges: Ranges,
+    v6_ranges: Ranges,
     countries: HashMap<[u8; 2], RegionId>,
+}
+
+/// The address space of one family as disjoint ranges `[start, end]`, in order, each with
+/// the region of the most specific override covering it (adjacent ranges with the same
+/// region merged). Covers the whole space, so every address falls in exactly one.
+#[derive(Clone, Debug, Default)]
+struct Ranges {
+    bits: u8,
+    ranges: Vec<(u128, u128, Option<RegionId>)>,
+}
+
+impl Ranges {
+    /// `rules` are (network start, prefix length, region) of one family of `bits` bits.
+    fn build(bits: u8, mut rules: Vec<(u128, u8, RegionId)>) -> Self {
+        let max = host_mask(bits, 0);
+        // Parents before the networks nested in them.
+        rules.sort_by_key(|&(start, len, _)| (start, len));
+        let mut out: Vec<(u128, u128, Option<RegionId>)> = Vec::new();
+        let mut push = |start: u128, end: u128, region: Option<RegionId>| match out.last_mut() {
+            Some(last) if last.2 == region && last.1.checked_add(1) == Some(start) => {
+                last.1 = end;
+            }
+            _ => out.push((start, end, region)),
+        };
+        // Open overrides containing the cursor, innermost last: (end, region).
+        let mut open: Vec<(u128, RegionId)> = Vec::new();
+        let mut cursor: Option<u128> = Some(0);
+        for (start, len, region) in rules {
+            let end = start | host_mask(bits, len);
+            while let Some(&(top_end, top_region)) = open.last() {
+                if top_end >= start {
+                    break;
+                }
+                if let Some(c) = cursor.filter(|c| *c <= top_end) {
+                    push(c, top_end, Some(top_region));
+                }
+                cursor = top_end.checked_add(1);
+                open.pop();
+            }
+            if let Some(c) = cursor.filter(|c| *c < start) {
+                push(c, start - 1, open.last().map(|o| o.1));
+            }
+            cursor = Some(start);
+            open.push((end, region));
+        }
+        while let Some((top_end, top_region)) = open.pop() {
+            if let Some(c) = cursor.filter(|c| *c <= top_end) {
+                push(c, top_end, Some(top_region));
+            }
+            cursor = top_end.checked_add(1);
+        }
+        if let Some(c) = cursor {
+            push(c, max, None);
+        }
+        Ranges { bits, ranges: out }
+    }
+
+    fn lookup(&self, addr: u128) -> SubnetAnswer {
+        let i = self.ranges.partition_point(|r| r.0 <= addr);
+        let Some(&(start, end, region)) = i.checked_sub(1).and_then(|i| self.ranges.get(i)) else {
+            // Never built (no table yet): one range, no region.
+            return SubnetAnswer {
+                region: None,
+                scope: 0,
+            };
+        };
+        // The shortest prefix whose block around `addr` stays inside [start, end]; longer
+        // prefixes give smaller blocks, so search the first that fits.
+        let (mut lo, mut hi) = (0u8, self.bits);
+        while lo < hi {
+            let len = lo + (hi - lo) / 2;
+            let mask = host_mask(self.bits, len);
+            if addr & !mask >= start && addr | mask <= end {
+                hi = len;
+            } else {
+                lo = len + 1;
+            }
+        }
+        SubnetAnswer { region, scope: lo }
+    }
+}
+
+/// The host bits of a `len`-bit prefix in a `bits`-bit address, as a mask.
+fn host_mask(bits: u8, len: u8) -> u128 {
+    let host = u32::from(bits.saturating_sub(len));
+    if host >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host) - 1
+    }
 }
 
 fn mask_v4(addr: u32, len: u8) -> u32 {
@@ -90,6 +196,32 @@ impl RegionIndex {
         }
         index.v4.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         index.v6.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        // The ranges from the same maps, so a duplicate override resolves the same way.
+        let rules = |maps: Vec<(u8, u128, RegionId)>| {
+            maps.into_iter()
+                .map(|(len, start, id)| (start, len, id))
+                .collect::<Vec<_>>()
+        };
+        index.v4_ranges = Ranges::build(
+            32,
+            rules(
+                index
+                    .v4
+                    .iter()
+                    .flat_map(|(len, m)| m.iter().map(|(k, id)| (*len, u128::from(*k), *id)))
+                    .collect(),
+            ),
+        );
+        index.v6_ranges = Ranges::build(
+            128,
+            rules(
+                index
+                    .v6
+                    .iter()
+                    .flat_map(|(len, m)| m.iter().map(|(k, id)| (*len, *k, *id)))
+                    .collect(),
+            ),
+        );
         for (country, region) in &map.countries {
             if let (Some(id), [a, b]) = (region_id(region), country.as_bytes()) {
                 index
@@ -98,6 +230,24 @@ impl RegionIndex {
             }
         }
         index
+    }
+
+    /// The CIDR overrides' answer for `addr`, with the prefix length it holds for. An
+    /// IPv4-mapped IPv6 address is looked up as IPv4 (its scope counted in IPv6 bits).
+    pub(crate) fn subnet(&self, addr: IpAddr) -> SubnetAnswer {
+        match addr {
+            IpAddr::V4(v4) => self.v4_ranges.lookup(u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => {
+                    let answer = self.v4_ranges.lookup(u128::from(u32::from(v4)));
+                    SubnetAnswer {
+                        scope: answer.scope + 96,
+                        ..answer
+                    }
+                }
+                None => self.v6_ranges.lookup(u128::from(v6)),
+            },
+        }
     }
 
     /// The region of a client, from the CIDR overrides, else from its country code.
@@ -195,6 +345,31 @@ mod tests {
             us,
             Some((RegionId(1), RegionMatch::Subnet { prefix_len: 8 }))
         );
+    }
+
+    fn subnet(index: &RegionIndex, addr: &str) -> (Option<u16>, u8) {
+        let answer = index.subnet(addr.parse().unwrap());
+        (answer.region.map(|r| r.0), answer.scope)
+    }
+
+    #[test]
+    fn subnet_scope_covers_only_addresses_with_the_same_answer() {
+        let index = index();
+        // Inside 10.1/16 (nested in 10/8): the /16 holds.
+        assert_eq!(subnet(&index, "10.1.2.3"), (Some(0), 16));
+        // In 10/8 but beside the nested /16: 10.0/16 is the largest block without it.
+        assert_eq!(subnet(&index, "10.0.9.9"), (Some(1), 16));
+        assert_eq!(subnet(&index, "10.128.0.0"), (Some(1), 9));
+        // Outside every override: the gap around the address.
+        assert_eq!(subnet(&index, "11.0.0.0"), (None, 8));
+        assert_eq!(subnet(&index, "192.0.2.1"), (None, 1));
+        assert_eq!(subnet(&index, "8.0.0.1"), (None, 7));
+        assert_eq!(subnet(&index, "2001:db8:1::1"), (Some(0), 32));
+        assert_eq!(subnet(&index, "2001:db9::"), (None, 32));
+        assert_eq!(subnet(&index, "::ffff:10.1.0.9"), (Some(0), 112));
+        // No overrides at all: every address, one answer.
+        let empty = RegionIndex::build(&RegionMap::default(), |_| None);
+        assert_eq!(subnet(&empty, "198.51.100.7"), (None, 0));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{App, MAX_TARGETS_PER_APP, MAX_WEIGHT, Policy};
 use crate::cluster::{Cluster, Region};
 use crate::error::{Problem, TableError};
-use crate::geo::{RegionIndex, RegionMap, RegionMatch};
+use crate::geo::{RegionIndex, RegionMap, RegionMatch, SubnetAnswer};
 
 /// Index of an app in a table's [`TableData::apps`]. Only meaningful for the table it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -266,6 +266,12 @@ impl RoutingTable {
         country: Option<&str>,
     ) -> Option<(RegionId, RegionMatch)> {
         self.region_index.resolve(addr, country)
+    }
+
+    /// The CIDR overrides' region for `addr` and the prefix length over which that holds
+    /// (the ECS scope of an answer that depends on it).
+    pub fn resolve_subnet(&self, addr: IpAddr) -> SubnetAnswer {
+        self.region_index.subnet(addr)
     }
 
     pub(crate) fn distance_km(&self, region: RegionId, cluster: u32) -> f32 {

@@ -93,6 +93,8 @@ dns:
   udp_workers: 2
   tcp_idle_timeout: 1s
   admin_listen: 127.0.0.1:0
+  # Rate limiting is on by default; the suites query from loopback in bursts.
+  rrl: { exempt: [127.0.0.0/8, "::1/128"] }
 "#;
 
 /// A scratch directory under the system temp dir, removed on drop.
