@@ -19,6 +19,9 @@ fn default_max_connections() -> usize {
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
 fn default_max_body_bytes() -> u64 {
     16 * 1024 * 1024
 }
@@ -64,9 +67,13 @@ pub struct ProxyConfig {
     /// Client connections open at once; further clients wait in the kernel's accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Largest request head (request line and headers) accepted, in bytes.
+    /// Largest request head (request line and headers) accepted, in bytes, plus
+    /// `max_uri_bytes` of room for the request line; a larger head gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Longest request target (path and query) accepted, in bytes; longer gets 414.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
     /// Largest request body accepted, in bytes; larger gets 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
@@ -164,6 +171,7 @@ impl Default for ProxyConfig {
             admin_listen: default_admin_listen(),
             max_connections: default_max_connections(),
             max_header_bytes: default_max_header_bytes(),
+            max_uri_bytes: default_max_uri_bytes(),
             max_body_bytes: default_max_body_bytes(),
             replay_buffer_bytes: default_replay_buffer_bytes(),
             header_timeout: default_header_timeout(),
@@ -328,6 +336,12 @@ impl ProxyConfig {
             add(
                 "proxy.max_header_bytes",
                 format!("{} is below the minimum of 1024", self.max_header_bytes),
+            );
+        }
+        if self.max_uri_bytes < 256 {
+            add(
+                "proxy.max_uri_bytes",
+                format!("{} is below the minimum of 256", self.max_uri_bytes),
             );
         }
         if self.replay_buffer_bytes > self.max_body_bytes {

@@ -11,7 +11,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use meridian_config::proxy::{AffinityConfig, ProxyConfig};
@@ -192,6 +192,9 @@ pub(crate) async fn handle(
         } else {
             forward(&shared, req, peer, &forwarded, started).await
         };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        framing.upgraded();
+    }
     if !logged {
         // Refused before a target was tried: still one access log line.
         tracing::info!(
@@ -229,19 +232,26 @@ fn plain(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
 }
 
 fn refuse(shared: &Shared, refusal: Refusal) -> Response<ProxyBody> {
-    let reason = match refusal {
-        Refusal::LengthAndChunked => "length-and-chunked",
-        Refusal::DuplicateLength => "duplicate-length",
-        Refusal::AmbiguousOnWire => "ambiguous-framing",
-        Refusal::NoHost => "no-host",
-        Refusal::BadHost => "bad-host",
-    };
-    shared.metrics.refused.with_label_values(&[reason]).inc();
-    let mut response = plain(StatusCode::BAD_REQUEST, refusal.message());
+    shared
+        .metrics
+        .refused
+        .with_label_values(&[refusal.reason()])
+        .inc();
+    let mut response = plain(refusal.status(), refusal.message());
     // The connection's framing can no longer be trusted: close it after this answer.
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A 503 of the proxy's own, with Retry-After: the condition is expected to pass (a table
+/// arrives, a target turns healthy, a slot frees), so clients may come back in a second.
+fn unavailable(message: &'static str) -> Response<ProxyBody> {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -268,6 +278,16 @@ async fn forward(
     forwarded: &headers::ForwardedFor,
     started: Instant,
 ) -> (Response<ProxyBody>, bool) {
+    if req.method() == Method::CONNECT {
+        return (refuse(shared, Refusal::Connect), false);
+    }
+    if req
+        .uri()
+        .path_and_query()
+        .is_some_and(|p| p.as_str().len() > shared.config.max_uri_bytes)
+    {
+        return (refuse(shared, Refusal::UriTooLong), false);
+    }
     if headers::is_http1(req.version())
         && let Err(refusal) = headers::check_framing(&req)
     {
@@ -279,10 +299,7 @@ async fn forward(
             .refused
             .with_label_values(&["no-table"])
             .inc();
-        return (
-            plain(StatusCode::SERVICE_UNAVAILABLE, "no routing table yet\n"),
-            false,
-        );
+        return (unavailable("no routing table yet\n"), false);
     };
     let app = match headers::request_host(&req) {
         Ok(host) => table.app_for_host(host),
@@ -388,21 +405,11 @@ async fn forward(
         let target = match choose(shared, &table, app_rt, app, &client, pick, tried, now) {
             Ok(target) => target,
             Err(Unavailable::FailClosed) => {
-                break Err(plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no target of this app is serving\n",
-                ));
+                break Err(unavailable("no target of this app is serving\n"));
             }
             Err(Unavailable::Saturated) if attempts == 0 => {
                 app_rt.shed.inc();
-                let mut response = plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "every target is at its concurrency limit\n",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                break Err(response);
+                break Err(unavailable("every target is at its concurrency limit\n"));
             }
             // Every target has been tried (or the rest are full): answer with what the
             // last attempt gave.
@@ -548,10 +555,7 @@ async fn forward(
                 plain(StatusCode::BAD_GATEWAY, "upstream failed\n"),
                 Some(target),
             ),
-            None => (
-                plain(StatusCode::SERVICE_UNAVAILABLE, "no target is available\n"),
-                None,
-            ),
+            None => (unavailable("no target is available\n"), None),
         },
     };
     let status = response.status().as_u16();

@@ -11,7 +11,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,6 +23,8 @@ pub(crate) struct FramingWatch {
     first_ambiguous: AtomicU64,
     /// Requests the request path has seen on this connection.
     served: AtomicU64,
+    /// Set when a request was answered 101: what follows is no longer HTTP/1.
+    upgraded: AtomicBool,
 }
 
 impl FramingWatch {
@@ -30,6 +32,13 @@ impl FramingWatch {
     pub(crate) fn next_request_is_ambiguous(&self) -> bool {
         let index = self.served.fetch_add(1, Ordering::Relaxed);
         self.first_ambiguous.load(Ordering::Relaxed) == index + 1
+    }
+
+    /// The connection switches protocols after the response being sent: stop following
+    /// HTTP/1 framing. Only a 101 does this; a request that merely asks for an upgrade
+    /// and is answered otherwise keeps the connection HTTP/1, and so keeps the checks.
+    pub(crate) fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
     }
 }
 
@@ -179,8 +188,9 @@ impl<T> Watched<T> {
             }
             self.heads += 1;
             self.line_no = 1;
-            // The h2c preface and CONNECT switch away from HTTP/1 framing.
-            if line.starts_with(b"pri * http/2") || line.starts_with(b"connect ") {
+            // The h2c preface switches away from HTTP/1 framing. (CONNECT and Upgrade do
+            // only once answered with success: see `FramingWatch::upgraded`.)
+            if line.starts_with(b"pri * http/2") {
                 self.state = State::Off;
             }
             return;
@@ -193,9 +203,6 @@ impl<T> Watched<T> {
             } else if line.starts_with(b"transfer-encoding:") {
                 // hyper refuses a Transfer-Encoding whose last coding is not chunked.
                 self.chunked = true;
-            } else if line.starts_with(b"upgrade:") {
-                // After a successful upgrade the bytes are no longer HTTP/1.
-                self.state = State::Off;
             }
             return;
         }
@@ -247,6 +254,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.state != State::Off && this.watch.upgraded.load(Ordering::Relaxed) {
+            this.state = State::Off;
+        }
         if let Poll::Ready(Ok(())) = result
             && this.state != State::Off
         {
@@ -317,6 +327,14 @@ mod tests {
             assert_eq!(ambiguous(&wire, step), 4, "step {step}");
             assert_eq!(ambiguous(dup, step), 1, "step {step}");
         }
+    }
+
+    #[test]
+    fn asking_for_an_upgrade_does_not_switch_the_checks_off() {
+        let wire = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(ambiguous(wire, 4), 2);
+        let connect = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(ambiguous(connect, 4), 2);
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Version};
+use http::uri::Authority;
+use http::{Request, StatusCode, Version};
 
 /// Why a request is refused before it reaches any upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,13 @@ pub(crate) enum Refusal {
     NoHost,
     /// A Host header that is not a valid authority.
     BadHost,
+    /// The request target's authority (absolute form, or HTTP/2 `:authority`) and the Host
+    /// header name different hosts: which one the upstream would serve is unclear.
+    HostMismatch,
+    /// CONNECT: the proxy opens no tunnels to arbitrary hosts.
+    Connect,
+    /// A request target longer than `max_uri_bytes`.
+    UriTooLong,
 }
 
 impl Refusal {
@@ -35,6 +43,33 @@ impl Refusal {
             }
             Refusal::NoHost => "request has no host or more than one Host header\n",
             Refusal::BadHost => "request has an invalid Host header\n",
+            Refusal::HostMismatch => {
+                "request target authority and Host header name different hosts\n"
+            }
+            Refusal::Connect => "CONNECT is not supported by this proxy\n",
+            Refusal::UriTooLong => "request target is too long\n",
+        }
+    }
+
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            Refusal::Connect => StatusCode::NOT_IMPLEMENTED,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label of `meridian_proxy_refused_total`.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::LengthAndChunked => "length-and-chunked",
+            Refusal::DuplicateLength => "duplicate-length",
+            Refusal::AmbiguousOnWire => "ambiguous-framing",
+            Refusal::NoHost => "no-host",
+            Refusal::BadHost => "bad-host",
+            Refusal::HostMismatch => "host-mismatch",
+            Refusal::Connect => "connect",
+            Refusal::UriTooLong => "uri-too-long",
         }
     }
 }
@@ -58,17 +93,41 @@ pub(crate) fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
 /// The host the request is for, lower-case is left to the routing table (which ignores
 /// case), without a port. HTTP/2 and absolute-form requests carry it in the target; an
 /// HTTP/1.1 origin-form request in its one Host header.
+///
+/// One host per request: when the target carries an authority and a Host header is sent
+/// too, both must name the same host and port, or the request is refused. RFC 9113 §8.3.1
+/// calls such an HTTP/2 request malformed; for HTTP/1.1 (RFC 9112 §3.2.2 lets the target
+/// win) refusing does the same, so the host routed on is always the host forwarded.
 pub(crate) fn request_host<B>(req: &Request<B>) -> Result<&str, Refusal> {
-    if let Some(host) = req.uri().host() {
-        return Ok(host);
-    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next().ok_or(Refusal::NoHost)?;
+    let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Refusal::NoHost);
     }
+    if let Some(target) = req.uri().authority() {
+        if let Some(host) = host {
+            let host: Authority = host
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse().ok())
+                .ok_or(Refusal::BadHost)?;
+            let default_port = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+                443
+            } else {
+                80
+            };
+            if !target.host().eq_ignore_ascii_case(host.host())
+                || target.port_u16().unwrap_or(default_port)
+                    != host.port_u16().unwrap_or(default_port)
+            {
+                return Err(Refusal::HostMismatch);
+            }
+        }
+        return Ok(target.host());
+    }
+    let host = host.ok_or(Refusal::NoHost)?;
     let host = host.to_str().map_err(|_| Refusal::BadHost)?;
-    let authority: http::uri::Authority = host.parse().map_err(|_| Refusal::BadHost)?;
+    let authority: Authority = host.parse().map_err(|_| Refusal::BadHost)?;
     if authority.as_str().contains('@') {
         return Err(Refusal::BadHost);
     }
@@ -77,8 +136,18 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Result<&str, Refusal> {
     Ok(&host[..name_len])
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones named in Connection: they describe
-/// one connection and must not be forwarded.
+/// End-to-end headers the proxy relies on, which a Connection header may not nominate
+/// for removal: the host routed on, the body's length, and the forwarding chain the
+/// proxy appends to.
+const PROTECTED: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    X_FORWARDED_FOR,
+    header::FORWARDED,
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones named in Connection (except the
+/// [`PROTECTED`] ones): they describe one connection and must not be forwarded.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names costs less than nine removals
     // (each one hashes), which showed in profiles.
@@ -94,6 +163,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !PROTECTED.contains(name))
             .collect();
         for name in named {
             headers.remove(name);
@@ -162,20 +232,23 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// Adds X-Forwarded-For (appended to what a previous proxy sent), X-Forwarded-Proto and
-/// Forwarded (RFC 7239) for the downstream hop.
+/// Adds X-Forwarded-For (appended to what previous proxies sent, every line of it in
+/// order), X-Forwarded-Proto and Forwarded (RFC 7239) for the downstream hop.
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: &ForwardedFor) {
-    let appended = headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|previous| {
-            let ours = client.xff.to_str().ok()?;
-            HeaderValue::from_str(&format!("{previous}, {ours}")).ok()
-        });
+    let mut previous = headers.get_all(X_FORWARDED_FOR).iter().peekable();
+    let appended = previous.peek().is_some().then(|| {
+        let mut chain = Vec::with_capacity(64);
+        for value in previous {
+            chain.extend_from_slice(value.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(client.xff.as_bytes());
+        HeaderValue::from_bytes(&chain).ok()
+    });
     // Cloning a cached value shares its bytes: no allocation on the common path.
     headers.insert(
         X_FORWARDED_FOR,
-        appended.unwrap_or_else(|| client.xff.clone()),
+        appended.flatten().unwrap_or_else(|| client.xff.clone()),
     );
     headers.insert(X_FORWARDED_PROTO, client.proto.clone());
     headers.append(header::FORWARDED, client.forwarded.clone());
@@ -267,6 +340,34 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&absolute), Ok("api.test"));
+        let with = |uri: &str, host: &str| {
+            request_host(
+                &Request::builder()
+                    .uri(uri)
+                    .header("host", host)
+                    .body(())
+                    .unwrap(),
+            )
+            .map(str::to_string)
+        };
+        assert_eq!(with("http://api.test/x", "API.test"), Ok("api.test".into()));
+        assert_eq!(
+            with("http://api.test/x", "api.test:80"),
+            Ok("api.test".into())
+        );
+        assert_eq!(
+            with("https://api.test/x", "api.test:443"),
+            Ok("api.test".into())
+        );
+        assert_eq!(
+            with("http://api.test/x", "other.test"),
+            Err(Refusal::HostMismatch)
+        );
+        assert_eq!(
+            with("http://api.test/x", "api.test:8080"),
+            Err(Refusal::HostMismatch)
+        );
+        assert_eq!(with("http://api.test/x", "a b"), Err(Refusal::BadHost));
     }
 
     #[test]
@@ -292,6 +393,34 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http");
+        // Connection cannot remove what the proxy relies on.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("host, content-length, x-a"),
+        );
+        h.insert("host", HeaderValue::from_static("shop.test"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "shop.test");
+        assert_eq!(h["content-length"], "3");
+        assert!(!h.contains_key("x-a"));
+        // Every X-Forwarded-For line is kept, in order.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.2, 10.0.0.3"),
+        );
+        add_forwarding(
+            &mut h,
+            &ForwardedFor::new("127.0.0.1".parse().unwrap(), "http"),
+        );
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["192.0.2.1, 198.51.100.2, 10.0.0.3, 127.0.0.1"]
+        );
         let mut h6 = HeaderMap::new();
         add_forwarding(&mut h6, &ForwardedFor::new("::1".parse().unwrap(), "http"));
         assert_eq!(h6["forwarded"], "for=\"[::1]\";proto=http");

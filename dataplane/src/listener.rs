@@ -24,13 +24,17 @@ pub(crate) fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
-        // hyper's read buffer bounds the request head; it refuses less than 8 KiB.
-        .max_buf_size(config.max_header_bytes.max(8192))
+        // hyper's read buffer bounds the request head (431 past it); it refuses less than
+        // 8 KiB. Room for a long request line is added, so a target over max_uri_bytes
+        // reaches the request path and gets 414 (hyper itself answers 414 past 64 KiB).
+        .max_buf_size((config.max_header_bytes + config.max_uri_bytes).max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(
+            u32::try_from(config.max_header_bytes + config.max_uri_bytes).unwrap_or(u32::MAX),
+        );
     builder
 }
 
