@@ -12,6 +12,9 @@
 #   MERIDIAN_BASELINE=path bench/proxy.sh  # also an older `edge` build as "baseline",
 #                                       # on ports 19004/19014, to compare in the same run
 #
+# Meridian runs twice: as configured, and as "meridian+log" with the access log written to
+# a file, to show what the log costs.
+#
 # Reports, per proxy: requests per CPU-second of the proxy process (utime+stime from /proc,
 # all threads and children), requests/s, p50/p99 latency (wrk), RSS after the run; then
 # the idle memory of 10,000 open client connections, Meridian against nginx.
@@ -88,6 +91,23 @@ declare -A PID=([nginx]=$NGINX [haproxy]=$HAPROXY [meridian]=$MERIDIAN)
 declare -A H1=([nginx]=19001 [haproxy]=19002 [meridian]=19003)
 declare -A H2=([nginx]=19011 [haproxy]=19012 [meridian]=19003)
 PROXIES=(nginx haproxy meridian)
+# The access log's cost: the same proxy with the log on, every line written to a file
+# (a rate cap far above the load, so nothing is dropped), as "meridian+log".
+sed -e 's/127.0.0.1:19003/127.0.0.1:19005/' -e 's/127.0.0.1:19013/127.0.0.1:19015/' \
+  "$MERIDIAN_CFG" >"$W/access-log.yaml"
+printf '  access_log: { file: %s, max_lines_per_second: 100000000 }\n' "$W/access.log" \
+  >>"$W/access-log.yaml"
+LOGGED_CMD=("${MERIDIAN_CMD[@]}")
+for i in "${!LOGGED_CMD[@]}"; do
+  [[ ${LOGGED_CMD[i]} == "$MERIDIAN_CFG" ]] && LOGGED_CMD[i]=$W/access-log.yaml
+done
+RUST_LOG=warn taskset -c 1 "${LOGGED_CMD[@]}" &
+PID[meridian+log]=$!
+PIDS+=($!)
+H1[meridian+log]=19005
+H2[meridian+log]=19005
+PROXIES+=(meridian+log)
+wait_port 19005
 if [[ -n "${MERIDIAN_BASELINE:-}" ]]; then
   sed -e 's/127.0.0.1:19003/127.0.0.1:19004/' -e 's/127.0.0.1:19013/127.0.0.1:19014/' \
     "$MERIDIAN_CFG" >"$W/baseline.yaml"

@@ -131,6 +131,30 @@ pub struct ProxyConfig {
     /// TLS termination on a listener of its own; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// The access log, one JSON line per request; off when absent. Each line costs a
+    /// little formatting on the request path and a write on a thread of its own; the rate
+    /// cap bounds both under a flood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
+}
+
+fn default_access_log_rate() -> u32 {
+    1000
+}
+
+/// Where the access log goes and how much of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// File the lines are appended to (created if missing; relative to the working
+    /// directory); stderr when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Lines written per second at most; lines over it, and lines that find the writer
+    /// behind by more than a second's worth, are dropped and counted in
+    /// `meridian_proxy_access_log_dropped_total`.
+    #[serde(default = "default_access_log_rate")]
+    pub max_lines_per_second: u32,
 }
 
 fn default_reload_interval() -> Duration {
@@ -187,6 +211,7 @@ impl Default for ProxyConfig {
             affinity: None,
             max_requests_per_target: None,
             tls: None,
+            access_log: None,
         }
     }
 }
@@ -435,6 +460,16 @@ impl ProxyConfig {
                     "must be longer than zero".to_string(),
                 );
             }
+        }
+        if self
+            .access_log
+            .as_ref()
+            .is_some_and(|log| log.max_lines_per_second == 0)
+        {
+            add(
+                "proxy.access_log.max_lines_per_second",
+                "must be at least 1".to_string(),
+            );
         }
         if self.max_requests_per_target == Some(0) {
             add(

@@ -22,6 +22,14 @@ pub enum Error {
     /// The TLS certificates could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The access log file could not be opened.
+    #[error("opening the access log {}: {source}", path.display())]
+    AccessLog {
+        /// The file configured.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
     /// A metric could not be registered (a duplicate name is a bug in this crate).
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),

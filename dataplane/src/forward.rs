@@ -18,6 +18,7 @@ use meridian_config::proxy::{AffinityConfig, ProxyConfig};
 use meridian_routing::{AppId, NoTarget, Pick, Policy, RoutingTable, TargetSet};
 use meridian_subscriber::TableCell;
 
+use crate::access::{AccessLog, Line};
 use crate::framing::FramingWatch;
 use crate::headers::{self, Refusal};
 use crate::idle::{self, Activity, Tracked};
@@ -44,6 +45,7 @@ pub(crate) struct Shared {
     pub(crate) runtime: ArcSwapOption<TableRuntime>,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) metrics: Metrics,
+    pub(crate) access_log: Option<AccessLog>,
     spread: AtomicU64,
     active: AtomicUsize,
     retrying: AtomicUsize,
@@ -55,7 +57,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: ProxyConfig, cell: Arc<TableCell>, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        config: ProxyConfig,
+        cell: Arc<TableCell>,
+        metrics: Metrics,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         let retry_header = HeaderName::from_bytes(config.retry.retryable_header.as_bytes())
             .unwrap_or(HeaderName::from_static("x-meridian-retryable"));
         let affinity = match &config.affinity {
@@ -72,6 +79,7 @@ impl Shared {
             runtime: ArcSwapOption::empty(),
             registry: Mutex::new(Registry::default()),
             metrics,
+            access_log,
             spread: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
@@ -184,8 +192,11 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let _active = CountGuard::new(&shared.active);
     shared.metrics.active_requests.inc();
-    let method = req.method().clone();
-    let path = req.uri().path_and_query().cloned();
+    // Kept for the log line of a request refused before forwarding (none when not logging).
+    let request_line = shared
+        .access_log
+        .as_ref()
+        .map(|_| (req.method().clone(), req.uri().path_and_query().cloned()));
     let (response, logged) =
         if headers::is_http1(req.version()) && framing.next_request_is_ambiguous() {
             (refuse(&shared, Refusal::AmbiguousOnWire), false)
@@ -195,21 +206,21 @@ pub(crate) async fn handle(
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         framing.upgraded();
     }
-    if !logged {
+    if !logged && let Some(log) = &shared.access_log {
         // Refused before a target was tried: still one access log line.
-        tracing::info!(
-            target: "meridian::access",
-            client = %peer.ip(),
-            method = %method,
-            path = path.as_ref().map_or("", |p| p.as_str()),
-            app = "",
-            target = "",
-            attempts = 0u32,
-            status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1e3,
-            upstream_ms = 0.0,
-            table_version = shared.cell.version(),
-        );
+        let (method, path) = request_line.unwrap_or_default();
+        log.log(&Line {
+            client: peer.ip(),
+            method: method.as_str(),
+            path: path.as_ref().map_or("", |p| p.as_str()),
+            app: "",
+            target: "",
+            attempts: 0,
+            status: response.status().as_u16(),
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            upstream_ms: 0.0,
+            table_version: shared.cell.version(),
+        });
     }
     shared.metrics.active_requests.dec();
     shared
@@ -569,19 +580,20 @@ async fn forward(
             .with_label_values(&[app_name.as_str(), "", crate::metrics::CLASSES[class]])
             .inc(),
     }
-    tracing::info!(
-        target: "meridian::access",
-        client = %peer.ip(),
-        method = %parts.method,
-        path = path.as_str(),
-        app = app_name.as_str(),
-        target = target.map_or("", |t| &*app_rt.targets[t].cluster),
-        attempts,
-        status,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        upstream_ms = upstream_time.as_secs_f64() * 1e3,
-        table_version = table.version(),
-    );
+    if let Some(log) = &shared.access_log {
+        log.log(&Line {
+            client: peer.ip(),
+            method: parts.method.as_str(),
+            path: path.as_str(),
+            app: app_name.as_str(),
+            target: target.map_or("", |t| &*app_rt.targets[t].cluster),
+            attempts,
+            status,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            upstream_ms: upstream_time.as_secs_f64() * 1e3,
+            table_version: table.version(),
+        });
+    }
     (response, true)
 }
 

@@ -22,10 +22,11 @@
 //! - `tls`: TLS termination, certificates by SNI, reload of changed certificate files.
 //! - `metrics`: the Prometheus registry. `admin`: `/livez`, `/readyz`, `/metrics`.
 //!
-//! The access log is one `tracing` event per request on the target `meridian::access`,
-//! with fields client, method, path, app, target, attempts, status, duration_ms,
-//! upstream_ms and table_version (a JSON line with the binary's `--log-format json`).
+//! - `access`: the access log, off unless configured: one JSON line per request (ts_ms,
+//!   client, method, path, app, target, attempts, status, duration_ms, upstream_ms,
+//!   table_version) to a file or stderr, under a rate cap, from a writer thread.
 
+mod access;
 mod admin;
 mod error;
 mod forward;
@@ -57,9 +58,6 @@ pub use forward::ProxyBody;
 pub use pool::{BodyError, Pooled};
 
 use forward::Shared;
-
-/// The tracing target of the access log.
-pub const ACCESS_LOG_TARGET: &str = "meridian::access";
 
 /// The edge proxy. Start it with [`Proxy::start`].
 pub struct Proxy;
@@ -139,7 +137,12 @@ impl Proxy {
             None => (None, None, None),
         };
         let metrics = metrics::Metrics::new()?;
-        let shared = Arc::new(Shared::new(config, cell, metrics));
+        let access_log = config
+            .access_log
+            .as_ref()
+            .map(|log| access::AccessLog::open(log, &metrics))
+            .transpose()?;
+        let shared = Arc::new(Shared::new(config, cell, metrics, access_log));
         let (stop, stop_rx) = watch::channel(false);
         let reload = reload.map(tokio::spawn);
         let server = tokio::spawn(listener::serve(listener, tls, shared.clone(), stop_rx));

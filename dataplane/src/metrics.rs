@@ -27,6 +27,8 @@ pub(crate) struct Metrics {
     pub(crate) table_version: IntGauge,
     pub(crate) table_staleness: Gauge,
     pub(crate) draining: IntGauge,
+    pub(crate) access_log_lines: IntCounter,
+    pub(crate) access_log_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -108,6 +110,19 @@ impl Metrics {
             "meridian_proxy_draining",
             "1 while the proxy is shutting down gracefully",
         )?;
+        let access_log_lines = IntCounter::new(
+            "meridian_proxy_access_log_lines_total",
+            "Access log lines written",
+        )?;
+        let access_log_dropped = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_access_log_dropped_total",
+                "Access log lines dropped: over the rate cap (rate) or with the writer behind (backlog)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(access_log_lines.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(ejections.clone()))?;
@@ -138,6 +153,8 @@ impl Metrics {
             table_version,
             table_staleness,
             draining,
+            access_log_lines,
+            access_log_dropped,
         })
     }
 
