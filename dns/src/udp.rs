@@ -32,7 +32,9 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     // Bursts from many resolvers: a larger receive buffer absorbs them (best effort).
     let _ = socket.set_recv_buffer_size(4 << 20);
     socket.bind(&addr.into())?;
-    socket.set_read_timeout(Some(POLL))?;
+    // Read without blocking until the queue is empty, then wait in poll(2) (as Knot does):
+    // a blocking recvmmsg with a receive timeout arms and cancels a timer on every call.
+    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
@@ -46,16 +48,11 @@ pub(crate) fn serve(socket: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBo
     while !stop.load(Ordering::Relaxed) {
         let n = match batch.recv(fd) {
             Ok(n) => n,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                mmsg::wait_readable(fd, POLL);
                 continue;
             }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 tracing::warn!(error = %err, "dns: udp receive failed");
                 std::thread::sleep(Duration::from_millis(10));
@@ -126,7 +123,7 @@ mod mmsg {
             }
         }
 
-        /// Waits for at least one datagram and takes up to [`BATCH`].
+        /// Takes up to [`BATCH`] datagrams that are already queued (`WouldBlock`: none).
         pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
             for i in 0..BATCH {
                 self.iov[i] = libc::iovec {
@@ -151,7 +148,7 @@ mod mmsg {
                     fd,
                     self.hdrs.as_mut_ptr(),
                     BATCH as libc::c_uint,
-                    libc::MSG_WAITFORONE,
+                    libc::MSG_DONTWAIT,
                     ptr::null_mut(),
                 )
             };
@@ -217,6 +214,20 @@ mod mmsg {
                     done += sent as usize;
                 }
             }
+        }
+    }
+
+    /// Waits until `fd` has a datagram to read, at most `timeout`.
+    pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call; the kernel writes only
+        // its `revents`. An error or a timeout just returns to the caller's loop.
+        unsafe {
+            libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int);
         }
     }
 
