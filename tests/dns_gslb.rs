@@ -255,3 +255,35 @@ fn configured_subnets_place_private_ecs_addresses() {
     assert_eq!(addrs(&ula)[0], ip("127.0.3.1"), "us-east by fc00::/7");
     assert_eq!(ecs(&ula).map(|e| e.2), Some(7));
 }
+
+#[test]
+fn answer_counters_stay_with_their_app_when_a_table_reorders_apps() {
+    let server = Server::start(CONFIG);
+    let ask = |name: &str| udp(server.addr(), name, RecordType::A, Opts::default());
+    let m = server.dns.metrics();
+    for _ in 0..10 {
+        ask("pay.example.test.");
+    }
+    assert_eq!(m.answers("pay", "eu1"), 10);
+    // The next table lists the apps in another order (and pay's targets too).
+    server.update(|t| {
+        t.apps.reverse();
+        for app in &mut t.apps {
+            app.targets.reverse();
+        }
+    });
+    for _ in 0..4 {
+        ask("pay.example.test.");
+    }
+    assert_eq!(
+        m.answers("pay", "eu1"),
+        14,
+        "counted under pay, not a neighbour"
+    );
+    assert_eq!(m.answers("maps", "eu2") + m.answers("maps", "us1"), 0);
+    let text = server.dns.render_metrics();
+    assert!(
+        text.contains("meridian_dns_answers_total{app=\"pay\",cluster=\"eu1\"} 14"),
+        "{text}"
+    );
+}

@@ -189,7 +189,7 @@ impl Handler {
         metrics: Arc<Metrics>,
         rrl: Option<Rrl>,
     ) -> Self {
-        let snapshot = Arc::new(Snapshot::build(&zones, cell.load()));
+        let snapshot = Arc::new(Snapshot::build(&zones, cell.load(), &metrics));
         Handler {
             zones,
             geo,
@@ -249,7 +249,7 @@ impl Handler {
             }
         };
         if !same(&current) {
-            *current = Arc::new(Snapshot::build(&self.zones, table));
+            *current = Arc::new(Snapshot::build(&self.zones, table, &self.metrics));
         }
         current.clone()
     }
@@ -674,7 +674,13 @@ impl Handler {
                 }
                 written[count] = Some(ip);
                 count += 1;
-                self.metrics.answer(app_id.0 as usize, choice.target);
+                if let Some(counter) = snap
+                    .answers
+                    .get(app_id.0 as usize)
+                    .and_then(|a| a.get(choice.target))
+                {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         if location_dependent {

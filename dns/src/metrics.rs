@@ -1,8 +1,10 @@
 //! Counters of the DNS server, kept in atomics so the query path never locks, rendered in
 //! the Prometheus text format on demand.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use meridian_routing::RoutingTable;
 
@@ -26,14 +28,18 @@ const TYPES: [(u16, &str); 12] = [
 const RCODES: [&str; 7] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
 ];
-/// Answers are counted per (app, target) position for the first apps of a table.
-const MAX_APPS: usize = 256;
-const MAX_TARGETS: usize = 64;
+/// One (app, cluster) answer counter, shared by every snapshot whose table has that target.
+pub(crate) type AnswerCounter = Arc<AtomicU64>;
+/// (app name, cluster name).
+type TargetName = (Box<str>, Box<str>);
 
 /// The server's counters.
 pub struct Metrics {
     queries: Box<[AtomicU64]>,
-    answers: Box<[AtomicU64]>,
+    /// Addresses given per (app, cluster), by name: a new table may order apps and targets
+    /// differently, and a count must stay with its app. Entries no snapshot uses are
+    /// dropped when a snapshot is built, so the map holds the targets of live tables only.
+    answers: Mutex<HashMap<TargetName, AnswerCounter>>,
     /// Queries that carried an EDNS Client Subnet option.
     pub ecs_seen: AtomicU64,
     /// Responses dropped by rate limiting.
@@ -57,7 +63,7 @@ impl Default for Metrics {
         let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
         Metrics {
             queries: zeros(TYPES.len() * RCODES.len()),
-            answers: zeros(MAX_APPS * MAX_TARGETS),
+            answers: Mutex::new(HashMap::new()),
             ecs_seen: AtomicU64::new(0),
             rrl_dropped: AtomicU64::new(0),
             rrl_slipped: AtomicU64::new(0),
@@ -81,11 +87,35 @@ impl Metrics {
         self.queries[t * RCODES.len() + r].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one address given for target `target` of app `app`.
-    pub fn answer(&self, app: usize, target: usize) {
-        if app < MAX_APPS && target < MAX_TARGETS {
-            self.answers[app * MAX_TARGETS + target].fetch_add(1, Ordering::Relaxed);
-        }
+    /// The answer counters for every target of `table`, per app in table order, for a new
+    /// snapshot; forgets the counters of targets no snapshot holds any more.
+    pub(crate) fn answer_counters(&self, table: &RoutingTable) -> Vec<Vec<AnswerCounter>> {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let counters = table
+            .apps()
+            .iter()
+            .map(|app| {
+                app.targets
+                    .iter()
+                    .map(|target| {
+                        answers
+                            .entry((app.name.as_str().into(), target.cluster.as_str().into()))
+                            .or_default()
+                            .clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        answers.retain(|_, counter| Arc::strong_count(counter) > 1);
+        counters
+    }
+
+    /// Addresses given for `app` from `cluster` so far.
+    pub fn answers(&self, app: &str, cluster: &str) -> u64 {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers
+            .get(&(app.into(), cluster.into()))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Queries answered with `qtype` and `rcode` (names as in the metric labels).
@@ -98,8 +128,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition. App and target labels come from `table`, the table
-    /// now served (answer counters are kept by position in it).
+    /// The Prometheus text exposition. Answer counters are given for the targets of
+    /// `table`, the table now served.
     pub fn render(&self, table: Option<&RoutingTable>, staleness_s: Option<f64>) -> String {
         let mut out = String::new();
         out.push_str("# HELP meridian_dns_queries_total DNS queries answered, by type and rcode.\n# TYPE meridian_dns_queries_total counter\n");
@@ -116,9 +146,9 @@ impl Metrics {
         }
         out.push_str("# HELP meridian_dns_answers_total Addresses given in app answers, by app and target cluster.\n# TYPE meridian_dns_answers_total counter\n");
         if let Some(table) = table {
-            for (a, app) in table.apps().iter().enumerate().take(MAX_APPS) {
-                for (t, target) in app.targets.iter().enumerate().take(MAX_TARGETS) {
-                    let v = self.answers[a * MAX_TARGETS + t].load(Ordering::Relaxed);
+            for app in table.apps() {
+                for target in &app.targets {
+                    let v = self.answers(&app.name, &target.cluster);
                     let _ = writeln!(
                         out,
                         "meridian_dns_answers_total{{app=\"{}\",cluster=\"{}\"}} {v}",

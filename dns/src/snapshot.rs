@@ -15,6 +15,7 @@ use meridian_config::zone::RecordData;
 use meridian_routing::{AppId, RegionId, RoutingTable};
 
 use crate::error::DnsError;
+use crate::metrics::{AnswerCounter, Metrics};
 use crate::wire::{self, name_to_wire, put_u16, put_u32, rtype, suffix_offsets};
 
 /// One record's wire body; `name_at` is the offset (in the body) of a domain name in its
@@ -83,6 +84,8 @@ pub struct Snapshot {
     pub(crate) has_wildcards: bool,
     /// ISO country code → region, for mmdb lookups.
     pub(crate) countries: HashMap<[u8; 2], RegionId>,
+    /// Per app and target of the table, its answer counter (shared across snapshots).
+    pub(crate) answers: Vec<Vec<AnswerCounter>>,
 }
 
 /// Static zone content parsed from the config once; snapshots are built from it per table.
@@ -223,8 +226,9 @@ fn render(ttl: u32, data: &RecordData) -> Rendered {
 }
 
 impl Snapshot {
-    /// Builds the snapshot for `table` (None: static zones only, app names fail).
-    pub fn build(zones: &Zones, table: Option<Arc<RoutingTable>>) -> Snapshot {
+    /// Builds the snapshot for `table` (None: static zones only, app names fail), counting
+    /// its answers in `metrics`.
+    pub fn build(zones: &Zones, table: Option<Arc<RoutingTable>>, metrics: &Metrics) -> Snapshot {
         let serial = table.as_ref().map_or(0, |t| t.version() as u32);
         let mut names: HashMap<Box<[u8]>, Node> = HashMap::new();
         let mut out_zones = Vec::new();
@@ -406,6 +410,9 @@ impl Snapshot {
             }
         }
 
+        let answers = table
+            .as_ref()
+            .map_or_else(Vec::new, |t| metrics.answer_counters(t));
         Snapshot {
             table,
             zones: out_zones,
@@ -413,6 +420,7 @@ impl Snapshot {
             cuts,
             has_wildcards,
             countries,
+            answers,
         }
     }
 
