@@ -447,6 +447,7 @@ async fn forward(
                         &parts.headers,
                         bytes,
                         shared.config.connect_timeout,
+                        replay_after_send,
                     ),
                 )
                 .await
@@ -469,7 +470,7 @@ async fn forward(
                 };
                 tokio::time::timeout(
                     shared.config.upstream_timeout,
-                    endpoint.send(upstream, shared.config.connect_timeout),
+                    endpoint.send(upstream, shared.config.connect_timeout, replay_after_send),
                 )
                 .await
             }

@@ -10,6 +10,7 @@
 use std::future::poll_fn;
 use std::io::{self, Write as _};
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -33,6 +34,8 @@ pub(crate) struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
+    /// When it last went back to the pool.
+    idle_since: Instant,
 }
 
 /// How a response body is delimited on the wire.
@@ -90,7 +93,16 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(1024),
+            idle_since: Instant::now(),
         }
+    }
+
+    pub(crate) fn mark_idle(&mut self) {
+        self.idle_since = Instant::now();
+    }
+
+    pub(crate) fn idle_since(&self) -> Instant {
+        self.idle_since
     }
 
     /// True when an idle connection can no longer be used: the upstream closed it, reset
@@ -168,8 +180,9 @@ impl Conn {
             }
             let n = match poll_fn(|cx| self.poll_fill(cx)).await {
                 Ok(n) => n,
-                // A reset before any answer: the upstream had closed the connection when
-                // the request reached it, so it was not processed (the keep-alive race).
+                // A reset before any answer reads as a close before the response: the
+                // keep-alive race, or an upstream that died (the caller decides what that
+                // allows).
                 Err(err) if !answered && err.kind() == io::ErrorKind::ConnectionReset => 0,
                 Err(err) => return Err(err.into()),
             };

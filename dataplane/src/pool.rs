@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderMap;
@@ -38,10 +38,17 @@ const MAX_IDLE: usize = 1024;
 /// Every this many returns to the pool, idle direct connections are checked for closure.
 const SWEEP_EVERY: usize = 1024;
 
+/// A pooled connection used this recently is taken as alive for a request that cannot be
+/// replayed. An older one may be meeting the upstream's idle timeout (Node's default is
+/// 5 s) just as the request reaches it, and that request could not be resent: it gets a
+/// fresh connection instead.
+const KNOWN_ALIVE: Duration = Duration::from_secs(1);
+
 /// One ingress endpoint and its idle connections.
 pub(crate) struct Endpoint {
     addr: SocketAddr,
-    idle: Mutex<Vec<SendRequest<UpstreamBody>>>,
+    /// Idle hyper connections with when each was last used.
+    idle: Mutex<Vec<(SendRequest<UpstreamBody>, Instant)>>,
     // Boxed so a connection moves between the pool and a response body as one pointer.
     #[allow(clippy::vec_box)]
     direct: Mutex<Vec<Box<h1::Conn>>>,
@@ -75,11 +82,18 @@ impl Endpoint {
         }
     }
 
-    fn pop_direct(&self) -> Option<Box<h1::Conn>> {
-        self.direct.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    /// The most recently used idle connection; for a request that cannot be replayed, only
+    /// if it was used within [`KNOWN_ALIVE`] (the others are older still).
+    fn pop_direct(&self, replayable: bool) -> Option<Box<h1::Conn>> {
+        let mut idle = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if !replayable && idle.last()?.idle_since().elapsed() > KNOWN_ALIVE {
+            return None;
+        }
+        idle.pop()
     }
 
-    fn put_direct(&self, conn: Box<h1::Conn>) {
+    fn put_direct(&self, mut conn: Box<h1::Conn>) {
+        conn.mark_idle();
         let mut idle = self.direct.lock().unwrap_or_else(|e| e.into_inner());
         // Idle direct connections have no task watching them: one the upstream closed
         // stays open on this side until popped. The stack's bottom may never be popped,
@@ -110,9 +124,13 @@ impl Endpoint {
 
     /// Sends a request whose body is in memory on a direct connection (idle or new), and
     /// reads the response head. The caller's headers are borrowed, not cloned, so a request
-    /// that may be retried costs no copy. A pooled connection found closed, or one the
-    /// upstream closed before answering a byte, moves the request to a fresh connection:
-    /// that is the keep-alive race, no failure of the target.
+    /// that may be retried costs no copy.
+    ///
+    /// A pooled connection found closed moves the request to another connection before
+    /// anything is written. One the upstream closes after the request was written, before
+    /// answering a byte, is the keep-alive race, or an upstream that died while processing:
+    /// a `replayable` request (idempotent or marked) is then resent on a fresh connection;
+    /// any other is never written to a second connection, and the failure is `Broken`.
     pub(crate) async fn send_buffered(
         self: &Arc<Self>,
         method: &Method,
@@ -120,26 +138,34 @@ impl Endpoint {
         headers: &HeaderMap,
         body: &Bytes,
         connect_timeout: Duration,
+        replayable: bool,
     ) -> Result<Response<Pooled>, SendError> {
+        // True once the request was written somewhere: a later connect failure is then no
+        // proof that nothing was sent.
+        let mut written = false;
         loop {
-            let (mut conn, reused) = match self.pop_direct() {
+            let (mut conn, reused) = match self.pop_direct(replayable) {
                 Some(conn) if conn.is_stale() => continue,
                 Some(conn) => (conn, true),
                 // Boxed: moving it in and out of the pool and the body stays cheap.
-                None => (
-                    Box::new(h1::Conn::new(self.connect_tcp(connect_timeout).await?)),
-                    false,
-                ),
+                None => match self.connect_tcp(connect_timeout).await {
+                    Ok(stream) => (Box::new(h1::Conn::new(stream)), false),
+                    Err(SendError::Connect(err)) if written => {
+                        return Err(SendError::Broken(Box::new(err)));
+                    }
+                    Err(err) => return Err(err),
+                },
             };
+            written = true;
             if let Err(err) = conn.write_request(method, path, headers, body).await {
-                if reused {
+                if reused && replayable {
                     continue;
                 }
                 return Err(SendError::Broken(Box::new(err)));
             }
             let head = match conn.read_head(*method == Method::HEAD).await {
                 Ok(head) => head,
-                Err(h1::ReadError::ClosedBeforeResponse) if reused => continue,
+                Err(h1::ReadError::ClosedBeforeResponse) if reused && replayable => continue,
                 Err(err) => return Err(SendError::Broken(Box::new(err))),
             };
             let mut response = Response::new(());
@@ -176,14 +202,19 @@ impl Endpoint {
         }
     }
 
-    fn pop_idle(&self) -> Option<SendRequest<UpstreamBody>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    /// As [`Endpoint::pop_direct`], for hyper connections.
+    fn pop_idle(&self, replayable: bool) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if !replayable && idle.last()?.1.elapsed() > KNOWN_ALIVE {
+            return None;
+        }
+        idle.pop().map(|(sender, _)| sender)
     }
 
     fn put_idle(&self, sender: SendRequest<UpstreamBody>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push((sender, Instant::now()));
         }
     }
 
@@ -203,14 +234,17 @@ impl Endpoint {
 
     /// Sends `req` on an idle connection, or a new one. A pooled connection the upstream
     /// closed while idle is noticed before anything is sent, and the request moves to a
-    /// fresh connection: that is no failure of the target.
+    /// fresh connection: that is no failure of the target. Once hyper has sent the request
+    /// it is never sent again; a request that is not `replayable` is only put on a
+    /// connection used within [`KNOWN_ALIVE`], or a fresh one.
     pub(crate) async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
         connect_timeout: Duration,
+        replayable: bool,
     ) -> Result<Response<Pooled>, SendError> {
         loop {
-            let (mut sender, reused) = match self.pop_idle() {
+            let (mut sender, reused) = match self.pop_idle(replayable) {
                 Some(sender) if sender.is_closed() => continue,
                 Some(sender) => (sender, true),
                 None => (self.connect(connect_timeout).await?, false),
@@ -469,15 +503,21 @@ mod tests {
     }
 
     async fn get(endpoint: &Arc<Endpoint>) -> Result<String, String> {
+        request(endpoint, Method::GET).await
+    }
+
+    /// Sends `method` (replayable when idempotent, as the request path decides).
+    async fn request(endpoint: &Arc<Endpoint>, method: Method) -> Result<String, String> {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::HOST, http::HeaderValue::from_static("t"));
         let response = endpoint
             .send_buffered(
-                &Method::GET,
+                &method,
                 &PathAndQuery::from_static("/"),
                 &headers,
                 &Bytes::new(),
                 Duration::from_secs(1),
+                crate::headers::is_idempotent(&method),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -513,6 +553,98 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(get(&endpoint).await.unwrap(), "once");
         }
+    }
+
+    /// An upstream that answers the first request on each connection and takes the second
+    /// without answering, closing the connection (as one killed mid-request would).
+    /// Counts request heads received and connections accepted; accepts `max_conns`.
+    async fn dies_on_second(max_conns: usize) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (h, a) = (heads.clone(), accepted.clone());
+        tokio::spawn(async move {
+            for _ in 0..max_conns {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for answer in [true, false] {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        h.fetch_add(1, Ordering::SeqCst);
+                        if answer {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, heads, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_replayed_is_never_written_twice() {
+        let (addr, heads, accepted) = dies_on_second(usize::MAX).await;
+        let endpoint = Arc::new(Endpoint::new(addr));
+        assert_eq!(request(&endpoint, Method::POST).await.unwrap(), "ok");
+        // The second POST goes on the kept-alive connection; the upstream takes it and closes
+        // without answering. It may have processed it: the POST fails, and is not resent.
+        let err = request(&endpoint, Method::POST).await.unwrap_err();
+        assert!(!err.starts_with("connect:"), "{err}");
+        assert_eq!(heads.load(Ordering::SeqCst), 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // A GET in the same spot is resent on a fresh connection.
+        assert_eq!(get(&endpoint).await.unwrap(), "ok");
+        assert_eq!(get(&endpoint).await.unwrap(), "ok");
+        assert_eq!(heads.load(Ordering::SeqCst), 5);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_reconnect_after_a_written_attempt_is_not_a_connect_failure() {
+        // One connection only: the GET's resend finds the listener gone.
+        let (addr, heads, _) = dies_on_second(1).await;
+        let endpoint = Arc::new(Endpoint::new(addr));
+        assert_eq!(get(&endpoint).await.unwrap(), "ok");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = get(&endpoint).await.unwrap_err();
+        assert!(!err.starts_with("connect:"), "{err}");
+        assert_eq!(heads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_replayed_skips_connections_idle_too_long() {
+        let (addr, accepted) = upstream(usize::MAX, "hi").await;
+        let endpoint = Arc::new(Endpoint::new(addr));
+        assert_eq!(get(&endpoint).await.unwrap(), "hi");
+        assert_eq!(request(&endpoint, Method::POST).await.unwrap(), "hi");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "a fresh idle connection is used"
+        );
+        tokio::time::sleep(KNOWN_ALIVE + Duration::from_millis(100)).await;
+        assert_eq!(request(&endpoint, Method::POST).await.unwrap(), "hi");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "an old idle connection is not"
+        );
+        tokio::time::sleep(KNOWN_ALIVE + Duration::from_millis(100)).await;
+        assert_eq!(get(&endpoint).await.unwrap(), "hi");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "but a GET may use it");
     }
 
     #[tokio::test]
