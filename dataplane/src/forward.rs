@@ -17,13 +17,14 @@ use hyper::body::{Body, Incoming};
 use meridian_config::proxy::{AffinityConfig, ProxyConfig};
 use meridian_routing::{AppId, NoTarget, Pick, Policy, RoutingTable, TargetSet};
 use meridian_subscriber::TableCell;
+use tokio::time::error::Elapsed;
 
 use crate::access::{AccessLog, Line};
 use crate::framing::FramingWatch;
 use crate::headers::{self, Refusal};
 use crate::idle::{self, Activity, Tracked};
 use crate::metrics::{Metrics, class_index};
-use crate::pool::{Pooled, SendError};
+use crate::pool::{Endpoint, Pooled, SendError};
 use crate::state::{AppRuntime, Registry, TableRuntime};
 use crate::upload::{ClientFault, Upload, UploadState};
 
@@ -282,6 +283,41 @@ enum Attempt {
     Response(Response<Pooled>),
 }
 
+/// The request body as it goes upstream.
+struct RequestBody {
+    /// Buffered: sent again on each attempt while a retry may follow.
+    replay: Option<Bytes>,
+    /// Streamed: sent once.
+    stream: Option<Upload>,
+    /// Whether the client of a streamed body broke it.
+    upload: Option<Arc<UploadState>>,
+}
+
+/// The request head made ready for upstreams, and what the request path learnt from it.
+struct Prepared {
+    path: PathAndQuery,
+    /// Idempotent or marked: may be sent again after a byte of it may have left.
+    replayable: bool,
+    affinity: Option<u64>,
+    /// An HTTP/1.1 upgrade was asked for; its client side, when hyper offers one.
+    upgrading: bool,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// What the attempts came to.
+struct Tries {
+    /// The proxy's own answer (no target, shedding, a client fault), or the last attempt
+    /// and its target (none when no target could be chosen).
+    outcome: Result<Option<(Attempt, usize)>, Response<ProxyBody>>,
+    attempts: u32,
+    upstream_time: Duration,
+}
+
+/// The request path, in phases, each a function below in the order it runs: `admit`
+/// (refusals that need no table), `route` (table and app), `read_body` (buffer or stream),
+/// `prepare` (the upstream head), `try_targets` (per attempt: `choose`, `send`, `classify`,
+/// then retry or stop), `answer` (the client's response) and `record` (metrics, access log).
+/// Returns the response and whether it was logged.
 async fn forward(
     shared: &Shared,
     req: Request<Incoming>,
@@ -289,80 +325,174 @@ async fn forward(
     forwarded: &headers::ForwardedFor,
     started: Instant,
 ) -> (Response<ProxyBody>, bool) {
+    let (table, app) = match admit(shared, &req).and_then(|()| route(shared, &req)) {
+        Ok(routed) => routed,
+        Err(early) => return (early.response(shared), false),
+    };
+    let runtime = shared.runtime_for(&table);
+    let app_rt = &runtime.apps[app.0 as usize];
+    let (mut parts, body) = req.into_parts();
+    let mut body = match read_body(shared, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(early) => return (early.response(shared), false),
+    };
+    let mut request = prepare(shared, &mut parts, forwarded);
+    let client = meridian_routing::Client {
+        addr: peer.ip(),
+        // Only the geo and latency policies look at the region: skip the lookup otherwise.
+        region: match table.app(app).policy {
+            Policy::Geo | Policy::Latency => table.resolve_region(peer.ip(), None).map(|(r, _)| r),
+            Policy::Weighted | Policy::Failover => None,
+        },
+    };
+    let pick = match request.affinity {
+        Some(key) => Pick::Affinity(key),
+        None => Pick::Spread(shared.spread.fetch_add(1, Ordering::Relaxed)),
+    };
+    let target = Targets {
+        table: &table,
+        app,
+        app_rt,
+        client: &client,
+        pick,
+    };
+    let tries = try_targets(shared, &target, &mut parts, &request, &mut body).await;
+    let (response, answered_by) = answer(shared, tries.outcome, &mut request.client_upgrade);
+    record(
+        shared,
+        &target,
+        &Line {
+            client: peer.ip(),
+            method: parts.method.as_str(),
+            path: request.path.as_str(),
+            app: &table.app(app).name,
+            target: answered_by.map_or("", |t| &*app_rt.targets[t].cluster),
+            attempts: tries.attempts,
+            status: response.status().as_u16(),
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            upstream_ms: tries.upstream_time.as_secs_f64() * 1e3,
+            table_version: table.version(),
+        },
+        answered_by,
+    );
+    (response, true)
+}
+
+/// Why the proxy answers a request itself, before any attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Early {
+    Refused(Refusal),
+    ClientFault(ClientFault),
+    NoTable,
+    NoApp,
+}
+
+impl Early {
+    /// The response, counted in `meridian_proxy_refused_total`.
+    fn response(self, shared: &Shared) -> Response<ProxyBody> {
+        match self {
+            Early::Refused(refusal) => refuse(shared, refusal),
+            Early::ClientFault(fault) => client_fault_response(shared, fault),
+            Early::NoTable => {
+                shared
+                    .metrics
+                    .refused
+                    .with_label_values(&["no-table"])
+                    .inc();
+                unavailable("no routing table yet\n")
+            }
+            Early::NoApp => {
+                shared.metrics.refused.with_label_values(&["no-app"]).inc();
+                plain(StatusCode::NOT_FOUND, "no app is served under this host\n")
+            }
+        }
+    }
+}
+
+/// Refusals that need no table: CONNECT, an over-long request target, ambiguous framing.
+fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<(), Early> {
     if req.method() == Method::CONNECT {
-        return (refuse(shared, Refusal::Connect), false);
+        return Err(Early::Refused(Refusal::Connect));
     }
     if req
         .uri()
         .path_and_query()
         .is_some_and(|p| p.as_str().len() > shared.config.max_uri_bytes)
     {
-        return (refuse(shared, Refusal::UriTooLong), false);
+        return Err(Early::Refused(Refusal::UriTooLong));
     }
-    if headers::is_http1(req.version())
-        && let Err(refusal) = headers::check_framing(&req)
-    {
-        return (refuse(shared, refusal), false);
+    if headers::is_http1(req.version()) {
+        headers::check_framing(req).map_err(Early::Refused)?;
     }
-    let Some(table) = shared.cell.load() else {
-        shared
-            .metrics
-            .refused
-            .with_label_values(&["no-table"])
-            .inc();
-        return (unavailable("no routing table yet\n"), false);
-    };
-    let app = match headers::request_host(&req) {
-        Ok(host) => table.app_for_host(host),
-        Err(refusal) => return (refuse(shared, refusal), false),
-    };
-    let Some(app) = app else {
-        shared.metrics.refused.with_label_values(&["no-app"]).inc();
-        return (
-            plain(StatusCode::NOT_FOUND, "no app is served under this host\n"),
-            false,
-        );
-    };
-    let runtime = shared.runtime_for(&table);
-    let app_rt = &runtime.apps[app.0 as usize];
-    let (mut parts, body) = req.into_parts();
+    Ok(())
+}
 
-    // The body: replayable when small enough to buffer, else streamed once.
-    let length = parts
-        .headers
+/// The table in force and the app serving the request's host.
+fn route<B>(shared: &Shared, req: &Request<B>) -> Result<(Arc<RoutingTable>, AppId), Early> {
+    let table = shared.cell.load().ok_or(Early::NoTable)?;
+    let host = headers::request_host(req).map_err(Early::Refused)?;
+    let app = table.app_for_host(host).ok_or(Early::NoApp)?;
+    Ok((table, app))
+}
+
+/// The body: buffered (so it can be replayed) when its length is known and small enough,
+/// else streamed once. A length over the limit is refused before any byte goes upstream.
+async fn read_body(
+    shared: &Shared,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<RequestBody, Early> {
+    let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|n| n > shared.config.max_body_bytes) {
-        // Refused before any byte goes upstream.
-        return (client_fault_response(shared, ClientFault::TooLarge), false);
+        return Err(Early::ClientFault(ClientFault::TooLarge));
     }
-    // Set when the body is streamed: says whether the client broke it.
-    let mut upload_state: Option<Arc<UploadState>> = None;
-    let (mut replay, mut stream) = if body.is_end_stream() {
-        (Some(Bytes::new()), None)
-    } else if length.is_some_and(|n| n <= shared.config.replay_buffer_bytes) {
+    if body.is_end_stream() {
+        return Ok(RequestBody {
+            replay: Some(Bytes::new()),
+            stream: None,
+            upload: None,
+        });
+    }
+    if length.is_some_and(|n| n <= shared.config.replay_buffer_bytes) {
         let limited = Limited::new(body, shared.config.replay_buffer_bytes as usize);
-        match tokio::time::timeout(shared.config.body_timeout, limited.collect()).await {
-            Ok(Ok(collected)) => (Some(collected.to_bytes()), None),
-            Ok(Err(_)) => return (client_fault_response(shared, ClientFault::Malformed), false),
-            Err(_) => return (client_fault_response(shared, ClientFault::Slow), false),
-        }
-    } else {
-        let (upload, state) = Upload::new(
-            body,
-            shared.config.max_body_bytes,
-            shared.config.body_timeout,
-        );
-        upload_state = Some(state);
-        (None, Some(upload))
-    };
+        return match tokio::time::timeout(shared.config.body_timeout, limited.collect()).await {
+            Ok(Ok(collected)) => Ok(RequestBody {
+                replay: Some(collected.to_bytes()),
+                stream: None,
+                upload: None,
+            }),
+            Ok(Err(_)) => Err(Early::ClientFault(ClientFault::Malformed)),
+            Err(_) => Err(Early::ClientFault(ClientFault::Slow)),
+        };
+    }
+    let (upload, state) = Upload::new(
+        body,
+        shared.config.max_body_bytes,
+        shared.config.body_timeout,
+    );
+    Ok(RequestBody {
+        replay: None,
+        stream: Some(upload),
+        upload: Some(state),
+    })
+}
 
+/// Makes the head ready for upstreams: takes the retry marker off, reads the affinity key,
+/// gives an HTTP/2 request a Host, passes an upgrade through, drops hop-by-hop headers and
+/// adds the forwarding ones.
+fn prepare(
+    shared: &Shared,
+    parts: &mut http::request::Parts,
+    forwarded: &headers::ForwardedFor,
+) -> Prepared {
     let marked = parts
         .headers
         .remove(&shared.retry_header)
         .is_some_and(|v| v == "true" || v == "1");
-    let replay_after_send = marked || headers::is_idempotent(&parts.method);
+    let replayable = marked || headers::is_idempotent(&parts.method);
     let affinity = shared.affinity_key(&parts.headers);
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
@@ -373,9 +503,9 @@ async fn forward(
     }
     // An HTTP/1.1 upgrade (WebSocket and the like) is passed through: its Upgrade and
     // Connection headers go upstream, and on 101 the two connections are joined.
-    let upgrade = headers::upgrade_request(&parts);
+    let upgrade = headers::upgrade_request(parts);
     let upgrading = upgrade.is_some();
-    let mut client_upgrade = upgrade
+    let client_upgrade = upgrade
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -391,218 +521,261 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Prepared {
+        path,
+        replayable,
+        affinity,
+        upgrading,
+        client_upgrade,
+    }
+}
 
-    let client = meridian_routing::Client {
-        addr: peer.ip(),
-        // Only the geo and latency policies look at the region: skip the lookup otherwise.
-        region: match table.app(app).policy {
-            Policy::Geo | Policy::Latency => table.resolve_region(peer.ip(), None).map(|(r, _)| r),
-            Policy::Weighted | Policy::Failover => None,
-        },
-    };
-    let pick = match affinity {
-        Some(key) => Pick::Affinity(key),
-        None => Pick::Spread(shared.spread.fetch_add(1, Ordering::Relaxed)),
-    };
-    let max_attempts = shared.config.retry.max_attempts;
+/// Where a request's attempts may go.
+#[derive(Clone, Copy)]
+struct Targets<'a> {
+    table: &'a RoutingTable,
+    app: AppId,
+    app_rt: &'a AppRuntime,
+    client: &'a meridian_routing::Client,
+    pick: Pick,
+}
+
+/// Tries targets until one answers, the request may not be tried again, or none is left.
+async fn try_targets(
+    shared: &Shared,
+    targets: &Targets<'_>,
+    parts: &mut http::request::Parts,
+    request: &Prepared,
+    body: &mut RequestBody,
+) -> Tries {
+    let app_rt = targets.app_rt;
     let mut tried = TargetSet::EMPTY;
-    let mut attempts = 0u32;
+    let mut tries = Tries {
+        outcome: Ok(None),
+        attempts: 0,
+        upstream_time: Duration::ZERO,
+    };
     let mut retry_guard = None;
-    let mut last: Option<(Attempt, usize)> = None;
-    let mut upstream_time = Duration::ZERO;
-
-    let outcome = loop {
+    loop {
         let now = shared.now_ms();
-        let target = match choose(shared, &table, app_rt, app, &client, pick, tried, now) {
+        let target = match choose(shared, targets, tried, now) {
             Ok(target) => target,
             Err(Unavailable::FailClosed) => {
-                break Err(unavailable("no target of this app is serving\n"));
+                tries.outcome = Err(unavailable("no target of this app is serving\n"));
+                return tries;
             }
-            Err(Unavailable::Saturated) if attempts == 0 => {
+            Err(Unavailable::Saturated) if tries.attempts == 0 => {
                 app_rt.shed.inc();
-                break Err(unavailable("every target is at its concurrency limit\n"));
+                tries.outcome = Err(unavailable("every target is at its concurrency limit\n"));
+                return tries;
             }
             // Every target has been tried (or the rest are full): answer with what the
             // last attempt gave.
-            Err(_) => break Ok(()),
+            Err(_) => return tries,
         };
-        attempts += 1;
+        tries.attempts += 1;
         tried.insert(target);
         let state = &app_rt.targets[target];
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(&state.in_flight);
 
-        let endpoint = app_rt.endpoint(target);
-        let may_retry = attempts < max_attempts && replay.is_some();
+        let may_retry = tries.attempts < shared.config.retry.max_attempts && body.replay.is_some();
         let sent = Instant::now();
-        let result = match &replay {
-            // The hot path: a buffered body and no upgrade go on a direct connection,
-            // the headers borrowed (no copy even when the request may be retried).
-            Some(bytes) if !upgrading => {
-                tokio::time::timeout(
-                    shared.config.upstream_timeout,
-                    endpoint.send_buffered(
-                        &parts.method,
-                        &path,
-                        &parts.headers,
-                        bytes,
-                        shared.config.connect_timeout,
-                        replay_after_send,
-                    ),
-                )
-                .await
-            }
-            _ => {
-                // Origin form: the request line carries only the path; Host says the rest.
-                let uri = Uri::from(path.clone());
-                let mut upstream = Request::new(match (&replay, stream.take()) {
-                    (Some(bytes), _) => Either::Left(Full::new(bytes.clone())),
-                    (None, Some(s)) => Either::Right(s),
-                    (None, None) => Either::Left(Full::new(Bytes::new())),
-                });
-                *upstream.method_mut() = parts.method.clone();
-                *upstream.uri_mut() = uri;
-                *upstream.version_mut() = Version::HTTP_11;
-                *upstream.headers_mut() = if may_retry {
-                    parts.headers.clone()
-                } else {
-                    std::mem::take(&mut parts.headers)
-                };
-                tokio::time::timeout(
-                    shared.config.upstream_timeout,
-                    endpoint.send(upstream, shared.config.connect_timeout, replay_after_send),
-                )
-                .await
-            }
-        };
+        let result = send(
+            shared,
+            app_rt.endpoint(target),
+            parts,
+            request,
+            body,
+            may_retry,
+        )
+        .await;
         if !may_retry {
-            replay = None;
+            body.replay = None;
         }
         let took = sent.elapsed();
-        upstream_time += took;
-        if let Some(fault) = client_fault(upload_state.as_deref(), &result) {
-            // The client broke its own request: answer it, and neither blame the target
-            // nor retry.
-            break Err(client_fault_response(shared, fault));
-        }
-        state.latency.observe(took.as_secs_f64());
-        let failure = match result {
-            Ok(Ok(response)) if !shared.retry_statuses.contains(&response.status().as_u16()) => {
+        tries.upstream_time += took;
+        let failure = match classify(result, &shared.retry_statuses, body.upload.as_deref()) {
+            Verdict::Answered(response) => {
+                state.latency.observe(took.as_secs_f64());
                 state.record_success(shared.now_ms(), &shared.config.outlier);
-                last = Some((Attempt::Response(response), target));
-                break Ok(());
+                tries.outcome = Ok(Some((Attempt::Response(response), target)));
+                return tries;
             }
-            Ok(Ok(response)) => Attempt::Response(response),
-            Ok(Err(err @ SendError::Connect(_))) => {
-                tracing::debug!(app = %state.app, target = %state.cluster, %err, "upstream connect failed");
-                Attempt::Connect
+            Verdict::ClientFault(fault) => {
+                // The client broke its own request: answer it, and neither blame the
+                // target nor retry.
+                tries.outcome = Err(client_fault_response(shared, fault));
+                return tries;
             }
-            Ok(Err(err @ SendError::Broken(_))) => {
-                tracing::debug!(app = %state.app, target = %state.cluster, %err, "upstream failed");
-                Attempt::Broken
+            Verdict::Failed(failure, err) => {
+                if let Some(err) = err {
+                    tracing::debug!(app = %state.app, target = %state.cluster, %err, "upstream attempt failed");
+                }
+                failure
             }
-            Err(_) => Attempt::Timeout,
         };
+        state.latency.observe(took.as_secs_f64());
         app_rt.record_failure(target, shared.now_ms(), &shared.config.outlier);
-        let replayable = match failure {
-            Attempt::Connect => true,
-            _ => replay_after_send,
-        };
+        // A request may go again after a failure when nothing of it was sent, or when it
+        // is idempotent or marked; and the retry budget must have room (a request already
+        // retrying keeps its place in it).
+        let replayable = matches!(failure, Attempt::Connect) || request.replayable;
         let can_retry =
             may_retry && replayable && (retry_guard.is_some() || shared.retry_allowed());
         if may_retry && replayable && !can_retry {
             shared.metrics.budget_exhausted.inc();
         }
-        last = Some((failure, target));
+        tries.outcome = Ok(Some((failure, target)));
         if !can_retry {
-            break Ok(());
+            return tries;
         }
         state.retries.inc();
         if retry_guard.is_none() {
             retry_guard = Some(CountGuard::new(&shared.retrying));
         }
-    };
-    drop(retry_guard);
+    }
+}
 
-    let (response, target) = match outcome {
-        Err(response) => (response, None),
-        Ok(()) => match last.take() {
-            Some((Attempt::Response(response), target))
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && client_upgrade.is_some() =>
-            {
-                let (mut head, _) = response.into_parts();
-                match (
-                    client_upgrade.take(),
-                    head.extensions.remove::<hyper::upgrade::OnUpgrade>(),
-                ) {
-                    (Some(client), Some(upstream)) => {
-                        tokio::spawn(tunnel(client, upstream, shared.config.tunnel_idle_timeout));
-                        head.headers.remove(header::TRANSFER_ENCODING);
-                        (
-                            Response::from_parts(head, Either::Right(Full::new(Bytes::new()))),
-                            Some(target),
-                        )
-                    }
-                    _ => (
-                        plain(StatusCode::BAD_GATEWAY, "upstream upgrade failed\n"),
-                        Some(target),
-                    ),
-                }
-            }
-            Some((Attempt::Response(response), target)) => {
-                let (mut head, body) = response.into_parts();
-                headers::strip_hop_by_hop(&mut head.headers);
-                let body = body.with_idle_timeout(shared.config.upstream_body_timeout);
-                (Response::from_parts(head, Either::Left(body)), Some(target))
-            }
-            Some((Attempt::Timeout, target)) => (
-                plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream did not answer in time\n",
-                ),
-                Some(target),
-            ),
-            Some((Attempt::Connect | Attempt::Broken, target)) => (
-                plain(StatusCode::BAD_GATEWAY, "upstream failed\n"),
-                Some(target),
-            ),
-            None => (unavailable("no target is available\n"), None),
-        },
+/// One attempt on `endpoint`, bounded by the upstream timeout. A buffered body without an
+/// upgrade takes the hot path (a direct connection, the head borrowed, no copy even when a
+/// retry may follow); a streamed body or an upgrade goes through hyper.
+async fn send(
+    shared: &Shared,
+    endpoint: &Arc<Endpoint>,
+    parts: &mut http::request::Parts,
+    request: &Prepared,
+    body: &mut RequestBody,
+    may_retry: bool,
+) -> Result<Result<Response<Pooled>, SendError>, Elapsed> {
+    let timeout = shared.config.upstream_timeout;
+    let connect_timeout = shared.config.connect_timeout;
+    if let Some(bytes) = &body.replay
+        && !request.upgrading
+    {
+        let sent = endpoint.send_buffered(
+            &parts.method,
+            &request.path,
+            &parts.headers,
+            bytes,
+            connect_timeout,
+            request.replayable,
+        );
+        return tokio::time::timeout(timeout, sent).await;
+    }
+    let mut upstream = Request::new(match (&body.replay, body.stream.take()) {
+        (Some(bytes), _) => Either::Left(Full::new(bytes.clone())),
+        (None, Some(stream)) => Either::Right(stream),
+        (None, None) => Either::Left(Full::new(Bytes::new())),
+    });
+    *upstream.method_mut() = parts.method.clone();
+    // Origin form: the request line carries only the path; Host says the rest.
+    *upstream.uri_mut() = Uri::from(request.path.clone());
+    *upstream.version_mut() = Version::HTTP_11;
+    *upstream.headers_mut() = if may_retry {
+        parts.headers.clone()
+    } else {
+        std::mem::take(&mut parts.headers)
     };
-    let status = response.status().as_u16();
-    let class = class_index(status);
-    let app_name = &table.app(app).name;
-    match target {
-        Some(t) => app_rt.targets[t].requests[class].inc(),
+    let sent = endpoint.send(upstream, connect_timeout, request.replayable);
+    tokio::time::timeout(timeout, sent).await
+}
+
+/// What an attempt's result means for the request.
+enum Verdict {
+    /// A response to pass on (its status is not in the retry set).
+    Answered(Response<Pooled>),
+    /// The client broke its own request (its streamed body).
+    ClientFault(ClientFault),
+    /// The attempt failed, the target's fault; the error, when there is one, for the log.
+    Failed(Attempt, Option<SendError>),
+}
+
+fn classify(
+    result: Result<Result<Response<Pooled>, SendError>, Elapsed>,
+    retry_statuses: &[u16],
+    upload: Option<&UploadState>,
+) -> Verdict {
+    if let Some(fault) = client_fault(upload, &result) {
+        return Verdict::ClientFault(fault);
+    }
+    match result {
+        Ok(Ok(response)) if !retry_statuses.contains(&response.status().as_u16()) => {
+            Verdict::Answered(response)
+        }
+        Ok(Ok(response)) => Verdict::Failed(Attempt::Response(response), None),
+        Ok(Err(err @ SendError::Connect(_))) => Verdict::Failed(Attempt::Connect, Some(err)),
+        Ok(Err(err @ SendError::Broken(_))) => Verdict::Failed(Attempt::Broken, Some(err)),
+        Err(_) => Verdict::Failed(Attempt::Timeout, None),
+    }
+}
+
+/// The client's response: the last attempt's (passed on, or joined to the client on 101),
+/// or the proxy's own.
+fn answer(
+    shared: &Shared,
+    outcome: Result<Option<(Attempt, usize)>, Response<ProxyBody>>,
+    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
+) -> (Response<ProxyBody>, Option<usize>) {
+    let (attempt, target) = match outcome {
+        Err(response) => return (response, None),
+        Ok(None) => return (unavailable("no target is available\n"), None),
+        Ok(Some(last)) => last,
+    };
+    let response = match attempt {
+        Attempt::Response(response)
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some() =>
+        {
+            let (mut head, _) = response.into_parts();
+            match (
+                client_upgrade.take(),
+                head.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+            ) {
+                (Some(client), Some(upstream)) => {
+                    tokio::spawn(tunnel(client, upstream, shared.config.tunnel_idle_timeout));
+                    head.headers.remove(header::TRANSFER_ENCODING);
+                    Response::from_parts(head, Either::Right(Full::new(Bytes::new())))
+                }
+                _ => plain(StatusCode::BAD_GATEWAY, "upstream upgrade failed\n"),
+            }
+        }
+        Attempt::Response(response) => {
+            let (mut head, body) = response.into_parts();
+            headers::strip_hop_by_hop(&mut head.headers);
+            let body = body.with_idle_timeout(shared.config.upstream_body_timeout);
+            Response::from_parts(head, Either::Left(body))
+        }
+        Attempt::Timeout => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream did not answer in time\n",
+        ),
+        Attempt::Connect | Attempt::Broken => plain(StatusCode::BAD_GATEWAY, "upstream failed\n"),
+    };
+    (response, Some(target))
+}
+
+/// Counts the request by the target that answered (none: the proxy did) and status class,
+/// and writes its access log line.
+fn record(shared: &Shared, targets: &Targets<'_>, line: &Line<'_>, answered_by: Option<usize>) {
+    let class = class_index(line.status);
+    match answered_by {
+        Some(t) => targets.app_rt.targets[t].requests[class].inc(),
         None => shared
             .metrics
             .requests
-            .with_label_values(&[app_name.as_str(), "", crate::metrics::CLASSES[class]])
+            .with_label_values(&[line.app, "", crate::metrics::CLASSES[class]])
             .inc(),
     }
     if let Some(log) = &shared.access_log {
-        log.log(&Line {
-            client: peer.ip(),
-            method: parts.method.as_str(),
-            path: path.as_str(),
-            app: app_name.as_str(),
-            target: target.map_or("", |t| &*app_rt.targets[t].cluster),
-            attempts,
-            status,
-            duration_ms: started.elapsed().as_secs_f64() * 1e3,
-            upstream_ms: upstream_time.as_secs_f64() * 1e3,
-            table_version: table.version(),
-        });
+        log.log(line);
     }
-    (response, true)
 }
 
 /// The client's fault when an attempt with a streamed body failed because of the client:
 /// its body broke, or the upstream gave no answer before the client finished sending it.
 fn client_fault<T, E>(
     upload: Option<&UploadState>,
-    result: &Result<Result<T, E>, tokio::time::error::Elapsed>,
+    result: &Result<Result<T, E>, Elapsed>,
 ) -> Option<ClientFault> {
     let upload = upload?;
     match result {
@@ -665,17 +838,19 @@ enum Unavailable {
 /// Chooses a target not yet tried. Ejected targets are left out while another candidate
 /// remains (an ejection never fails a request on its own); targets at their concurrency
 /// limit are left out, and when nothing else is left the request is shed.
-#[allow(clippy::too_many_arguments)]
 fn choose(
     shared: &Shared,
-    table: &RoutingTable,
-    app_rt: &AppRuntime,
-    app: AppId,
-    client: &meridian_routing::Client,
-    pick: Pick,
+    targets: &Targets<'_>,
     tried: TargetSet,
     now_ms: u64,
 ) -> Result<usize, Unavailable> {
+    let Targets {
+        table,
+        app,
+        app_rt,
+        client,
+        pick,
+    } = *targets;
     let ejected = app_rt.ejected(now_ms);
     let mut exclude = TargetSet(tried.0 | ejected.0);
     let mut saturated = false;
@@ -709,5 +884,126 @@ fn choose(
             }
             _ => return Ok(choice.target),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared::new(
+            ProxyConfig::default(),
+            Arc::new(TableCell::new()),
+            Metrics::new().unwrap(),
+            None,
+        )
+    }
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn admit_refuses_what_needs_no_table() {
+        let shared = shared();
+        assert_eq!(admit(&shared, &request("GET", "/", &[])), Ok(()));
+        assert_eq!(
+            admit(&shared, &request("CONNECT", "shop.test:443", &[])),
+            Err(Early::Refused(Refusal::Connect))
+        );
+        let long = format!("/{}", "a".repeat(9000));
+        assert_eq!(
+            admit(&shared, &request("GET", &long, &[])),
+            Err(Early::Refused(Refusal::UriTooLong))
+        );
+        let both = [("content-length", "3"), ("transfer-encoding", "chunked")];
+        assert_eq!(
+            admit(&shared, &request("POST", "/", &both)),
+            Err(Early::Refused(Refusal::LengthAndChunked))
+        );
+    }
+
+    #[test]
+    fn route_without_a_table_is_503_with_retry_after() {
+        let shared = shared();
+        let early = route(&shared, &request("GET", "/", &[("host", "shop.test")]))
+            .err()
+            .unwrap();
+        assert_eq!(early, Early::NoTable);
+        let response = early.response(&shared);
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(
+            Early::Refused(Refusal::Connect).response(&shared).status(),
+            501
+        );
+        assert_eq!(
+            Early::ClientFault(ClientFault::TooLarge)
+                .response(&shared)
+                .status(),
+            413
+        );
+    }
+
+    #[tokio::test]
+    async fn classify_tells_answers_target_failures_and_client_faults_apart() {
+        let statuses = [502, 503, 504];
+        let response = |code: u16| {
+            let mut r = Response::new(Pooled::ready(b"x"));
+            *r.status_mut() = StatusCode::from_u16(code).unwrap();
+            Ok(Ok(r))
+        };
+        let elapsed = || async {
+            Err(
+                tokio::time::timeout(Duration::ZERO, std::future::pending::<()>())
+                    .await
+                    .unwrap_err(),
+            )
+        };
+        assert!(matches!(
+            classify(response(200), &statuses, None),
+            Verdict::Answered(_)
+        ));
+        assert!(matches!(
+            classify(response(500), &statuses, None),
+            Verdict::Answered(_)
+        ));
+        assert!(matches!(
+            classify(response(503), &statuses, None),
+            Verdict::Failed(Attempt::Response(_), None)
+        ));
+        let connect = Ok(Err(SendError::Connect(
+            std::io::ErrorKind::ConnectionRefused.into(),
+        )));
+        assert!(matches!(
+            classify(connect, &statuses, None),
+            Verdict::Failed(Attempt::Connect, Some(_))
+        ));
+        let broken = Ok(Err(SendError::Broken("reset".into())));
+        assert!(matches!(
+            classify(broken, &statuses, None),
+            Verdict::Failed(Attempt::Broken, Some(_))
+        ));
+        assert!(matches!(
+            classify(elapsed().await, &statuses, None),
+            Verdict::Failed(Attempt::Timeout, None)
+        ));
+        // No answer while the client was still sending its body: the client's fault.
+        let streaming = UploadState::default();
+        assert!(matches!(
+            classify(elapsed().await, &statuses, Some(&streaming)),
+            Verdict::ClientFault(ClientFault::Slow)
+        ));
+        // A streamed body's upstream failing on its own is still the target's.
+        let broken = Ok(Err(SendError::Broken("reset".into())));
+        assert!(matches!(
+            classify(broken, &statuses, Some(&streaming)),
+            Verdict::Failed(Attempt::Broken, _)
+        ));
     }
 }

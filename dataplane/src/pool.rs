@@ -311,6 +311,12 @@ impl Pooled {
         self
     }
 
+    /// A body already in memory, for tests of what handles responses.
+    #[cfg(test)]
+    pub(crate) fn ready(data: &'static [u8]) -> Self {
+        Pooled::new(Inner::Ready(Some(Bytes::from_static(data))))
+    }
+
     /// Forgets the connection: it will not go back to the pool.
     fn abandon(&mut self) {
         match &mut self.inner {
