@@ -282,6 +282,9 @@ pub struct ClusterView {
 pub struct VerdictView {
     /// Whether the verdict lets it serve.
     pub healthy: bool,
+    /// False until a quorum of vantages that probed it decided: unknown is not up.
+    #[serde(default)]
+    pub known: bool,
     /// When it last changed (0: never).
     pub changed_at_ms: u64,
     /// A recovery held down until then, by flap damping.
@@ -430,7 +433,8 @@ fn status_view(shared: &Shared) -> ApiResult<StatusView> {
                             .traffic
                             .target(&app.name, &t.cluster, now, traffic_max_age_ms),
                         verdict: VerdictView {
-                            healthy: verdict.is_none_or(|v| v.healthy),
+                            healthy: verdict.is_some_and(|v| v.healthy),
+                            known: verdict.is_some_and(|v| v.known),
                             changed_at_ms: verdict.map_or(0, |v| v.changed_at_ms),
                             held_until_ms: verdict.and_then(|v| v.held_until_ms),
                             votes: st.verdicts.votes(&app.name, &t.cluster),

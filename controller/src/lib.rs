@@ -185,8 +185,9 @@ impl Shared {
             .clone()
     }
 
-    /// Replaces the config: targets keep their votes and verdicts, new ones start healthy,
-    /// removed ones are forgotten. The caller restarts the probes.
+    /// Replaces the config: targets keep their votes and verdicts, new ones take the
+    /// verdict the published table has for them or start unknown, removed ones are
+    /// forgotten. The caller restarts the probes.
     pub(crate) fn set_config(&self, config: Config) -> Arc<Inputs> {
         let inputs = Arc::new(Inputs::new(config));
         {
@@ -199,7 +200,7 @@ impl Shared {
                         .map(move |t| (a.name.as_str(), t.cluster.as_str()))
                 }));
             if let Some(table) = self.publisher.current() {
-                seed_unhealthy(&mut st.verdicts, &table, Some(&added), now_ms());
+                seed_from_table(&mut st.verdicts, &table, Some(&added), now_ms());
             }
         }
         *self.inputs.write().unwrap_or_else(|e| e.into_inner()) = inputs.clone();
@@ -421,21 +422,21 @@ impl Shared {
     }
 }
 
-/// Targets `table` had unhealthy start so (all of them, or those in `only`), until a quorum
-/// says otherwise: neither a restart nor a config change sends traffic to a target before
-/// probes confirm it.
-fn seed_unhealthy(
+/// Targets of `table` (all of them, or those in `only`) start with the verdict it published:
+/// neither a restart nor a config change sends traffic to a target before probes confirm
+/// it, nor takes traffic from one a quorum had found healthy. Targets it lacks stay unknown.
+fn seed_from_table(
     verdicts: &mut Verdicts,
     table: &RoutingTable,
     only: Option<&[(String, String)]>,
     now: u64,
 ) {
     for app in table.apps() {
-        for t in app.targets.iter().filter(|t| t.health == Health::Unhealthy) {
+        for t in &app.targets {
             let wanted =
                 only.is_none_or(|only| only.iter().any(|(a, c)| *a == app.name && *c == t.cluster));
             if wanted {
-                verdicts.seed_unhealthy(&app.name, &t.cluster, now);
+                verdicts.seed(&app.name, &t.cluster, t.health != Health::Unhealthy, now);
             }
         }
     }
@@ -531,7 +532,7 @@ impl Controller {
             verdicts = verdicts.with_own_vantage(&options.vantage);
         }
         if let Some(last) = &last {
-            seed_unhealthy(&mut verdicts, last, None, now);
+            seed_from_table(&mut verdicts, last, None, now);
         }
         let metrics = Metrics::new()?;
         let listen = options.listen.unwrap_or(section.listen);
@@ -720,6 +721,17 @@ controller:
         serde_json::from_slice(&body).unwrap()
     }
 
+    async fn wait_healthy(ctl: &RunningController) -> u64 {
+        for _ in 0..200 {
+            let table = ctl.table().unwrap();
+            if table.apps()[0].targets[0].health == Health::Healthy {
+                return table.version();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("shop/c1 never became healthy");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_operator_write_leaves_no_trace() {
         let loaded = meridian_config::parse(CONFIG, std::path::Path::new("t.yaml")).unwrap();
@@ -733,7 +745,17 @@ controller:
         .await
         .unwrap();
         let client = ControllerClient::new(&ctl.url(), None).unwrap();
-        let version = ctl.table().unwrap().version();
+        // A vantage finds c1 up, so a drain changes routing.
+        let report = format!(
+            r#"{{"vantage":"edge","observations":[{{"app":"shop","cluster":"c1","healthy":true,
+            "last_ok":true,"latency_seconds":0.001,"detail":"","at_ms":{}}}]}}"#,
+            now_ms()
+        );
+        client
+            .call(Method::POST, "/api/v1/reports", Some(report.into_bytes()))
+            .await
+            .unwrap();
+        let version = wait_healthy(&ctl).await;
         let weight = "/api/v1/apps/shop/targets/c1/weight";
 
         ctl.shared

@@ -60,30 +60,35 @@ pub struct Vote {
     pub detail: String,
     /// When, ms since the Unix epoch.
     pub at_ms: u64,
+    /// Whether this vantage has ever seen the target pass. A vote of "healthy" counts only
+    /// then: a vantage that has not seen it answer has no evidence that it is up.
+    #[serde(default)]
+    pub seen_ok: bool,
 }
 
-/// The verdict on one target.
-#[derive(Clone, Debug, PartialEq)]
+impl Vote {
+    /// Whether the vote says "up" with evidence.
+    fn passing(&self) -> bool {
+        self.healthy && self.seen_ok
+    }
+}
+
+/// The verdict on one target; the default is unknown.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Verdict {
-    /// Whether the target may serve.
+    /// Whether the target may serve: false while unknown.
     pub healthy: bool,
+    /// Whether a quorum ever decided (or a restart seeded it from the last table). Until
+    /// then the target is unknown, and unknown is not up.
+    pub known: bool,
+    /// Whether the last change was a recovery from unhealthy (a first verdict is not).
+    recovered: bool,
     /// When the verdict last changed (0: never, the initial state).
     pub changed_at_ms: u64,
     /// While set and in the future, a recovery is being held down until then.
     pub held_until_ms: Option<u64>,
     /// Times of recent changes, for flap damping.
     changes: VecDeque<u64>,
-}
-
-impl Default for Verdict {
-    fn default() -> Self {
-        Self {
-            healthy: true,
-            changed_at_ms: 0,
-            held_until_ms: None,
-            changes: VecDeque::new(),
-        }
-    }
 }
 
 /// A verdict change, as the failover history records it.
@@ -124,7 +129,7 @@ pub struct Verdicts {
 const FORGET_AFTER_TTLS: u64 = 10;
 
 impl Verdicts {
-    /// Verdicts for these targets, all healthy.
+    /// Verdicts for these targets, all unknown.
     pub fn new<'a>(targets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut map: BTreeMap<String, BTreeMap<String, TargetState>> = BTreeMap::new();
         for (a, c) in targets {
@@ -145,7 +150,7 @@ impl Verdicts {
     }
 
     /// Changes the set of targets: existing ones keep their votes and verdict, new ones
-    /// start healthy, removed ones are forgotten (the config changed). Returns the new ones.
+    /// start unknown, removed ones are forgotten (the config changed). Returns the new ones.
     pub fn retarget<'a>(
         &mut self,
         targets: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -168,12 +173,16 @@ impl Verdicts {
         added
     }
 
-    /// Starts a target unhealthy (after a restart, as the last published table had it), so
-    /// a restart never sends traffic to a target before probes confirm it.
-    pub fn seed_unhealthy(&mut self, app: &str, cluster: &str, now_ms: u64) {
+    /// Starts a target known, as the last published table had it (after a restart): a
+    /// restart neither sends traffic to a target before probes confirm it nor takes it from
+    /// one the quorum had found healthy.
+    pub fn seed(&mut self, app: &str, cluster: &str, healthy: bool, now_ms: u64) {
         if let Some(t) = self.get_mut(app, cluster) {
-            t.verdict.healthy = false;
-            t.verdict.changed_at_ms = now_ms;
+            t.verdict.healthy = healthy;
+            t.verdict.known = true;
+            if !healthy {
+                t.verdict.changed_at_ms = now_ms;
+            }
         }
     }
 
@@ -190,6 +199,7 @@ impl Verdicts {
         let Some(t) = self.get_mut(&obs.app, &obs.cluster) else {
             return false;
         };
+        let seen_ok = obs.last_ok || t.votes.get(vantage).is_some_and(|v| v.seen_ok);
         t.votes.insert(
             vantage.to_string(),
             Vote {
@@ -199,6 +209,7 @@ impl Verdicts {
                 latency_seconds: obs.latency_seconds,
                 detail: obs.detail.clone(),
                 at_ms: obs.at_ms,
+                seen_ok,
             },
         );
         true
@@ -225,18 +236,19 @@ impl Verdicts {
         })
     }
 
-    /// What compute needs of the verdicts: the targets that are unhealthy or have recovered.
+    /// What compute needs of the verdicts: the targets that are unhealthy (or unknown) or
+    /// have recovered.
     pub fn inputs(&self) -> crate::compute::VerdictInputs {
         let mut inputs = crate::compute::VerdictInputs::default();
         for (app, cluster, v) in self.iter() {
-            if !v.healthy || v.changed_at_ms > 0 {
+            let recovered = v.healthy && v.recovered;
+            if !v.healthy || recovered {
                 inputs.insert(
                     app,
                     cluster,
                     crate::compute::HealthInput {
                         healthy: v.healthy,
-                        recovered_at_ms: (v.healthy && v.changed_at_ms > 0)
-                            .then_some(v.changed_at_ms),
+                        recovered_at_ms: recovered.then_some(v.changed_at_ms),
                     },
                 );
             }
@@ -257,10 +269,13 @@ impl Verdicts {
             t.votes
                 .retain(|_, v| now_ms.saturating_sub(v.at_ms) <= forget);
             let known = t.votes.len() + usize::from(own.is_some_and(|o| !t.votes.contains_key(o)));
+            // Only votes with evidence count: "healthy" from a vantage that never saw the
+            // target pass is no vote at all.
             let fresh: Vec<&Vote> = t
                 .votes
                 .values()
                 .filter(|v| now_ms.saturating_sub(v.at_ms) <= opts.vantage_ttl_ms)
+                .filter(|v| v.passing() || !v.healthy)
                 .collect();
             let n = fresh.len();
             if n == 0 {
@@ -269,6 +284,34 @@ impl Verdicts {
             let needed = if known >= 2 { (n / 2 + 1).max(2) } else { 1 };
             let failing = fresh.iter().filter(|v| !v.healthy).count();
             let passing = n - failing;
+            if !t.verdict.known {
+                // The first verdict: not a change of state, so neither a flap nor a
+                // recovery; only a failure is worth a line in the history.
+                let v = &mut t.verdict;
+                let (healthy, count) = if failing >= needed {
+                    (false, failing)
+                } else if passing >= needed {
+                    (true, passing)
+                } else {
+                    continue;
+                };
+                v.known = true;
+                v.healthy = healthy;
+                v.changed_at_ms = now_ms;
+                if !healthy {
+                    changes.push(Change {
+                        app: app.clone(),
+                        cluster: cluster.clone(),
+                        healthy,
+                        at_ms: now_ms,
+                        cause: format!(
+                            "first verdict: {count} of {n} vantages report it failing (quorum {needed})"
+                        ),
+                        votes: fresh.into_iter().cloned().collect(),
+                    });
+                }
+                continue;
+            }
             let v = &mut t.verdict;
             while v
                 .changes
@@ -319,6 +362,7 @@ impl Verdicts {
                 None
             };
             if let Some((healthy, cause)) = new_state {
+                v.recovered = healthy;
                 v.healthy = healthy;
                 v.changed_at_ms = now_ms;
                 v.held_until_ms = None;
@@ -365,17 +409,59 @@ mod tests {
         v.verdict("shop", "c1").unwrap().healthy
     }
 
+    /// shop/c1, known healthy (as a restart seeds it from the last table).
+    fn known_healthy() -> Verdicts {
+        let mut v = Verdicts::new([("shop", "c1")]);
+        v.seed("shop", "c1", true, 0);
+        v
+    }
+
+    #[test]
+    fn a_target_is_unknown_and_not_up_until_a_vantage_that_probed_it_votes() {
+        let mut v = Verdicts::new([("shop", "c1")]).with_own_vantage("controller");
+        let unknown = |v: &Verdicts| {
+            let verdict = v.verdict("shop", "c1").unwrap();
+            !verdict.known && !verdict.healthy && !v.inputs().get("shop", "c1").healthy
+        };
+        assert!(unknown(&v), "published as not up");
+        // Two vantages that started before their first check say "healthy" with no
+        // evidence (a rise/fall that starts up): that is no vote, however many they are.
+        let no_evidence = Observation {
+            last_ok: false,
+            ..obs(true, 100)
+        };
+        v.record("edge-a", &no_evidence);
+        v.record("edge-b", &no_evidence);
+        v.record("controller", &obs(false, 100));
+        assert!(v.evaluate(100, &OPTS).is_empty());
+        assert!(unknown(&v));
+        // Once they have seen it fail too, the first verdict is down, in the history.
+        v.record("edge-a", &obs(false, 200));
+        let changes = v.evaluate(200, &OPTS);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(changes[0].cause.starts_with("first verdict"));
+        assert!(v.verdict("shop", "c1").unwrap().known && !healthy(&v));
+
+        // A first verdict of up is not a recovery: no slow start, no flap counted.
+        let mut v = Verdicts::new([("shop", "c1")]);
+        v.record("controller", &obs(true, 100));
+        assert!(v.evaluate(100, &OPTS).is_empty());
+        assert!(healthy(&v));
+        assert_eq!(v.inputs().get("shop", "c1").recovered_at_ms, None);
+        // A vote of "healthy" keeps counting once the vantage has seen it pass.
+        v.record("controller", &no_evidence);
+        assert!(v.votes("shop", "c1")[0].seen_ok);
+    }
+
     #[test]
     fn retarget_keeps_known_verdicts_and_forgets_removed_targets() {
         let mut v = Verdicts::new([("shop", "c1"), ("shop", "c2")]);
-        v.seed_unhealthy("shop", "c1", 5);
+        v.seed("shop", "c1", false, 5);
         let added = v.retarget([("shop", "c1"), ("shop", "c3")]);
         assert_eq!(added, [("shop".to_string(), "c3".to_string())]);
         assert!(!healthy(&v), "c1 keeps its verdict");
-        assert!(
-            v.verdict("shop", "c3").unwrap().healthy,
-            "a new target starts healthy"
-        );
+        let c3 = v.verdict("shop", "c3").unwrap();
+        assert!(!c3.known && !c3.healthy, "a new target starts unknown");
         assert!(
             v.verdict("shop", "c2").is_none(),
             "a removed target is forgotten"
@@ -391,7 +477,7 @@ mod tests {
 
     #[test]
     fn one_vantage_alone_moves_nothing_when_others_probe() {
-        let mut v = Verdicts::new([("shop", "c1")]);
+        let mut v = known_healthy();
         v.record("a", &obs(false, 100));
         v.record("b", &obs(true, 100));
         v.record("c", &obs(true, 100));
@@ -408,7 +494,7 @@ mod tests {
 
     #[test]
     fn two_vantages_need_both_and_stale_votes_do_not_count() {
-        let mut v = Verdicts::new([("shop", "c1")]);
+        let mut v = known_healthy();
         v.record("a", &obs(false, 100));
         v.record("b", &obs(true, 100));
         assert!(v.evaluate(200, &OPTS).is_empty());
@@ -423,7 +509,7 @@ mod tests {
 
     #[test]
     fn the_own_vantage_counts_before_its_first_vote() {
-        let mut v = Verdicts::new([("shop", "c1")]).with_own_vantage("controller");
+        let mut v = known_healthy().with_own_vantage("controller");
         v.record("edge", &obs(false, 100));
         assert!(v.evaluate(100, &OPTS).is_empty());
         v.record("controller", &obs(false, 150));
@@ -432,7 +518,7 @@ mod tests {
 
     #[test]
     fn a_single_vantage_decides_when_it_is_the_only_one() {
-        let mut v = Verdicts::new([("shop", "c1")]);
+        let mut v = known_healthy();
         v.record("controller", &obs(false, 100));
         assert_eq!(v.evaluate(100, &OPTS).len(), 1);
         v.record("controller", &obs(true, 200));
@@ -443,7 +529,7 @@ mod tests {
 
     #[test]
     fn flapping_is_held_down_with_growing_hold() {
-        let mut v = Verdicts::new([("shop", "c1")]);
+        let mut v = known_healthy();
         let mut t = 0;
         let step = |v: &mut Verdicts, ok: bool, at: u64| {
             v.record("controller", &obs(ok, at));
@@ -470,7 +556,7 @@ mod tests {
 
     #[test]
     fn failing_during_hold_restarts_it() {
-        let mut v = Verdicts::new([("shop", "c1")]);
+        let mut v = known_healthy();
         for (i, ok) in [false, true, false].into_iter().enumerate() {
             v.record("controller", &obs(ok, i as u64 * 10));
             v.evaluate(i as u64 * 10, &OPTS);

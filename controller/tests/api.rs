@@ -23,6 +23,7 @@ async fn setup(name: &str) -> (RunningController, std::path::PathBuf, Backend, B
         sha256_hex(SUB)
     );
     let ctl = start_controller(&config_yaml(b1.addr, b2.addr, &tokens), &dir, true).await;
+    wait_all_healthy(&ctl).await;
     (ctl, dir, b1, b2)
 }
 

@@ -107,6 +107,7 @@ async fn a_single_vantage_seeing_failures_does_not_change_the_verdict() {
     let (b1, b2) = (Backend::start().await, Backend::start().await);
     let dir = temp_dir("quorum");
     let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, true).await;
+    wait_all_healthy(&ctl).await;
     let http = client_for(&ctl);
     // The controller's own probes see c1 healthy; a second vantage reports it failing for
     // a whole second (ten of its report rounds).

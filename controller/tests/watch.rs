@@ -62,7 +62,15 @@ async fn snapshot_resume_and_heartbeats_on_the_wire() {
         .unwrap();
     assert_eq!(&beat[..], b"\n");
     let op = client(&ctl, Some("op-token"));
-    let (status, _) = call(&op, Method::POST, "/api/v1/clusters/c2/drain", None).await;
+    // A weight change (no vantage probes here, so the targets are unknown and a drain
+    // would change no routing).
+    let (status, _) = call(
+        &op,
+        Method::PUT,
+        "/api/v1/apps/shop/targets/c2/weight",
+        Some(r#"{"weight": 50}"#),
+    )
+    .await;
     assert_eq!(status, 200);
     let next = loop {
         let data = tokio::time::timeout(Duration::from_secs(1), body.frame())
@@ -253,7 +261,13 @@ async fn follow_reconnects_after_the_stream_breaks() {
     .await
     .unwrap();
     let op = client(&ctl, None);
-    call(&op, Method::POST, "/api/v1/clusters/c1/drain", None).await;
+    call(
+        &op,
+        Method::PUT,
+        "/api/v1/apps/shop/targets/c1/weight",
+        Some(r#"{"weight": 50}"#),
+    )
+    .await;
     wait_for(Duration::from_secs(8), || {
         (cell.version() == v1 + 1).then_some(())
     })

@@ -285,39 +285,36 @@ where
 }
 
 /// Rise/fall state of one endpoint: `fall` consecutive failures make it unhealthy, `rise`
-/// consecutive successes make it healthy again. It starts healthy, as a configured target
-/// is assumed to serve until probes say otherwise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// consecutive successes make it healthy again. It starts unknown, and its first check
+/// decides: an endpoint never probed is not up (a vantage that just started must not vote
+/// "up" for a target it has not seen answer), and one that answered is up at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RiseFall {
-    healthy: bool,
+    /// `None` until the first check.
+    healthy: Option<bool>,
     streak: u32,
 }
 
-impl Default for RiseFall {
-    fn default() -> Self {
-        Self {
-            healthy: true,
-            streak: 0,
-        }
-    }
-}
-
 impl RiseFall {
-    /// Whether the endpoint is healthy now.
+    /// Whether the endpoint is healthy now (false while unknown).
     pub fn healthy(&self) -> bool {
-        self.healthy
+        self.healthy == Some(true)
     }
 
     /// Records one result; true when it changed the state.
     pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
-        if ok == self.healthy {
+        let Some(healthy) = self.healthy else {
+            self.healthy = Some(ok);
+            return true;
+        };
+        if ok == healthy {
             self.streak = 0;
             return false;
         }
         self.streak += 1;
-        let needed = if self.healthy { fall } else { rise };
+        let needed = if healthy { fall } else { rise };
         if self.streak >= needed.max(1) {
-            self.healthy = ok;
+            self.healthy = Some(ok);
             self.streak = 0;
             return true;
         }
@@ -442,7 +439,15 @@ mod tests {
     #[test]
     fn rise_and_fall() {
         let mut s = RiseFall::default();
+        assert!(!s.healthy(), "unknown is not up");
+        assert!(s.record(true, 2, 3), "the first check decides");
         assert!(s.healthy());
+        let mut down = RiseFall::default();
+        assert!(down.record(false, 2, 3));
+        assert!(
+            !down.healthy(),
+            "a first failure is not up for fall-1 rounds"
+        );
         assert!(!s.record(false, 2, 3));
         assert!(!s.record(false, 2, 3));
         assert!(!s.record(true, 2, 3), "a success resets the failure streak");

@@ -190,3 +190,17 @@ pub async fn call(
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, json)
 }
+
+/// Waits until every target of the published table is healthy: a fresh controller
+/// publishes its targets as not up until a vantage has probed them.
+pub async fn wait_all_healthy(ctl: &RunningController) -> Arc<RoutingTable> {
+    wait_for(Duration::from_secs(5), || {
+        ctl.table().filter(|t| {
+            t.apps()
+                .iter()
+                .all(|a| a.targets.iter().all(|t| t.health == Health::Healthy))
+        })
+    })
+    .await
+    .expect("every target is probed and found healthy")
+}
