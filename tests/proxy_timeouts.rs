@@ -210,3 +210,50 @@ async fn a_quiet_upgraded_tunnel_is_closed() {
         "closed too early: {after:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_two_idle_periods() {
+    // An upstream with an endless body: only the client not reading stops the flow.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let endless = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n";
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+                let block = vec![b'x'; 64 * 1024];
+                while s.write_all(&block).await.is_ok() {}
+            });
+        }
+    });
+    let table = table_of(
+        1,
+        &[("alpha", upstream, 1, Health::Healthy)],
+        FailureMode::FailOpen,
+    );
+    let mut config = test_config();
+    config.idle_timeout = Duration::from_millis(400);
+    let (proxy, _cell) = start_proxy(config, table).await;
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading: the buffers fill and nothing moves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Had the proxy kept the connection, draining it would never end.
+    let drained = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(1..) = stream.read(&mut buf).await {}
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "a connection whose client stopped reading was kept open"
+    );
+    endless.abort();
+}

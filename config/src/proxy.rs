@@ -98,8 +98,9 @@ pub struct ProxyConfig {
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub upstream_timeout: Duration,
     /// A client connection with no request in flight and no byte moving for this long is
-    /// closed (HTTP/2 with GOAWAY). Each open connection holds about its buffers' memory
-    /// and one of `max_connections` until then.
+    /// closed gracefully (HTTP/2 with GOAWAY); one still stuck a period later (a client
+    /// that stopped reading its response) is closed at once. Each open connection holds
+    /// its buffers' memory and one of `max_connections` until then.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Longest pause inside an upstream's response body; past it the upstream connection

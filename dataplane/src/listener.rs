@@ -113,7 +113,8 @@ pub(crate) async fn serve(
 
 /// Serves one client connection until it closes. It is closed at once when it completes
 /// no request head within the header timeout, and gracefully (after the response in
-/// flight; GOAWAY on HTTP/2) when it sits idle or the proxy stops.
+/// flight; GOAWAY on HTTP/2) when it sits idle or the proxy stops; one still idle a period
+/// after that (a client that stopped reading a response) is closed at once.
 async fn serve_connection<T>(
     io: T,
     peer: SocketAddr,
@@ -152,14 +153,21 @@ async fn serve_connection<T>(
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
-            why = quiet.as_mut(), if !closing => match why {
+            why = quiet.as_mut() => match why {
                 Quiet::Silent => {
                     tracing::debug!(%peer, "no request head within the header timeout; closing");
+                    return;
+                }
+                // Still idle a period after the graceful close: a response nobody reads
+                // (the client stopped reading) holds the connection; close it.
+                Quiet::Idle if closing => {
+                    tracing::debug!(%peer, "client stopped reading; closing");
                     return;
                 }
                 Quiet::Idle => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
+                    quiet.set(idle::watch(&watched, header_timeout, idle_timeout));
                 }
             },
             _ = stopped(&mut stop), if !draining => {
