@@ -1,14 +1,14 @@
-//! Real Kubernetes API servers for tests: etcd + kube-apiserver v1.20 on loopback, started by
-//! `scripts/kube/start-apiserver.sh` (the binary comes from `scripts/kube/build-apiserver.sh`,
-//! cached in ~/.cache/meridian-kube). With `MERIDIAN_TEST_KUBECONFIG` set, the hub is that
-//! cluster instead (any real cluster where the test may create a namespace and CRDs).
+//! Real Kubernetes API servers for tests: etcd + kube-apiserver on loopback, started by
+//! `scripts/kube/start-apiserver.sh` (the binary is `KUBE_APISERVER`, else the one
+//! `scripts/kube/apiserver.sh` installs in ~/.cache/meridian-kube). With
+//! `MERIDIAN_TEST_KUBECONFIG` set, the hub is that cluster instead (any real cluster where the
+//! test may create namespaces and CRDs).
 
 #![allow(
     dead_code,
     reason = "each test binary uses a part of the support module"
 )]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,14 +22,6 @@ use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use kube::{Client, Config, ResourceExt};
 use meridian_k8s::status::FIELD_MANAGER;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One API server with its etcd; both are killed on drop.
 pub struct ApiServer {
@@ -55,23 +47,16 @@ impl ApiServer {
         let script = repo_path("scripts/kube/start-apiserver.sh");
         let dir = std::env::temp_dir().join(format!("meridian-kube-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (port, etcd_port) = (free_port(), free_port());
-        // etcd also takes the next two ports; pick a base with room.
-        let etcd_port = if etcd_port > 65000 {
-            40000 + (etcd_port % 1000)
-        } else {
-            etcd_port
-        };
+        // The script picks the API server's port (retrying if it is taken); etcd uses Unix
+        // sockets in `dir`. It inherits KUBE_APISERVER, which chooses the binary.
         let out = Command::new("bash")
             .arg(&script)
             .arg(&dir)
-            .arg(port.to_string())
-            .arg(etcd_port.to_string())
             .output()
             .expect("running start-apiserver.sh");
         assert!(
             out.status.success(),
-            "could not start a kube-apiserver (build it with scripts/kube/build-apiserver.sh): {}{}",
+            "could not start a kube-apiserver for {name}:\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
