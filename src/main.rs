@@ -57,6 +57,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let server = matches!(
+        cli.command,
+        Command::Up(_) | Command::Controller(_) | Command::Dns(_) | Command::Proxy(_)
+    );
+    if !server {
+        cmd::die_quietly_on_closed_stdout();
+    }
     cmd::init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Up(args) => cmd::up::run(args),

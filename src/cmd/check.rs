@@ -19,12 +19,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(loaded) => {
                 let c = &loaded.config;
                 println!(
-                    "{}: ok ({} regions, {} clusters, {} apps, {} zones)",
+                    "{}: ok ({}, {}, {}, {})",
                     file.display(),
-                    c.regions.len(),
-                    c.clusters.len(),
-                    c.apps.len(),
-                    c.zones.len()
+                    count(c.regions.len(), "region"),
+                    count(c.clusters.len(), "cluster"),
+                    count(c.apps.len(), "app"),
+                    count(c.zones.len(), "zone"),
                 );
             }
             Err(err) => {
@@ -42,4 +42,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `1 app`, `2 apps`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }

@@ -21,16 +21,35 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); colours only on a terminal, so a
+/// log written to a file or a pipe carries no escape codes.
 pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// For commands that print and exit: a reader that goes away (`meridian status | head -1`)
+/// ends the process quietly, as for any Unix filter, instead of a panic on the next print.
+/// Rust ignores SIGPIPE by default; servers keep that (a client's closed socket must not
+/// kill them), so only the printing commands call this.
+#[expect(
+    unsafe_code,
+    reason = "restoring a signal's default action has no safe wrapper in std"
+)]
+pub fn die_quietly_on_closed_stdout() {
+    // SAFETY: called at the start of main, before any thread is started; SIG_DFL is a
+    // valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

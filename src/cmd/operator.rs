@@ -109,6 +109,14 @@ macro_rules! print_json {
     }};
 }
 
+/// An effective weight as the table keeps it (thousandths, so ramps move smoothly) in the
+/// units of the configured weight: `100`, `52.5`.
+fn effective(thousandths: u32) -> String {
+    let whole = f64::from(thousandths) / 1000.0;
+    let text = format!("{whole:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 fn time(ms: u64) -> String {
     let secs = ms / 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
@@ -157,13 +165,20 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                     "  {:<22} {:<7} {:<10} {:<15} {}",
                     t.cluster,
                     weight,
-                    t.effective_weight,
+                    effective(t.effective_weight),
                     health,
                     votes.join(" ")
                 );
             }
         }
-        println!("\n(* weight set by an operator)");
+        let overridden = status
+            .apps
+            .iter()
+            .flat_map(|a| &a.targets)
+            .any(|t| t.weight_override.is_some());
+        if overridden {
+            println!("\n(* weight set by an operator)");
+        }
         Ok(())
     })
 }
@@ -243,6 +258,9 @@ pub fn history(args: LogArgs) -> anyhow::Result<()> {
         if args.api.json {
             return print_json!(entries);
         }
+        if entries.is_empty() {
+            println!("no failover history yet: no target has changed state since the store began");
+        }
         for h in &entries {
             let votes: Vec<String> = h
                 .change
@@ -274,6 +292,9 @@ pub fn audit(args: LogArgs) -> anyhow::Result<()> {
         let entries = args.api.client()?.audit(args.limit).await?;
         if args.api.json {
             return print_json!(entries);
+        }
+        if entries.is_empty() {
+            println!("no operator changes yet: weights, drains and undrains are recorded here");
         }
         for a in &entries {
             println!(

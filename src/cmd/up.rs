@@ -43,7 +43,8 @@ pub struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// A token with the subscriber role, for the in-process proxy and DNS server when the
-    /// config has `controller.tokens` (or env MERIDIAN_TOKEN).
+    /// config has `controller.tokens` (or env MERIDIAN_TOKEN). Without one, `up` gives its
+    /// own parts a credential of their own for this run.
     #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
@@ -66,6 +67,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.controller_listen {
         c.controller.listen = addr;
+    }
+    let mut args = args;
+    if args.token.is_none() && !c.controller.tokens.is_empty() {
+        args.token = Some(in_process_credential(&mut c.controller));
     }
     let data_dir = args
         .data_dir
@@ -148,8 +153,16 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
     };
     let proxy_cell = follow_into("proxy");
     let dns_cell = follow_into("dns");
-    wait_for_table(&proxy_cell).await;
-    wait_for_table(&dns_cell).await;
+    for (part, cell) in [("proxy", &proxy_cell), ("DNS server", &dns_cell)] {
+        if !wait_for_table(cell).await {
+            anyhow::bail!(
+                "the in-process {part} got no routing table from the controller within {} s \
+                 (see the log above; with controller.tokens set, --token must be a token \
+                 with the subscriber role)",
+                FIRST_TABLE.as_secs()
+            );
+        }
+    }
 
     let proxy = Proxy::start(config.proxy.clone(), proxy_cell)
         .await
@@ -163,6 +176,7 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
         proxy.local_addr(),
         dns.udp_addr(),
         stand_ins.is_some(),
+        args.config.is_none(),
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -182,15 +196,37 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
     Ok(())
 }
 
-/// Waits briefly for the first table, so the proxy and DNS do not start by refusing.
-async fn wait_for_table(cell: &TableCell) {
-    for _ in 0..100 {
+/// How long the in-process parts may take to get their first table: the controller is in
+/// the same process, so only a refused credential or a broken config takes longer.
+const FIRST_TABLE: Duration = Duration::from_secs(10);
+
+/// Waits for the first table, so the proxy and DNS do not start by refusing; false when
+/// none came within [`FIRST_TABLE`].
+async fn wait_for_table(cell: &TableCell) -> bool {
+    let deadline = tokio::time::Instant::now() + FIRST_TABLE;
+    while tokio::time::Instant::now() < deadline {
         if cell.load().is_some() {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::warn!("no routing table yet; serving will start when one arrives");
+    false
+}
+
+/// A subscriber token for this run's own proxy and DNS server, added (as its digest) to
+/// the controller's tokens; it exists only in this process.
+fn in_process_credential(controller: &mut meridian_config::controller::ControllerConfig) -> String {
+    use sha2::Digest;
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    controller
+        .tokens
+        .push(meridian_config::controller::TokenConfig {
+            name: "meridian-up".into(),
+            role: meridian_config::controller::Role::Subscriber,
+            sha256: Some(hex::encode(sha2::Sha256::digest(token.as_bytes()))),
+            file: None,
+        });
+    token
 }
 
 fn print_welcome(
@@ -199,6 +235,7 @@ fn print_welcome(
     proxy: SocketAddr,
     dns: SocketAddr,
     demo: bool,
+    embedded: bool,
 ) {
     let c = &loaded.config;
     let host = c
@@ -208,26 +245,46 @@ fn print_welcome(
         .find(|h| !h.starts_with("*."))
         .cloned()
         .unwrap_or_else(|| "app.example.com".into());
+    // The command as it was called (`target/debug/meridian` after `cargo build`), since
+    // `meridian` is often not on the PATH.
+    let bin = std::env::args()
+        .next()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "meridian".into());
     let mut text = format!(
-        "\nMeridian is up ({}).\n\n  dashboard   http://{controller}/\n  API         http://{controller}/api/v1/status   (OpenAPI: /openapi.json, metrics: /metrics)\n  proxy       http://{proxy}/\n  DNS         {dns} (UDP and TCP)\n\nTry:\n  curl -s -H 'Host: {host}' http://{proxy}/\n  kdig @{} -p {} {host} A\n  kdig @{} -p {} {host} A +subnet=198.51.100.0/24\n  curl -s 'http://{controller}/api/v1/explain?host={host}&client=198.51.100.7'\n",
+        "\nMeridian is up ({}).\n\n  dashboard   http://{controller}/\n  API         http://{controller}/api/v1/status   (OpenAPI: /openapi.json, metrics: /metrics)\n  proxy       http://{proxy}/\n  DNS         {dns} (UDP and TCP)\n",
         loaded.file.display(),
-        dns.ip(),
-        dns.port(),
-        dns.ip(),
-        dns.port(),
     );
     if demo {
         let cluster = c.clusters.first().map_or("CLUSTER", |c| c.name.as_str());
         text.push_str(&format!(
+            "\nTry:\n  curl -s -H 'Host: {host}' http://{proxy}/\n  kdig @{ip} -p {port} {host} A\n  kdig @{ip} -p {port} {host} A +subnet=198.51.100.0/24\n  curl -s 'http://{controller}/api/v1/explain?host={host}&client=198.51.100.7'\n",
+            ip = dns.ip(),
+            port = dns.port(),
+        ));
+        text.push_str(&format!(
             "\nWatch failover (the stand-in clusters say which one answered):\n  \
              while true; do curl -s -H 'Host: {host}' http://{proxy}/ | head -1; sleep 0.2; done\n  \
-             meridian demo fail {cluster}          # stop answering, like a lost cloud region\n  \
-             meridian demo fail {cluster} --503    # answer 503 instead\n  \
-             meridian demo recover {cluster}\n  \
-             meridian drain {cluster}              # take it out of traffic gradually\n  \
-             meridian undrain {cluster}\n  \
+             {bin} demo fail {cluster}          # stop answering, like a lost cloud region\n  \
+             {bin} demo fail {cluster} --503    # answer 503 instead\n  \
+             {bin} demo recover {cluster}\n  \
+             {bin} drain {cluster}              # take it out of traffic gradually\n  \
+             {bin} undrain {cluster}\n  \
+             {bin} status                       # clusters, health per vantage, weights\n  \
              (or use the buttons on the dashboard)\n"
         ));
+    } else {
+        text.push_str(&format!(
+            "\nThe proxy and DNS send clients to the clusters' ingress endpoints in {}; \
+             `{bin} status` shows their health.\n",
+            loaded.file.display()
+        ));
+        if embedded {
+            text.push_str(&format!(
+                "The embedded demo config's clusters are stand-ins that only `{bin} up --demo` starts: \
+                 without them every request gets 502.\n"
+            ));
+        }
     }
     text.push_str("\nCtrl-C stops everything.\n");
     println!("{text}");
