@@ -1,4 +1,4 @@
-//! Against a real kube-apiserver (v1.20): the capacity fields of the CRDs (issue 7) — node
+//! Against a real kube-apiserver: the capacity fields of the CRDs (issue 7) — node
 //! scaling on a cluster, spread, scale-up limit and cron schedules on an app — are in the
 //! structural schema, so the API server keeps them (it prunes fields the schema lacks) and
 //! refuses a schedule without its required fields.

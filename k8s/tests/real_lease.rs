@@ -1,4 +1,4 @@
-//! Leader election through a real Lease on a real kube-apiserver (v1.20), as the controller's
+//! Leader election through a real Lease on a real kube-apiserver, as the controller's
 //! service account with only the hub RBAC (`deploy/rbac/hub.yaml`): three replicas, exactly one
 //! leader; a leader that dies without releasing is replaced within lease_duration +
 //! retry_period; a released Lease is taken at once; and never two leaders at any sample.

@@ -1,4 +1,4 @@
-//! Member clusters against real kube-apiservers (v1.20): a hub holding the members' kubeconfigs
+//! Member clusters against real kube-apiservers: a hub holding the members' kubeconfigs
 //! in Secrets and two members. Ingress discovery follows a LoadBalancer Service's status, the
 //! inventory equals the Nodes, Pods and Deployment the test created, a killed member becomes
 //! Unreachable within a bound while the other is unaffected, and a missing Secret says so.

@@ -1,4 +1,4 @@
-//! Against a real kube-apiserver (v1.20), the Kubernetes side of capacity (issue 7):
+//! Against a real kube-apiserver, the Kubernetes side of capacity (issue 7):
 //! - a Cluster API MachineDeployment (the minimal CRD in `deploy/crds/test/`) and an apps/v1
 //!   Deployment scaled up and back through their scale subresources, read back through `/scale`
 //!   and through a plain GET of the object; the errors for a kind not served and a missing object;
@@ -152,7 +152,7 @@ async fn machine_deployment_scaled_up_and_back_through_its_scale_subresource() {
         "desired raised; the machines are not there yet"
     );
     assert_eq!(object_replicas(&api, "workers").await, 5);
-    // The field manager is not checked here: v1.20 records no managedFields entry for a write
+    // The field manager is not checked here: 1.20 records no managedFields entry for a write
     // through /scale (only the object's own writers appear); scale_mock checks the request.
     // The rest of the spec is untouched by a write through /scale.
     let after = api.get("workers").await.unwrap();
@@ -351,7 +351,8 @@ async fn unschedulable_pods_count_in_the_member_inventory() {
         namespace: "shop".into(),
         name: "web".into(),
     };
-    let read = inventory::fetch(&client, "v1.20".into(), &[("shop".into(), web)])
+    let version = admin.apiserver_version().await.unwrap().git_version;
+    let read = inventory::fetch(&client, version, &[("shop".into(), web)])
         .await
         .unwrap();
     assert_eq!(
