@@ -13,6 +13,19 @@ use serde::{Deserialize, Serialize};
 /// The API group of Meridian's resources.
 pub const GROUP: &str = "meridian.dev";
 
+/// Most replicas any replica count may name: Kubernetes documents 150 000 pods per cluster at
+/// most, so a larger count is a typo (and a Deployment's int32 holds it either way).
+pub const MAX_REPLICAS: u32 = 1_000_000;
+/// Most machines of a MachineDeployment: Kubernetes documents 5 000 nodes per cluster at most.
+pub const MAX_MACHINES: u32 = 5_000;
+/// Most allocatable CPU of one machine, millicores (10 000 cores).
+pub const MAX_CPU_MILLIS_PER_MACHINE: u64 = 10_000_000;
+/// Most allocatable memory of one machine, bytes (1 PiB).
+pub const MAX_MEMORY_BYTES_PER_MACHINE: u64 = 1 << 50;
+/// The bound of counters the controller writes into status (bytes, millicores, generations):
+/// the largest integer a JSON number carries exactly (2^53 - 1).
+pub const MAX_STATUS_INTEGER: i64 = (1 << 53) - 1;
+
 /// A point on the earth, in degrees.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GeoLocation {
@@ -32,8 +45,9 @@ pub struct IngressDiscovery {
     pub namespace: String,
     /// Name of the object.
     pub name: String,
-    /// Port of the endpoints (default: the Service's first port, else 80).
+    /// Port of the endpoints, 1 to 65535 (default: the Service's first port, else 80).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
 }
 
@@ -66,8 +80,9 @@ fn default_kubeconfig_key() -> String {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CapacityHints {
-    /// Most replicas of one app the cluster should run.
+    /// Most replicas of one app the cluster should run, at least 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_REPLICAS))]
     pub max_replicas: Option<u32>,
     /// Cost of one replica for an hour, in any currency used consistently across clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,12 +139,16 @@ pub struct NodeScalingSpec {
     pub machine_deployment: WorkloadRef,
     /// Fewest machines.
     #[serde(default)]
+    #[schemars(range(max = MAX_MACHINES))]
     pub min_machines: u32,
-    /// Most machines.
+    /// Most machines, at least 1.
+    #[schemars(range(min = 1, max = MAX_MACHINES))]
     pub max_machines: u32,
     /// Allocatable CPU of one machine, millicores.
+    #[schemars(range(min = 1, max = MAX_CPU_MILLIS_PER_MACHINE))]
     pub cpu_millis_per_machine: u64,
     /// Allocatable memory of one machine, bytes.
+    #[schemars(range(min = 1, max = MAX_MEMORY_BYTES_PER_MACHINE))]
     pub memory_bytes_per_machine: u64,
     /// Time after a scale before scaling down, such as `10m` (default 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +175,7 @@ pub struct Condition {
     /// When the status last changed (RFC 3339).
     pub last_transition_time: String,
     /// The generation the condition was computed for.
+    #[schemars(range(min = 0, max = MAX_STATUS_INTEGER))]
     pub observed_generation: i64,
 }
 
@@ -168,6 +188,7 @@ pub struct ClusterStatus {
     pub conditions: Vec<Condition>,
     /// The generation last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_STATUS_INTEGER))]
     pub observed_generation: Option<i64>,
     /// Endpoints found by ingress discovery.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -217,8 +238,10 @@ pub struct WorkloadInventory {
     /// The app.
     pub app: String,
     /// Desired replicas (`spec.replicas`).
+    #[schemars(range(min = 0))]
     pub desired_replicas: i32,
     /// Ready replicas (`status.readyReplicas`).
+    #[schemars(range(min = 0))]
     pub ready_replicas: i32,
 }
 
@@ -254,6 +277,7 @@ pub struct TargetSpec {
     pub cluster: String,
     /// Relative weight, 0 to 10000 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10_000))]
     pub weight: Option<u32>,
     /// Failover tier, 0 = primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,8 +296,9 @@ pub struct ProbeSpec {
     /// Host header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// Healthy status codes.
+    /// Healthy status codes, 100 to 599.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 100, max = 599)))]
     pub expect_status: Vec<u16>,
     /// Interval, such as `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,11 +306,13 @@ pub struct ProbeSpec {
     /// Timeout, such as `500ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// Successes to turn healthy.
+    /// Successes to turn healthy, 1 to 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
     pub rise: Option<u32>,
-    /// Failures to turn unhealthy.
+    /// Failures to turn unhealthy, 1 to 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
     pub fall: Option<u32>,
 }
 
@@ -297,6 +324,7 @@ pub struct PlacementSpec {
     pub workload: WorkloadRef,
     /// Total replicas across clusters, divided by the strategy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_REPLICAS))]
     pub total_replicas: Option<u32>,
     /// `weight`, `capacity` or `cost`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,6 +337,7 @@ pub struct PlacementSpec {
     pub bounds: Vec<ClusterBounds>,
     /// For `cost`: clusters kept non-zero for resilience (default 2 when two are eligible).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
     pub spread: Option<u32>,
     /// How long traffic waits for new replicas to become ready before it moves as far as
     /// the ready ones carry, such as `5m` (default 5m).
@@ -333,9 +362,11 @@ pub struct ClusterBounds {
     pub cluster: String,
     /// Fewest replicas there.
     #[serde(default)]
+    #[schemars(range(max = MAX_REPLICAS))]
     pub min_replicas: u32,
     /// Most replicas there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_REPLICAS))]
     pub max_replicas: Option<u32>,
 }
 
@@ -347,9 +378,11 @@ pub struct ScalingSpec {
     pub target_requests_per_second_per_replica: f64,
     /// Fewest replicas in all.
     #[serde(default)]
+    #[schemars(range(max = MAX_REPLICAS))]
     pub min_replicas: u32,
     /// Most replicas in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_REPLICAS))]
     pub max_replicas: Option<u32>,
     /// How long a lower replica count must persist before scaling down, such as `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,6 +405,7 @@ pub struct ScaleUpLimitSpec {
     pub factor: Option<f64>,
     /// Replicas added per period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_REPLICAS))]
     pub step: Option<u32>,
     /// The period, such as `1m` (default 1m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -387,6 +421,7 @@ pub struct ScheduleSpec {
     /// How long each window lasts, such as `2h`.
     pub duration: String,
     /// Fewest replicas in all while the window is open.
+    #[schemars(range(max = MAX_REPLICAS))]
     pub min_replicas: u32,
 }
 
@@ -414,8 +449,9 @@ pub struct AppSpec {
     pub policy: Option<PolicySpec>,
     /// `fail-open` or `fail-closed`: required, so the choice is never an accident.
     pub failure_mode: FailureModeSpec,
-    /// TTL of DNS answers, seconds (default 30).
+    /// TTL of DNS answers, seconds (default 30); at most 2^31 - 1 (RFC 2181).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 2_147_483_647))]
     pub dns_ttl: Option<u32>,
     /// Health check; a TCP connect when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -445,5 +481,6 @@ pub struct AppStatus {
     pub conditions: Vec<Condition>,
     /// The generation last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_STATUS_INTEGER))]
     pub observed_generation: Option<i64>,
 }

@@ -15,18 +15,90 @@ pub mod quantity;
 pub mod scale;
 pub mod status;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
+
+/// The CustomResourceDefinitions of every Meridian resource, as the API server gets them.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = [crd::MeridianCluster::crd(), crd::MeridianApp::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                integer_formats(schema);
+            }
+        }
+    }
+    crds.into()
+}
 
 /// The CustomResourceDefinitions of every Meridian resource, as one multi-document YAML text:
 /// what `meridian crds` prints and `deploy/crds/meridian.dev.yaml` holds.
 pub fn crds_yaml() -> Result<String, serde_norway::Error> {
     let mut out = String::new();
-    for crd in [crd::MeridianCluster::crd(), crd::MeridianApp::crd()] {
+    for crd in crds() {
         out.push_str("---\n");
         out.push_str(&serde_norway::to_string(&crd)?);
     }
     Ok(out)
 }
+
+/// schemars gives Rust's unsigned integers the formats `uint8` … `uint64`, which the API server
+/// does not know: it warns on every install and ignores them. Each becomes `int32` or `int64`,
+/// whichever holds its maximum, and a field without an explicit maximum gets its type's
+/// (`uint64`'s is capped at 2^53 - 1, what a JSON number carries exactly).
+fn integer_formats(schema: &mut JSONSchemaProps) {
+    let type_max = match schema.format.as_deref() {
+        Some("uint8") => Some(f64::from(u8::MAX)),
+        Some("uint16") => Some(f64::from(u16::MAX)),
+        Some("uint32") => Some(f64::from(u32::MAX)),
+        Some("uint64") => Some(crd::MAX_STATUS_INTEGER as f64),
+        Some("int32") => Some(f64::from(i32::MAX)),
+        Some("int64") => Some(crd::MAX_STATUS_INTEGER as f64),
+        _ => None,
+    };
+    if let Some(type_max) = type_max {
+        let max = schema.maximum.map_or(type_max, |m| m.min(type_max));
+        schema.maximum = Some(max);
+        schema.format = Some(
+            if max <= f64::from(i32::MAX) {
+                "int32"
+            } else {
+                "int64"
+            }
+            .into(),
+        );
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.items.iter_mut().flat_map(|items| match items {
+            JSONSchemaPropsOrArray::Schema(s) => std::slice::from_mut(s.as_mut()),
+            JSONSchemaPropsOrArray::Schemas(s) => s.as_mut_slice(),
+        }))
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|a| match a {
+                    JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        )
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten())
+        .chain(schema.all_of.iter_mut().flatten());
+    for child in children {
+        integer_formats(child);
+    }
+}
+
 /// The error type of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

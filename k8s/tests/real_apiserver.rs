@@ -11,8 +11,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use meridian_k8s::crd::*;
-use meridian_k8s::status::{condition, now_rfc3339, set_condition, write_status};
-use support::{ApiServer, apply_yaml, install};
+use meridian_k8s::status::{FIELD_MANAGER, condition, now_rfc3339, set_condition, write_status};
+use support::{ApiServer, apply_yaml, install, minor_version, send_keeping_warnings};
 
 #[tokio::test]
 #[ignore = "needs a kube-apiserver: run through scripts/test-all"]
@@ -140,4 +140,175 @@ async fn crds_status_and_rbac_on_a_real_api_server() {
         matches!(&err, kube::Error::Api(e) if e.code == 403),
         "the controller must not edit specs: {err}"
     );
+}
+
+/// A CRD with one integer field in schemars' old format, `uint16`: what every Meridian CRD
+/// carried before its integers were given known formats. Sent only as a dry run.
+fn uint16_crd() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "formatprobes.meridian.dev"},
+        "spec": {"group": "meridian.dev", "scope": "Namespaced",
+                 "names": {"kind": "FormatProbe", "listKind": "FormatProbeList",
+                           "plural": "formatprobes", "singular": "formatprobe"},
+                 "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                         "spec": {"type": "object", "properties": {"port": {
+                             "type": "integer", "format": "uint16",
+                             "minimum": 0, "maximum": 65535}}}}}}}]}
+    })
+}
+
+fn crd_apply(name: &str, crd: &impl serde::Serialize, dry_run: bool) -> http::Request<Vec<u8>> {
+    let params = PatchParams {
+        dry_run,
+        ..PatchParams::apply(FIELD_MANAGER).force()
+    };
+    kube::core::Request::new("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+        .patch(name, &params, &Patch::Apply(crd))
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs a kube-apiserver: run through scripts/test-all"]
+async fn crds_install_without_warnings_and_their_integer_bounds_hold() {
+    let hub = ApiServer::start("crd-bounds");
+    let client = hub.client().await;
+    let minor = minor_version(&client).await;
+
+    // Installed (server-side apply, as `kubectl apply --server-side` or Helm would), each CRD
+    // draws no warning, and again on an upgrade (the same apply a second time).
+    for round in ["install", "upgrade"] {
+        for crd in meridian_k8s::crds() {
+            let name = crd.metadata.name.clone().unwrap();
+            let answer = send_keeping_warnings(&client, crd_apply(&name, &crd, false)).await;
+            assert!(
+                answer.status.is_success(),
+                "{round} of {name}: {}",
+                answer.body
+            );
+            assert!(
+                answer.warnings.is_empty(),
+                "{round} of {name} drew warnings: {:?}",
+                answer.warnings
+            );
+        }
+    }
+    // The check can fail: the same kind of field in schemars' old format draws the warning
+    // (from 1.34, the first version that warns about unknown formats).
+    let control = send_keeping_warnings(
+        &client,
+        crd_apply("formatprobes.meridian.dev", &uint16_crd(), true),
+    )
+    .await;
+    assert!(control.status.is_success(), "{}", control.body);
+    if minor >= 34 {
+        assert!(
+            control.warnings.iter().any(|w| w.contains("uint16")),
+            "no warning for format uint16 on 1.{minor}: {:?}",
+            control.warnings
+        );
+    }
+    install(&client).await;
+
+    // Out of range: refused by the API server itself, with the field and the bound named.
+    // Dry runs, so nothing is left behind whatever the answer.
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let clusters: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "meridian",
+        &ApiResource::erase::<MeridianCluster>(&()),
+    );
+    let apps: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "meridian",
+        &ApiResource::erase::<MeridianApp>(&()),
+    );
+    let cluster = |spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "meridian.dev/v1alpha1", "kind": "MeridianCluster",
+            "metadata": {"name": "bounds", "namespace": "meridian"},
+            "spec": spec
+        }))
+        .unwrap()
+    };
+    let app = |placement: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "meridian.dev/v1alpha1", "kind": "MeridianApp",
+            "metadata": {"name": "bounds", "namespace": "meridian"},
+            "spec": {"hostnames": ["bounds.example.com"], "failureMode": "fail-open",
+                     "targets": [{"cluster": "bounds"}], "placement": placement}
+        }))
+        .unwrap()
+    };
+    let port = |port: i64| {
+        cluster(serde_json::json!({"region": "eu", "provider": "aws",
+            "ingressDiscovery": {"kind": "Service", "namespace": "edge", "name": "front",
+                                 "port": port}}))
+    };
+    let max_replicas = |n: i64| {
+        cluster(serde_json::json!({"region": "eu", "provider": "aws",
+                                   "capacity": {"maxReplicas": n}}))
+    };
+    let total_replicas = |n: i64| {
+        app(
+            serde_json::json!({"workload": {"namespace": "shop", "name": "web"},
+                               "totalReplicas": n}),
+        )
+    };
+    let refused = [
+        (
+            &clusters,
+            port(65536),
+            "spec.ingressDiscovery.port",
+            "65535",
+        ),
+        (&clusters, port(0), "spec.ingressDiscovery.port", "1"),
+        (
+            &clusters,
+            max_replicas(1_000_001),
+            "spec.capacity.maxReplicas",
+            "1000000",
+        ),
+        (
+            &apps,
+            total_replicas(-1),
+            "spec.placement.totalReplicas",
+            "0",
+        ),
+        (
+            &apps,
+            total_replicas(1_000_001),
+            "spec.placement.totalReplicas",
+            "1000000",
+        ),
+    ];
+    for (api, object, field, bound) in refused {
+        match api.create(&dry_run, &object).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{field}: {e:?}");
+                assert!(
+                    e.message.contains(field) && e.message.contains(bound),
+                    "{field}: {}",
+                    e.message
+                );
+            }
+            other => panic!("{field} out of range was accepted: {other:?}"),
+        }
+    }
+    // The bounds themselves are accepted.
+    for (api, object) in [
+        (&clusters, port(65535)),
+        (&clusters, port(1)),
+        (&clusters, max_replicas(1_000_000)),
+        (&apps, total_replicas(0)),
+        (&apps, total_replicas(1_000_000)),
+    ] {
+        api.create(&dry_run, &object)
+            .await
+            .unwrap_or_else(|e| panic!("{:?} refused: {e}", object.data["spec"]));
+    }
 }

@@ -209,3 +209,41 @@ pub fn helm_renderer() -> PathBuf {
             .unwrap(),
     )
 }
+
+/// What an API server answered: the status, every `Warning:` header and the body.
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub warnings: Vec<String>,
+    pub body: serde_json::Value,
+}
+
+/// Sends `request` and keeps the `Warning:` headers, which the typed API drops.
+pub async fn send_keeping_warnings(client: &Client, request: http::Request<Vec<u8>>) -> Answer {
+    let what = format!("{} {}", request.method(), request.uri());
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = response.status();
+    let warnings = response
+        .headers()
+        .get_all(http::header::WARNING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let body = response.into_body().collect_bytes().await.unwrap();
+    Answer {
+        status,
+        warnings,
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// The API server's minor version, such as 36 (digits only: `"36+"` is 36).
+pub async fn minor_version(client: &Client) -> u32 {
+    let info = client.apiserver_version().await.unwrap();
+    info.minor
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or_else(|_| panic!("API server minor version {:?}", info.minor))
+}
