@@ -65,13 +65,42 @@ pub fn parse(text: &str, file: &Path) -> Result<LoadedConfig, ConfigError> {
                 Some(loc) => (Some(loc.line()), Some(loc.column())),
                 None => locations.find(&path),
             };
-            return Err(ConfigError::Invalid(vec![Diagnostic {
+            let message = strip_path(strip_location(&inner.to_string()), &path);
+            let path = if path == "." { String::new() } else { path };
+            // A field reported missing is often there, indented so that YAML gives it to
+            // something else: point at that line too.
+            let misplaced = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+                .zip(line.zip(column))
+                .and_then(|((field, _), (line, column))| {
+                    misindented(text, line, column, field).map(|found| (field.to_string(), found))
+                });
+            let mut diagnostics = vec![Diagnostic {
                 file: file.to_path_buf(),
                 line,
                 column,
-                message: strip_path(strip_location(&inner.to_string()), &path),
-                path: if path == "." { String::new() } else { path },
-            }]));
+                message,
+                path: path.clone(),
+            }];
+            if let Some((field, (at, indent))) = misplaced {
+                let expected = column.map_or(0, |c| c - 1);
+                diagnostics.push(Diagnostic {
+                    file: file.to_path_buf(),
+                    line: Some(at),
+                    column: Some(indent + 1),
+                    path: if path.is_empty() {
+                        field
+                    } else {
+                        format!("{path}.{field}")
+                    },
+                    message: format!(
+                        "indented {indent} spaces where the other fields of {} are at {expected}, so it is not read as one of them",
+                        if path.is_empty() { "the file" } else { &path },
+                    ),
+                });
+            }
+            return Err(ConfigError::Invalid(diagnostics));
         }
     };
     let problems = validate::validate(&config, file);
@@ -121,6 +150,31 @@ pub fn validate(config: Config, origin: &Path) -> Result<LoadedConfig, ConfigErr
             })
             .collect(),
     ))
+}
+
+/// The line (1-based) and indentation of a `field:` key written after the mapping that
+/// starts at `line`:`column` but indented differently from its keys, within that mapping's
+/// extent (up to the next line indented at or left of the mapping's parent).
+fn misindented(text: &str, line: usize, column: usize, field: &str) -> Option<(usize, usize)> {
+    let keys_at = column.checked_sub(1)?;
+    // A mapping that is a sequence item ends at the next `- ` of its sequence, two columns
+    // left of its keys; a plain nested mapping ends at its parent's keys, two left as well.
+    let ends_at = keys_at.saturating_sub(2);
+    for (i, raw) in text.lines().enumerate().skip(line) {
+        let body = raw.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = raw.len() - body.len();
+        if indent <= ends_at && (keys_at > 0 || indent == 0) {
+            return None;
+        }
+        let key = body.strip_prefix("- ").unwrap_or(body);
+        if indent != keys_at && key.strip_prefix(field).is_some_and(|r| r.starts_with(':')) {
+            return Some((i + 1, indent));
+        }
+    }
+    None
 }
 
 /// serde_norway starts its message with the field's path; the diagnostic carries it itself.

@@ -272,3 +272,16 @@ fn unreadable_file_names_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_misindented_field_is_pointed_at_where_it_is() {
+    let text = "regions:\n  - { name: eu, location: { lat: 50.1, lon: 8.7 } }\nclusters:\n  - { name: c1, region: eu, provider: aws, endpoints: [\"127.0.0.1:9001\"] }\napps:\n  - name: web\n    hostnames: [web.example.com]\n    failure_mode: fail-open\n   targets:\n      - { cluster: c1 }\n";
+    let err = meridian_config::parse(text, Path::new("misindented.yaml")).unwrap_err();
+    assert_eq!(
+        err.diagnostics(),
+        [
+            "misindented.yaml:6:5: apps[0]: missing field `targets`",
+            "misindented.yaml:9:4: apps[0].targets: indented 3 spaces where the other fields of apps[0] are at 4, so it is not read as one of them",
+        ]
+    );
+}
