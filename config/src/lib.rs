@@ -65,7 +65,7 @@ pub fn parse(text: &str, file: &Path) -> Result<LoadedConfig, ConfigError> {
                 Some(loc) => (Some(loc.line()), Some(loc.column())),
                 None => locations.find(&path),
             };
-            let message = strip_path(strip_location(&inner.to_string()), &path);
+            let message = plain_words(&strip_path(strip_location(&inner.to_string()), &path));
             let path = if path == "." { String::new() } else { path };
             // A field reported missing is often there, indented so that YAML gives it to
             // something else: point at that line too.
@@ -177,6 +177,45 @@ fn misindented(text: &str, line: usize, column: usize, field: &str) -> Option<(u
     None
 }
 
+/// serde's messages name Rust types (`expected u32`, `struct Config`); an operator reads
+/// what the field takes instead.
+fn plain_words(message: &str) -> String {
+    let mut out = message.replace("invalid type: ", "");
+    for (rust, plain) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected usize", "expected a whole number of 0 or more"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected struct Config",
+            "expected a Meridian config (a mapping of sections)",
+        ),
+    ] {
+        if let Some(rest) = out.strip_suffix(rust) {
+            out = format!("{rest}{plain}");
+        }
+    }
+    if let Some(at) = out.find("expected struct ") {
+        // Any other struct: a mapping of its fields.
+        out.truncate(at);
+        out.push_str("expected a mapping of fields");
+    }
+    if let Some(at) = out.find("expected enum ") {
+        out.truncate(at);
+        out.push_str("expected one of the documented values");
+    }
+    out
+}
+
 /// serde_norway starts its message with the field's path; the diagnostic carries it itself.
 fn strip_path(message: String, path: &str) -> String {
     match message.split_once(": ") {
@@ -190,5 +229,32 @@ fn strip_location(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(pos) => message[..pos].to_string(),
         None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_errors_speak_the_operators_words() {
+        let err = parse(
+            "regions:\n  - { name: eu, location: { lat: x, lon: 8.7 } }\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.diagnostics(),
+            [r#"c.yaml:2:34: regions[0].location.lat: string "x", expected a number"#]
+        );
+        let err = parse("- a\n", Path::new("c.yaml")).unwrap_err();
+        assert_eq!(
+            err.diagnostics(),
+            ["c.yaml:1:1: sequence, expected a Meridian config (a mapping of sections)"]
+        );
+        assert_eq!(
+            plain_words("invalid type: integer `-5`, expected u32"),
+            "integer `-5`, expected a whole number from 0 to 4294967295"
+        );
     }
 }

@@ -190,7 +190,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "wrong-type.yaml",
-        r#"wrong-type.yaml:12:32: apps[0].targets[1].weight: invalid type: string "heavy", expected u32"#,
+        r#"wrong-type.yaml:12:32: apps[0].targets[1].weight: string "heavy", expected a whole number from 0 to 4294967295"#,
     ),
     (
         "yaml-syntax.yaml",
