@@ -6,7 +6,7 @@
 # machine's cores. Every server and dnsperf run pinned (server on CPU 1, dnsperf on CPU 0)
 # and at the same autogroup priority (nice -20 in a fresh autogroup): `setsid` alone gives a
 # process a new nice-0 autogroup that loses to everything else on the machine, and the
-# ratio then measures the scheduler, not the server. Beside the throughput, each server
+# ratio then measures the scheduler, not the server (docs/benchmarking.md). Beside the throughput, each server
 # answers a fixed 20k q/s for a few seconds and the latency percentiles are reported.
 #
 # Variants:

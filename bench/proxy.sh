@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side proxy benchmark: Meridian, nginx and HAProxy as reverse proxies in front of
 # one local nginx upstream, each proxy on one worker, in one run (see
-# /work/shared/bench-notes/README.md for the method).
+# docs/benchmarking.md for the method).
 #
 #   bench/proxy.sh                     # 2 rounds, wrk 15 s and h2load 10 s per proxy
 #   ROUNDS=1 DURATION=5 bench/proxy.sh # a quick look
