@@ -1,10 +1,12 @@
-//! The Helm chart (deploy/helm/meridian) against a real kube-apiserver v1.20: rendered with
+//! The Helm chart (deploy/helm/meridian) against a real kube-apiserver: rendered with
 //! scripts/helm's stand-in for `helm template` with defaults, two controller replicas,
 //! DaemonSets and the ServiceMonitor on, every rendered object is created in its own namespace
-//! and must come back with every field it was sent (v1.20 has no strict field validation and
-//! drops unknown fields silently, so a dropped field is how a typo shows). The ServiceMonitor
-//! is checked against a minimal CRD of ours (the fields the chart uses, with the Prometheus
-//! Operator's types), not the operator's full schema. Also: leader-election arguments appear
+//! with `fieldValidation=Strict` (an unknown or duplicate field is refused, naming it) and must
+//! draw no `Warning:` header (a deprecated API warns). On a server without strict field
+//! validation (before 1.25; 1.20 drops unknown fields silently) every object must instead come
+//! back with every field it was sent, since a dropped field is how a typo shows there. The
+//! ServiceMonitor is checked against a minimal CRD of ours (the fields the chart uses, with the
+//! Prometheus Operator's types), not the operator's full schema. Also: leader-election arguments appear
 //! exactly when they should, the chart's RBAC equals deploy/rbac/hub.yaml and works for the
 //! controller's ServiceAccount, the chart's CRDs are the generated ones, and the ConfigMap's
 //! config passes the same validation as `meridian check`.
@@ -17,12 +19,14 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use kube::Client;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
+use kube::{Client, Resource};
 use serde_json::{Value, json};
-use support::{ApiServer, apply_crds, helm_renderer, repo_path};
+use support::{
+    ApiServer, apply_crds, helm_renderer, minor_version, repo_path, send_keeping_warnings,
+};
 
 /// The rendered chart's documents, as JSON values.
 fn render(helm: &Path, namespace: &str, args: &[&str]) -> Vec<Value> {
@@ -128,11 +132,54 @@ spec:
                       interval: { type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$' }
 "#;
 
-fn api_for(client: &Client, namespace: &str, doc: &Value) -> Api<DynamicObject> {
+fn resource_of(doc: &Value) -> ApiResource {
     let api_version = doc["apiVersion"].as_str().unwrap();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, doc["kind"].as_str().unwrap());
-    Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk))
+    ApiResource::from_gvk(&gvk)
+}
+
+fn api_for(client: &Client, namespace: &str, doc: &Value) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &resource_of(doc))
+}
+
+/// Creates `doc` in `namespace` with `fieldValidation=Strict` (a dry run if asked): the
+/// created object, or the API server's refusal; any `Warning:` header fails.
+async fn create_strict(
+    client: &Client,
+    namespace: &str,
+    doc: &Value,
+    dry_run: bool,
+) -> Result<Value, String> {
+    let url = DynamicObject::url_path(&resource_of(doc), Some(namespace));
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    let mut request = kube::core::Request::new(url)
+        .create(&params, serde_json::to_vec(doc).unwrap())
+        .unwrap();
+    let uri = request.uri().to_string();
+    let separator = if uri.contains('?') { '&' } else { '?' };
+    *request.uri_mut() = format!("{uri}{separator}fieldValidation=Strict")
+        .parse()
+        .unwrap();
+    let answer = send_keeping_warnings(client, request).await;
+    assert!(
+        answer.warnings.is_empty(),
+        "{} {}: warnings {:?}",
+        doc["kind"],
+        doc["metadata"]["name"],
+        answer.warnings
+    );
+    if answer.status.is_success() {
+        Ok(answer.body)
+    } else {
+        Err(answer.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
 }
 
 #[tokio::test]
@@ -220,6 +267,8 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
 
     let server = ApiServer::start("chart");
     let client = server.client().await;
+    // Strict field validation is on by default from 1.25 (GA in 1.27).
+    let strict = minor_version(&client).await >= 25;
     apply_crds(&client, &chart_crds).await;
     apply_crds(&client, SERVICE_MONITOR_CRD).await;
     let namespaces: Api<DynamicObject> = Api::all_with(
@@ -237,6 +286,12 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
             .unwrap();
         for doc in docs {
             let what = format!("{ns}: {} {}", doc["kind"], doc["metadata"]["name"]);
+            if strict {
+                create_strict(&client, ns, doc, false)
+                    .await
+                    .unwrap_or_else(|e| panic!("creating {what}: {e}"));
+                continue;
+            }
             let object: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
             let created = api_for(&client, ns, doc)
                 .create(&PostParams::default(), &object)
@@ -251,6 +306,25 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
             );
             assert!(problems.is_empty(), "{what}: {problems:#?}");
         }
+    }
+    if strict {
+        // Strict validation does catch a typo: the controller Deployment with one field
+        // misspelt, and a ServiceMonitor endpoint with a field the minimal CRD lacks.
+        let (ns, docs) = &rendered[0];
+        let mut typo = of_kind(docs, "Deployment")[0].clone();
+        typo["metadata"]["name"] = json!("typo");
+        typo["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = json!("Always");
+        let refused = create_strict(&client, ns, &typo, true).await.unwrap_err();
+        assert!(refused.contains("imagePullPolcy"), "{refused}");
+        let (ns, docs) = rendered
+            .iter()
+            .find(|(ns, _)| *ns == "chart-monitoring")
+            .unwrap();
+        let mut typo = of_kind(docs, "ServiceMonitor")[0].clone();
+        typo["metadata"]["name"] = json!("typo");
+        typo["spec"]["endpoints"][0]["scrapeTimeot"] = json!("5s");
+        let refused = create_strict(&client, ns, &typo, true).await.unwrap_err();
+        assert!(refused.contains("scrapeTimeot"), "{refused}");
     }
 
     // The chart's RBAC works for the controller's ServiceAccount: its resources and the Lease
