@@ -80,7 +80,7 @@ apps:
 controller:
   tokens:
     - {{ name: ops, role: operator, sha256: "{}" }}
-    - {{ name: edge, role: subscriber, sha256: "{}" }}
+    - {{ name: edge, role: subscriber, sha256: "{}", vantages: [edge-test] }}
 proxy: {{ listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0" }}
 dns: {{ listen: "127.0.0.1:2" }}
 "#,

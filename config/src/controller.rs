@@ -61,6 +61,19 @@ pub struct ControllerConfig {
     /// The longest hold-down.
     #[serde(default = "default_hold_down_max", with = "humantime_serde")]
     pub hold_down_max: Duration,
+    /// Whether the controller's own probes (its vantage, `controller` unless renamed) vote in
+    /// the quorum. When they do (the default), that vantage counts toward the quorum from the
+    /// start, even before its first round, so one subscriber alone never decides; with
+    /// three subscribers the quorum is then 3 of 4, and two subscribers that lose sight of
+    /// a cluster do not fail it over while the controller still reaches it. When they do not,
+    /// the controller still probes and shows its results, but only the subscribers' vantages
+    /// vote (2 of 3 in that example). Without subscribers, keep it on.
+    #[serde(default = "default_true")]
+    pub own_probe_votes: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for ControllerConfig {
@@ -75,6 +88,7 @@ impl Default for ControllerConfig {
             flap_threshold: default_flap_threshold(),
             hold_down: default_hold_down(),
             hold_down_max: default_hold_down_max(),
+            own_probe_votes: true,
         }
     }
 }
@@ -117,6 +131,25 @@ pub struct TokenConfig {
     /// A file whose content (trimmed) is the token, relative to the config file.
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// The vantages this token may report probe results as (`--vantage` of the proxies and
+    /// DNS servers that hold it). Empty: only the vantage named like the token. A report for
+    /// any other vantage is refused, so one credential cannot add votes to a quorum. A name
+    /// ending in `*` matches every vantage that starts with the rest (pods of a Deployment
+    /// sharing one Secret): the holder may then vote as any such name, so keep patterns to
+    /// tokens whose holders are trusted as a group.
+    #[serde(default)]
+    pub vantages: Vec<String>,
+}
+
+impl TokenConfig {
+    /// The vantages this token may speak for.
+    pub fn allowed_vantages(&self) -> Vec<String> {
+        if self.vantages.is_empty() {
+            vec![self.name.clone()]
+        } else {
+            self.vantages.clone()
+        }
+    }
 }
 
 impl ControllerConfig {
@@ -125,8 +158,32 @@ impl ControllerConfig {
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut names = std::collections::HashSet::new();
+        let mut vantages = std::collections::HashMap::new();
         for (i, token) in self.tokens.iter().enumerate() {
             let path = format!("controller.tokens[{i}]");
+            for (j, vantage) in token.vantages.iter().enumerate() {
+                let field = format!("{path}.vantages[{j}]");
+                let name = vantage.strip_suffix('*').unwrap_or(vantage);
+                if name.is_empty()
+                    || name.len() > 128
+                    || name
+                        .chars()
+                        .any(|c| c.is_control() || c.is_whitespace() || c == '*')
+                {
+                    out.push((
+                        field,
+                        format!(
+                            "{vantage:?} is not a vantage name (1 to 128 characters, no whitespace, `*` only at the end)"
+                        ),
+                    ));
+                } else if let Some(other) = vantages.insert(vantage.as_str(), token.name.as_str()) {
+                    // One vantage, one credential: otherwise two holders could vote as one.
+                    out.push((
+                        field,
+                        format!("vantage {vantage:?} is already named by token {other:?}"),
+                    ));
+                }
+            }
             if token.name.is_empty() {
                 out.push((format!("{path}.name"), "must not be empty".into()));
             } else if !names.insert(token.name.as_str()) {

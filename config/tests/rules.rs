@@ -53,6 +53,10 @@ const CASES: &[(&str, &str)] = &[
         "controller-token.yaml:13:44: controller.tokens[0].sha256: must be 64 hexadecimal digits (the SHA-256 of the token)",
     ),
     (
+        "controller-vantage-twice.yaml",
+        r#"controller-vantage-twice.yaml:14:67: controller.tokens[1].vantages[0]: vantage "edge" is already named by token "edge-a""#,
+    ),
+    (
         "proxy-admin-collision.yaml",
         "proxy-admin-collision.yaml:13:17: proxy.admin_listen: 127.0.0.1:7000 is also proxy.listen",
     ),

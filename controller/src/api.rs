@@ -39,6 +39,20 @@ pub struct Principal {
     pub name: String,
     /// The token's role.
     pub role: Role,
+    /// The vantages it may report as; `None` (an open API, no tokens) for any.
+    pub vantages: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// Whether it may report probe results as `vantage`.
+    pub fn may_speak_for(&self, vantage: &str) -> bool {
+        self.vantages.as_ref().is_none_or(|allowed| {
+            allowed.iter().any(|v| match v.strip_suffix('*') {
+                Some(prefix) => vantage.starts_with(prefix),
+                None => v == vantage,
+            })
+        })
+    }
 }
 
 /// The configured tokens, by the SHA-256 of their secret. Only digests are kept in memory,
@@ -88,6 +102,7 @@ impl Tokens {
                 Principal {
                     name: token.name.clone(),
                     role: token.role,
+                    vantages: Some(token.allowed_vantages()),
                 },
             );
         }
@@ -104,6 +119,7 @@ impl Tokens {
             return Ok(Principal {
                 name: "anonymous".into(),
                 role: Role::Operator,
+                vantages: None,
             });
         }
         let value = headers
@@ -903,7 +919,7 @@ async fn reports(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<axum::Json<ReportResponse>> {
-    authorize(&shared, &headers, VANTAGES)?;
+    let who = authorize(&shared, &headers, VANTAGES)?;
     let refused = |reason: &str| {
         shared
             .metrics
@@ -912,6 +928,21 @@ async fn reports(
             .inc()
     };
     let report: VantageReport = parse_body(&body).inspect_err(|_| refused("invalid"))?;
+    // A credential votes only as the vantages it names: one token cannot add voters.
+    if !who.may_speak_for(&report.vantage) {
+        refused("forbidden-vantage");
+        warn!(token = %who.name, vantage = %report.vantage, "refused a report for a vantage the token does not name");
+        return Err(ApiError::field(
+            StatusCode::FORBIDDEN,
+            "vantage",
+            format!(
+                "token {:?} may report as {}, not as {:?} (controller.tokens[].vantages)",
+                who.name,
+                who.vantages.as_deref().unwrap_or_default().join(", "),
+                report.vantage
+            ),
+        ));
+    }
     // Check the whole report before recording any of it, so a bad report changes nothing.
     let now = now_ms();
     let checked = crate::intake::check_report(

@@ -529,7 +529,11 @@ impl Controller {
                 .map(move |t| (a.name.as_str(), t.cluster.as_str()))
         }));
         if options.probe {
-            verdicts = verdicts.with_own_vantage(&options.vantage);
+            verdicts = if section.own_probe_votes {
+                verdicts.with_own_vantage(&options.vantage)
+            } else {
+                verdicts.with_silent_vantage(&options.vantage)
+            };
         }
         if let Some(last) = &last {
             seed_from_table(&mut verdicts, last, None, now);

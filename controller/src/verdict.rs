@@ -122,6 +122,9 @@ pub struct Verdicts {
     /// A vantage counted as known even before its first vote: the controller's own, so a
     /// subscriber reporting before the controller's first probe round is not alone.
     own: Option<String>,
+    /// A vantage whose votes are shown but not counted (the controller's own, when
+    /// `controller.own_probe_votes` is off).
+    silent: Option<String>,
 }
 
 /// Votes older than this many TTLs are forgotten: the vantage is gone, and must not keep
@@ -140,12 +143,19 @@ impl Verdicts {
         Self {
             targets: map,
             own: None,
+            silent: None,
         }
     }
 
     /// Counts `vantage` as known from the start (see [`Verdicts`]).
     pub fn with_own_vantage(mut self, vantage: &str) -> Self {
         self.own = Some(vantage.to_string());
+        self
+    }
+
+    /// Records `vantage`'s votes for display without counting them in any quorum.
+    pub fn with_silent_vantage(mut self, vantage: &str) -> Self {
+        self.silent = Some(vantage.to_string());
         self
     }
 
@@ -268,12 +278,16 @@ impl Verdicts {
             let forget = opts.forget_after_ms();
             t.votes
                 .retain(|_, v| now_ms.saturating_sub(v.at_ms) <= forget);
-            let known = t.votes.len() + usize::from(own.is_some_and(|o| !t.votes.contains_key(o)));
+            let silent = self.silent.as_deref();
+            let counted = |v: &&Vote| Some(v.vantage.as_str()) != silent;
+            let known = t.votes.values().filter(counted).count()
+                + usize::from(own.is_some_and(|o| !t.votes.contains_key(o)));
             // Only votes with evidence count: "healthy" from a vantage that never saw the
             // target pass is no vote at all.
             let fresh: Vec<&Vote> = t
                 .votes
                 .values()
+                .filter(counted)
                 .filter(|v| now_ms.saturating_sub(v.at_ms) <= opts.vantage_ttl_ms)
                 .filter(|v| v.passing() || !v.healthy)
                 .collect();
@@ -514,6 +528,27 @@ mod tests {
         assert!(v.evaluate(100, &OPTS).is_empty());
         v.record("controller", &obs(false, 150));
         assert_eq!(v.evaluate(150, &OPTS).len(), 1);
+    }
+
+    #[test]
+    fn the_own_vantage_votes_only_when_configured_to() {
+        // Three subscribers, two of which see the target fail; the controller still
+        // reaches it. Voting, it makes the quorum 3 of 4; silent, 2 of 3 decide.
+        let run = |v: Verdicts| {
+            let mut v = v;
+            v.seed("shop", "c1", true, 0);
+            v.record("controller", &obs(true, 100));
+            v.record("edge-a", &obs(false, 100));
+            v.record("edge-b", &obs(false, 100));
+            v.record("edge-c", &obs(true, 100));
+            v.evaluate(100, &OPTS)
+        };
+        let voting = Verdicts::new([("shop", "c1")]).with_own_vantage("controller");
+        assert!(run(voting).is_empty());
+        let silent = Verdicts::new([("shop", "c1")]).with_silent_vantage("controller");
+        let changes = run(silent);
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].cause.contains("2 of 3"), "{}", changes[0].cause);
     }
 
     #[test]

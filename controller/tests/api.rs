@@ -18,7 +18,7 @@ async fn setup(name: &str) -> (RunningController, std::path::PathBuf, Backend, B
     let dir = temp_dir(name);
     std::fs::write(dir.join("ro.token"), format!("{RO}\n")).unwrap();
     let tokens = format!(
-        "  tokens:\n    - {{ name: alice, role: operator, sha256: \"{}\" }}\n    - {{ name: robot, role: read-only, file: ro.token }}\n    - {{ name: edge, role: subscriber, sha256: \"{}\" }}\n",
+        "  tokens:\n    - {{ name: alice, role: operator, sha256: \"{}\" }}\n    - {{ name: robot, role: read-only, file: ro.token }}\n    - {{ name: edge, role: subscriber, sha256: \"{}\", vantages: [edge-1, \"pod-*\"] }}\n",
         sha256_hex(OP),
         sha256_hex(SUB)
     );
@@ -80,7 +80,8 @@ async fn roles_on_every_endpoint() {
             Method::POST,
             "/api/v1/reports",
             Some(&report),
-            [401, 401, 403, 200, 200],
+            // The operator's token names no vantage edge-1.
+            [401, 401, 403, 200, 403],
         ),
         (
             Method::PUT,
@@ -271,7 +272,7 @@ async fn malformed_requests_name_the_field_and_change_nothing() {
         (
             Method::POST,
             "/api/v1/reports",
-            Some(r#"{"vantage": "e", "observations": [{"app": "shop"}]}"#),
+            Some(r#"{"vantage": "alice", "observations": [{"app": "shop"}]}"#),
             422,
             "observations[0]",
         ),
@@ -279,7 +280,7 @@ async fn malformed_requests_name_the_field_and_change_nothing() {
             Method::POST,
             "/api/v1/reports",
             Some(
-                r#"{"vantage": "e", "observations": [{"app": "zzz", "cluster": "c1", "healthy": false, "last_ok": false, "latency_seconds": 0, "detail": "", "at_ms": 1}]}"#,
+                r#"{"vantage": "alice", "observations": [{"app": "zzz", "cluster": "c1", "healthy": false, "last_ok": false, "latency_seconds": 0, "detail": "", "at_ms": 1}]}"#,
             ),
             422,
             "observations[0]",
@@ -467,6 +468,73 @@ async fn extra_routes_share_the_port() {
     );
     assert_eq!(call(&c, Method::GET, "/api/v1/status", None).await.0, 200);
     assert_eq!(call(&c, Method::GET, "/api/v1/nothing", None).await.0, 404);
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_reports_only_as_the_vantages_it_names() {
+    let (ctl, dir, _b1, _b2) = setup("vantage-identity").await;
+    let report = |vantage: &str| {
+        format!(
+            r#"{{"vantage":"{vantage}","observations":[{{"app":"shop","cluster":"c1","healthy":true,
+            "last_ok":true,"latency_seconds":0.001,"detail":"","at_ms":{}}}]}}"#,
+            meridian_subscriber::probe::now_ms()
+        )
+    };
+    let sub = client(&ctl, Some(SUB));
+    for vantage in ["edge-1", "pod-7f9c"] {
+        let (status, body) = call(
+            &sub,
+            Method::POST,
+            "/api/v1/reports",
+            Some(&report(vantage)),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["accepted"]),
+            (200, &serde_json::json!(1)),
+            "{body}"
+        );
+    }
+    // Neither another vantage nor the token's own name (it lists its vantages), nor the
+    // controller's vantage.
+    for vantage in ["edge-3", "edge", "controller", "po"] {
+        let (status, body) = call(
+            &sub,
+            Method::POST,
+            "/api/v1/reports",
+            Some(&report(vantage)),
+        )
+        .await;
+        assert_eq!(status, 403, "{vantage}: {body}");
+        assert_eq!(body["field"], "vantage", "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("edge-1, pod-*"),
+            "{body}"
+        );
+    }
+    // A token that lists none speaks for the vantage of its own name.
+    let op = client(&ctl, Some(OP));
+    let (status, body) = call(&op, Method::POST, "/api/v1/reports", Some(&report("alice"))).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, app) = call(&op, Method::GET, "/api/v1/apps/shop", None).await;
+    let mut voters: Vec<&str> = app["targets"][0]["verdict"]["votes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["vantage"].as_str().unwrap())
+        .collect();
+    voters.sort();
+    assert_eq!(voters, ["alice", "controller", "edge-1", "pod-7f9c"]);
+    let (_, metrics) = call(&op, Method::GET, "/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(r#"meridian_reports_refused_total{reason="forbidden-vantage"} 4"#),
+        "{metrics}"
+    );
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

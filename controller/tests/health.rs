@@ -373,3 +373,56 @@ async fn bad_reports_are_refused_and_the_next_failure_still_fails_over() {
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_extra_vantages_do_not_change_a_verdict() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("forged");
+    let tokens = format!(
+        "  tokens:\n    - {{ name: edge-a, role: subscriber, sha256: \"{}\" }}\n    - {{ name: ops, role: operator, sha256: \"{}\" }}\n",
+        sha256_hex("edge-a-token"),
+        sha256_hex("ops-token")
+    );
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, &tokens), &dir, true).await;
+    wait_all_healthy(&ctl).await;
+    let edge = client(&ctl, Some("edge-a-token"));
+    // One subscriber's credential claims c1 fails, as itself and as three more vantages,
+    // for a second (ten report rounds). Only its own vote lands: 1 of 2 moves nothing.
+    for _ in 0..10 {
+        let (status, body) = call(
+            &edge,
+            Method::POST,
+            "/api/v1/reports",
+            Some(&report("edge-a", false)),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        for forged in ["edge-b", "edge-c", "edge-d"] {
+            let (status, body) = call(
+                &edge,
+                Method::POST,
+                "/api/v1/reports",
+                Some(&report(forged, false)),
+            )
+            .await;
+            assert_eq!(status, 403, "{forged}: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            health_of(&ctl.table().unwrap(), "shop", "c1"),
+            Health::Healthy
+        );
+    }
+    let ops = client(&ctl, Some("ops-token"));
+    let (_, app) = call(&ops, Method::GET, "/api/v1/apps/shop", None).await;
+    let voters: Vec<&str> = app["targets"][0]["verdict"]["votes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["vantage"].as_str().unwrap())
+        .collect();
+    assert_eq!(voters, ["controller", "edge-a"], "{app}");
+    assert_eq!(app["targets"][0]["verdict"]["healthy"], true);
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -20,7 +20,7 @@ async fn plan_endpoint_roles_errors_and_a_capacity_short_drain() {
     let (b1, b2) = (Backend::start().await, Backend::start().await);
     let dir = temp_dir("plan");
     let tokens = format!(
-        "  tokens:\n    - {{ name: alice, role: operator, sha256: \"{}\" }}\n    - {{ name: robot, role: read-only, sha256: \"{}\" }}\n    - {{ name: edge, role: subscriber, sha256: \"{}\" }}\n",
+        "  tokens:\n    - {{ name: alice, role: operator, sha256: \"{}\" }}\n    - {{ name: robot, role: read-only, sha256: \"{}\" }}\n    - {{ name: edge, role: subscriber, sha256: \"{}\", vantages: [edge-1] }}\n",
         sha256_hex(OP),
         sha256_hex(RO),
         sha256_hex(SUB)

@@ -43,8 +43,9 @@ pub struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// A token with the subscriber role, for the in-process proxy and DNS server when the
-    /// config has `controller.tokens` (or env MERIDIAN_TOKEN). Without one, `up` gives its
-    /// own parts a credential of their own for this run.
+    /// config has `controller.tokens` (or env MERIDIAN_TOKEN); it must name their vantages
+    /// (`vantages: [proxy, dns]`). Without one, `up` gives its own parts a credential of
+    /// their own for this run.
     #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
@@ -225,6 +226,8 @@ fn in_process_credential(controller: &mut meridian_config::controller::Controlle
             role: meridian_config::controller::Role::Subscriber,
             sha256: Some(hex::encode(sha2::Sha256::digest(token.as_bytes()))),
             file: None,
+            // The vantages `up` runs in this process (see `vantage(…)` in `run`).
+            vantages: vec!["proxy".into(), "dns".into()],
         });
     token
 }
