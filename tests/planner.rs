@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use process_support::{Kill, TempDir, free_port, http};
+use process_support::{Kill, TempDir, api_write, free_port, http};
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -408,10 +408,9 @@ fn drain_plan_matches_what_the_controller_then_does() {
     );
 
     // Now the drain itself.
-    let (status, body) = http(
+    let (status, body) = api_write(
         controller,
         "POST",
-        "localhost",
         &format!("/api/v1/clusters/{DRAINED}/drain"),
     )
     .unwrap();

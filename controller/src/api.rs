@@ -169,6 +169,10 @@ impl ApiError {
             field: Some(field),
         }
     }
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
     fn unauthorized(message: &str) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
@@ -205,7 +209,7 @@ type Ctx = State<Arc<Shared>>;
 pub(crate) const READERS: &[Role] = &[Role::ReadOnly, Role::Operator];
 const WATCHERS: &[Role] = &[Role::ReadOnly, Role::Operator, Role::Subscriber];
 const VANTAGES: &[Role] = &[Role::Subscriber, Role::Operator];
-const OPERATORS: &[Role] = &[Role::Operator];
+pub(crate) const OPERATORS: &[Role] = &[Role::Operator];
 
 pub(crate) fn authorize(
     shared: &Shared,

@@ -28,6 +28,7 @@ pub mod capacity;
 pub mod client;
 pub mod compute;
 mod error;
+mod guard;
 pub(crate) mod intake;
 pub mod kubernetes;
 pub mod leadership;
@@ -147,6 +148,8 @@ pub(crate) struct Shared {
     inputs: RwLock<Arc<Inputs>>,
     /// The controller's own vantage name: no report may speak for it.
     pub(crate) vantage: String,
+    /// The origins of pages this controller serves (see `guard`).
+    pub(crate) origins: Vec<String>,
     pub(crate) opts: VerdictOptions,
     pub(crate) heartbeat: Duration,
     pub(crate) store: Store,
@@ -554,6 +557,7 @@ impl Controller {
             .advertise_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
+        let origins = guard::own_origins(addr, &identity);
         let kubernetes = options.kubernetes.clone();
         let leadership = match &kubernetes {
             // Elected replicas start as followers: nothing is written before the Lease is won.
@@ -567,6 +571,7 @@ impl Controller {
         metrics.leader.set(i64::from(leadership.is_leader));
         let shared = Arc::new(Shared {
             vantage: options.vantage.clone(),
+            origins,
             opts: VerdictOptions::from_config(section),
             heartbeat: section.heartbeat,
             store,
@@ -604,12 +609,22 @@ impl Controller {
 
         let mut tasks = Vec::new();
         let router = match options.extra_routes.clone() {
-            Some(extra) => api::router(shared.clone()).merge(extra),
+            Some(extra) => api::router(shared.clone()).merge(extra.layer(
+                axum::middleware::from_fn_with_state(shared.clone(), guard::operator_writes),
+            )),
             None => api::router(shared.clone()),
-        };
+        }
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            guard::guard_writes,
+        ));
         let mut stop = shared.shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let serve = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
             if let Err(err) = serve.await {
@@ -672,9 +687,14 @@ impl RunningController {
         self.shared.publisher.current()
     }
 
-    /// The HTTP router of this controller (the same one it serves), for embedding.
+    /// The API router of this controller with its write guard, for embedding. Served
+    /// without connection info, an open API (no tokens) refuses every write: the guard
+    /// cannot tell a loopback peer.
     pub fn router(&self) -> axum::Router {
-        api::router(self.shared.clone())
+        api::router(self.shared.clone()).layer(axum::middleware::from_fn_with_state(
+            self.shared.clone(),
+            guard::guard_writes,
+        ))
     }
 
     /// Stops serving, ends watch streams and probes, and waits for the tasks to finish.

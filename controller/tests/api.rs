@@ -538,3 +538,133 @@ async fn a_token_reports_only_as_the_vantages_it_names() {
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One raw HTTP/1.1 request with the given headers, as a browser or a script could send
+/// it: the status.
+fn raw(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_api_takes_writes_only_as_json_from_its_own_origin() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("browser-open");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, true).await;
+    let addr = ctl.addr();
+    let drain = "/api/v1/clusters/c1/drain";
+    let weight = "/api/v1/apps/shop/targets/c1/weight";
+    let json = "Content-Type: application/json";
+    let refused = tokio::task::spawn_blocking(move || {
+        [
+            // A cross-site form post: text/plain, and a JSON-looking body.
+            raw(addr, "POST", drain, &["Content-Type: text/plain"], "{}"),
+            raw(
+                addr,
+                "PUT",
+                weight,
+                &["Content-Type: text/plain"],
+                r#"{"weight":0}"#,
+            ),
+            raw(addr, "POST", drain, &[], ""),
+            raw(
+                addr,
+                "POST",
+                drain,
+                &[json, "Origin: http://evil.example"],
+                "",
+            ),
+            raw(
+                addr,
+                "POST",
+                drain,
+                &[json, "Sec-Fetch-Site: cross-site"],
+                "",
+            ),
+            raw(addr, "POST", drain, &[json, "Origin: null"], ""),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, [415, 415, 415, 403, 403, 403]);
+    let anon = client(&ctl, None);
+    let (_, audit) = call(&anon, Method::GET, "/api/v1/audit", None).await;
+    assert_eq!(audit, serde_json::json!([]), "nothing was written");
+    // The dashboard's own page, and a script on the same machine, may write.
+    let origin = format!("Origin: http://127.0.0.1:{}", addr.port());
+    let ok = tokio::task::spawn_blocking(move || {
+        [
+            raw(
+                addr,
+                "POST",
+                drain,
+                &[json, &origin, "Sec-Fetch-Site: same-origin"],
+                "",
+            ),
+            raw(addr, "POST", "/api/v1/clusters/c2/drain", &[json], ""),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(ok, [200, 200]);
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_beside_the_api_need_the_operator_for_writes_when_tokens_exist() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("extra-operator");
+    std::fs::write(dir.join("ro.token"), format!("{RO}\n")).unwrap();
+    let tokens = format!(
+        "  tokens:\n    - {{ name: alice, role: operator, sha256: \"{}\" }}\n    - {{ name: robot, role: read-only, file: ro.token }}\n    - {{ name: edge, role: subscriber, sha256: \"{}\" }}\n",
+        sha256_hex(OP),
+        sha256_hex(SUB)
+    );
+    let file = dir.join("meridian.yaml");
+    std::fs::write(&file, config_yaml(b1.addr, b2.addr, &tokens)).unwrap();
+    // Stands where the demo's fail/recover control is mounted by `meridian up --demo`.
+    let extra = axum::Router::new().route(
+        "/api/v1/demo/clusters/{cluster}",
+        axum::routing::put(|| async { "failed" }).get(|| async { "state" }),
+    );
+    let ctl = meridian_controller::Controller::start(
+        meridian_config::load(&file).unwrap(),
+        meridian_controller::ControllerOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            probe: false,
+            extra_routes: Some(extra),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let demo = "/api/v1/demo/clusters/c1";
+    let body = Some(r#"{"mode":"down"}"#);
+    let statuses = [
+        call(&client(&ctl, None), Method::PUT, demo, body).await.0,
+        call(&client(&ctl, Some(RO)), Method::PUT, demo, body)
+            .await
+            .0,
+        call(&client(&ctl, Some(SUB)), Method::PUT, demo, body)
+            .await
+            .0,
+        call(&client(&ctl, Some(OP)), Method::PUT, demo, body)
+            .await
+            .0,
+        call(&client(&ctl, None), Method::GET, demo, None).await.0,
+    ];
+    assert_eq!(statuses, [401, 403, 403, 200, 200]);
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

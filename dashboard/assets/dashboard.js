@@ -20,7 +20,8 @@ function el(tag, attrs = {}, ...children) {
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (state.token) headers["Authorization"] = "Bearer " + state.token;
-  if (options.body) headers["Content-Type"] = "application/json";
+  // The controller takes writes only as JSON, bodiless ones included.
+  if (options.body || (options.method && options.method !== "GET")) headers["Content-Type"] = "application/json";
   const response = await fetch(path, Object.assign({}, options, { headers }));
   const text = await response.text();
   let body = null;

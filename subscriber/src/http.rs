@@ -62,11 +62,14 @@ impl ControllerClient {
         body: Option<Vec<u8>>,
     ) -> Result<http::Response<Incoming>, Error> {
         let url = format!("{}{}", self.base, path_and_query);
+        let write = !matches!(method, Method::GET | Method::HEAD);
         let mut builder = Request::builder().method(method).uri(&url);
         if let Some(token) = &self.token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if body.is_some() {
+        // The controller takes writes only as JSON (a browser's cross-site form cannot send
+        // that), bodiless ones included.
+        if body.is_some() || write {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
         let request = builder

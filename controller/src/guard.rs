@@ -1,0 +1,180 @@
+//! Browser safety of writes on the controller's port. A web page the operator visits can
+//! make the browser send requests to the controller (a form post, a `no-cors` fetch); the
+//! browser adds no bearer token on its own, but it does reach an open API (no tokens
+//! configured), and such requests carry a content type other than JSON or an origin other
+//! than the controller's. So every write (any method but GET and HEAD) needs
+//! `Content-Type: application/json` (a cross-site form cannot send it without a CORS
+//! preflight, which the controller never grants), and on an open API a write is accepted
+//! only from a loopback peer, with `Origin` (when sent) one of the controller's own and
+//! `Sec-Fetch-Site` (when sent) `same-origin` or `none`. Routes added beside the API (the
+//! demo's controls) need the operator role for writes whenever tokens are configured.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::Shared;
+use crate::api::{ApiError, OPERATORS, authorize};
+
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD)
+}
+
+/// The origins a page served by this controller has: its advertised URL and its port on
+/// every loopback name.
+pub(crate) fn own_origins(addr: SocketAddr, advertise_url: &str) -> Vec<String> {
+    let port = addr.port();
+    let mut origins = vec![
+        format!("http://{addr}"),
+        format!("http://localhost:{port}"),
+        format!("http://127.0.0.1:{port}"),
+        format!("http://[::1]:{port}"),
+        advertise_url.trim_end_matches('/').to_string(),
+    ];
+    origins.sort();
+    origins.dedup();
+    origins
+}
+
+/// Whether a write may proceed: `open` when no token is configured, `peer` the TCP peer
+/// (unknown when the router is served without connection info).
+pub(crate) fn check_write(
+    headers: &HeaderMap,
+    open: bool,
+    peer: Option<SocketAddr>,
+    origins: &[String],
+) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "writes need Content-Type: application/json",
+        ));
+    }
+    if !open {
+        return Ok(());
+    }
+    let forbidden = |why: String| Err(ApiError::new(StatusCode::FORBIDDEN, why));
+    if !peer.is_some_and(|p| p.ip().is_loopback()) {
+        let from = peer.map_or("an unknown peer".into(), |p| p.ip().to_string());
+        return forbidden(format!(
+            "no controller.tokens are configured, so writes are accepted from loopback only, not from {from}"
+        ));
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or_default();
+        if !matches!(site, "same-origin" | "none") {
+            return forbidden(format!(
+                "a {site} request from a browser may not write (Sec-Fetch-Site)"
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !origins.iter().any(|o| o == origin) {
+            return forbidden(format!(
+                "origin {origin:?} is not this controller's; writes from other sites are refused"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Middleware over every route on the port: [`check_write`] for each write.
+pub(crate) async fn guard_writes(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_write(request.method()) {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        if let Err(err) = check_write(
+            request.headers(),
+            shared.tokens.is_open(),
+            peer,
+            &shared.origins,
+        ) {
+            return err.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Middleware over the routes added beside the API: a write needs the operator role.
+pub(crate) async fn operator_writes(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_write(request.method())
+        && let Err(err) = authorize(&shared, request.headers(), OPERATORS)
+    {
+        return err.into_response();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn open_writes_only_from_loopback_same_origin_json() {
+        let addr: SocketAddr = "127.0.0.1:8090".parse().unwrap();
+        let origins = own_origins(addr, "http://127.0.0.1:8090");
+        let local = Some("127.0.0.1:5555".parse().unwrap());
+        let json = ("content-type", "application/json; charset=utf-8");
+        let status = |h: &[(&'static str, &str)], open, peer| {
+            check_write(&headers(h), open, peer, &origins).map_err(|e| e.status())
+        };
+        assert_eq!(status(&[json], true, local), Ok(()));
+        assert_eq!(
+            status(&[json, ("origin", "http://localhost:8090")], true, local),
+            Ok(())
+        );
+        assert_eq!(
+            status(&[("content-type", "text/plain")], true, local),
+            Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            status(&[], false, local),
+            Err(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            "with tokens too"
+        );
+        assert_eq!(
+            status(&[json, ("origin", "http://evil.example")], true, local),
+            Err(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            status(&[json, ("sec-fetch-site", "cross-site")], true, local),
+            Err(StatusCode::FORBIDDEN)
+        );
+        let remote = Some("192.0.2.7:5555".parse().unwrap());
+        assert_eq!(status(&[json], true, remote), Err(StatusCode::FORBIDDEN));
+        assert_eq!(status(&[json], true, None), Err(StatusCode::FORBIDDEN));
+        // With tokens, a bearer token (which no browser adds by itself) decides.
+        assert_eq!(
+            status(&[json, ("origin", "http://evil.example")], false, remote),
+            Ok(())
+        );
+    }
+}
