@@ -211,15 +211,15 @@ pub(crate) async fn handle(
         // Refused before a target was tried: still one access log line.
         let (method, path) = request_line.unwrap_or_default();
         log.log(&Line {
-            client: peer.ip(),
+            client: forwarded.client(),
             method: method.as_str(),
             path: path.as_ref().map_or("", |p| p.as_str()),
             app: "",
             target: "",
             attempts: 0,
             status: response.status().as_u16(),
-            duration_ms: started.elapsed().as_secs_f64() * 1e3,
-            upstream_ms: 0.0,
+            duration: started.elapsed(),
+            upstream: Duration::ZERO,
             table_version: shared.cell.version(),
         });
     }
@@ -362,15 +362,15 @@ async fn forward(
         shared,
         &target,
         &Line {
-            client: peer.ip(),
+            client: forwarded.client(),
             method: parts.method.as_str(),
             path: request.path.as_str(),
             app: &table.app(app).name,
             target: answered_by.map_or("", |t| &*app_rt.targets[t].cluster),
             attempts: tries.attempts,
             status: response.status().as_u16(),
-            duration_ms: started.elapsed().as_secs_f64() * 1e3,
-            upstream_ms: tries.upstream_time.as_secs_f64() * 1e3,
+            duration: started.elapsed(),
+            upstream: tries.upstream_time,
             table_version: table.version(),
         },
         answered_by,

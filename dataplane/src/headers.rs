@@ -220,6 +220,13 @@ impl ForwardedFor {
     }
 }
 
+impl ForwardedFor {
+    /// The client's address as text.
+    pub(crate) fn client(&self) -> &str {
+        self.xff.to_str().unwrap_or_default()
+    }
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::CONNECTION
         || *name == header::TE
