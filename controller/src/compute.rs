@@ -311,6 +311,86 @@ pub fn compute(
     data
 }
 
+/// A published RTT moves only when the smoothed measurement differs from it by more than
+/// this many milliseconds and by more than [`RTT_HYSTERESIS_RATIO`] of it.
+pub const RTT_HYSTERESIS_MS: f64 = 5.0;
+
+/// See [`RTT_HYSTERESIS_MS`].
+pub const RTT_HYSTERESIS_RATIO: f64 = 0.2;
+
+/// Weight of a new measurement in the smoothed RTT (an exponentially weighted mean), so
+/// one slow probe among steady ones does not move it far.
+pub const RTT_SMOOTHING: f64 = 0.25;
+
+/// An RTT track: the smoothed measurement and the value published in the table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RttTrack {
+    /// Exponentially weighted mean of the measurements, milliseconds.
+    pub smoothed_ms: f64,
+    /// What the table carries: whole milliseconds, moved only past the hysteresis band.
+    pub published_ms: f64,
+}
+
+/// The track after `measured_ms` (`None`: the first measurement). Steady probes with
+/// ordinary jitter leave `published_ms` as it is, so they publish no new table.
+pub fn settle_rtt(track: Option<RttTrack>, measured_ms: f64) -> RttTrack {
+    let Some(t) = track else {
+        return RttTrack {
+            smoothed_ms: measured_ms,
+            published_ms: measured_ms.round(),
+        };
+    };
+    let smoothed_ms = t.smoothed_ms + RTT_SMOOTHING * (measured_ms - t.smoothed_ms);
+    let band = RTT_HYSTERESIS_MS.max(t.published_ms * RTT_HYSTERESIS_RATIO);
+    let published_ms = if (smoothed_ms - t.published_ms).abs() > band {
+        smoothed_ms.round()
+    } else {
+        t.published_ms
+    };
+    RttTrack {
+        smoothed_ms,
+        published_ms,
+    }
+}
+
+/// Why `next` is a new version after `prev`, as a metric label: a verdict (a target
+/// starts or stops serving), a ramp step (drain or slow start progress, weights), a
+/// latency (RTT samples), else the config (regions, clusters, geo, apps).
+pub fn version_cause(prev: &TableData, next: &TableData) -> &'static str {
+    let same_shape = prev.apps.len() == next.apps.len()
+        && prev.apps.iter().zip(&next.apps).all(|(a, b)| {
+            a.name == b.name
+                && a.targets.len() == b.targets.len()
+                && a.targets
+                    .iter()
+                    .zip(&b.targets)
+                    .all(|(x, y)| x.cluster == y.cluster)
+        });
+    if prev.regions != next.regions
+        || prev.clusters != next.clusters
+        || prev.geo != next.geo
+        || !same_shape
+    {
+        return "config";
+    }
+    let targets = || {
+        prev.apps
+            .iter()
+            .zip(&next.apps)
+            .flat_map(|(a, b)| a.targets.iter().zip(&b.targets))
+    };
+    if targets().any(|(x, y)| (x.health == Health::Unhealthy) != (y.health == Health::Unhealthy)) {
+        return "verdict";
+    }
+    if prev.apps != next.apps {
+        return "ramp";
+    }
+    if prev.rtt != next.rtt {
+        return "latency";
+    }
+    "config"
+}
+
 /// True when two tables route alike: equal but for version and generation time.
 pub fn same_routing(a: &TableData, b: &TableData) -> bool {
     a.regions == b.regions
@@ -776,5 +856,58 @@ apps:
             data
         };
         assert!(next_table_contained(Some(&prev), global).is_err());
+    }
+
+    #[test]
+    fn rtts_settle_within_the_hysteresis_band() {
+        let run = |series: &[f64]| {
+            let mut track = None;
+            let mut published = Vec::new();
+            for m in series {
+                let t = settle_rtt(track, *m);
+                published.push(t.published_ms);
+                track = Some(t);
+            }
+            published
+        };
+        assert_eq!(run(&[0.4]), [0.0], "whole milliseconds");
+        // Loopback jitter with one slow round: nothing moves.
+        assert_eq!(
+            run(&[0.4, 0.9, 0.3, 12.0, 0.5, 0.6]),
+            [0.0; 6],
+            "a single slow probe is smoothed away"
+        );
+        // A WAN path with ±20 % jitter: one value.
+        let wan = run(&[50.0, 58.0, 43.0, 60.0, 41.0, 55.0, 47.0]);
+        assert!(wan.iter().all(|p| *p == 50.0), "{wan:?}");
+        // A real change moves it within a few rounds.
+        let moved = run(&[50.0, 120.0, 120.0, 120.0, 120.0]);
+        assert!(moved[4] >= 90.0, "{moved:?}");
+    }
+
+    #[test]
+    fn version_causes() {
+        let cfg = config();
+        let base = cfg.base_table(1, 0);
+        let with = |f: &dyn Fn(&mut TableData)| {
+            let mut d = base.clone();
+            f(&mut d);
+            d
+        };
+        let down = with(&|d| d.apps[0].targets[0].health = Health::Unhealthy);
+        assert_eq!(version_cause(&base, &down), "verdict");
+        assert_eq!(version_cause(&down, &base), "verdict");
+        let ramp = with(&|d| d.apps[0].targets[0].health = Health::Draining { progress: 0.05 });
+        assert_eq!(version_cause(&base, &ramp), "ramp");
+        let rtt = with(&|d| {
+            d.rtt.push(RttSample {
+                region: "eu".into(),
+                cluster: "c1".into(),
+                rtt_ms: 3.0,
+            })
+        });
+        assert_eq!(version_cause(&base, &rtt), "latency");
+        let moved = with(&|d| d.clusters[0].endpoints.clear());
+        assert_eq!(version_cause(&base, &moved), "config");
     }
 }

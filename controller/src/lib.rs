@@ -109,8 +109,8 @@ impl Default for ControllerOptions {
 pub(crate) struct State {
     pub(crate) overrides: Overrides,
     pub(crate) verdicts: Verdicts,
-    /// Latest latency per (vantage region, cluster), milliseconds.
-    pub(crate) rtt_ms: BTreeMap<(String, String), f64>,
+    /// Latency per (vantage region, cluster): smoothed, and as published.
+    pub(crate) rtt: BTreeMap<(String, String), compute::RttTrack>,
     /// Request rates per target, from the subscribers' traffic counters.
     pub(crate) traffic: traffic::Traffic,
     /// What capacity-first failover allows of drains (Kubernetes mode, apps with placement).
@@ -168,6 +168,8 @@ pub(crate) struct Shared {
     pub(crate) capacity: RwLock<Arc<Vec<capacity::AppCapacity>>>,
     /// Set until the first config arrives (Kubernetes mode): nothing to compute yet.
     config_pending: AtomicBool,
+    /// Set when the config changed since the last published table (a version's cause).
+    config_changed: AtomicBool,
     wake: Notify,
 }
 
@@ -207,6 +209,7 @@ impl Shared {
             }
         }
         *self.inputs.write().unwrap_or_else(|e| e.into_inner()) = inputs.clone();
+        self.config_changed.store(true, Ordering::Release);
         self.config_pending.store(false, Ordering::Release);
         self.wake();
         inputs
@@ -231,10 +234,12 @@ impl Shared {
                 && obs.last_ok
                 && let Some(region) = region
             {
-                st.rtt_ms.insert(
-                    (region.to_string(), obs.cluster.clone()),
-                    obs.latency_seconds * 1000.0,
-                );
+                // Settled (whole ms, with hysteresis): raw probe latencies jitter, and
+                // every change of a published RTT would be a new table version.
+                let key = (region.to_string(), obs.cluster.clone());
+                let track =
+                    compute::settle_rtt(st.rtt.get(&key).copied(), obs.latency_seconds * 1000.0);
+                st.rtt.insert(key, track);
             }
             known
         };
@@ -345,7 +350,11 @@ impl Shared {
             let st = &*st;
             let overrides = change.as_ref().map_or(&st.overrides, |(o, _)| o);
             let stats = TrafficStats {
-                rtt_ms: st.rtt_ms.clone(),
+                rtt_ms: st
+                    .rtt
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.published_ms))
+                    .collect(),
             };
             let health = st.verdicts.inputs();
             let built = compute::next_table_contained(prev.as_deref(), || {
@@ -418,6 +427,18 @@ impl Shared {
                 None
             }
         };
+        let cause = if entry.is_some() {
+            "operator"
+        } else if self.config_changed.swap(false, Ordering::AcqRel) {
+            "config"
+        } else {
+            prev.as_ref()
+                .map_or("config", |p| compute::version_cause(p.data(), table.data()))
+        };
+        self.metrics
+            .table_versions
+            .with_label_values(&[cause])
+            .inc();
         self.metrics.table_version.set(table.version() as i64);
         self.metrics.table_bytes.set(line.len() as i64);
         self.publisher.publish(table.clone(), line);
@@ -578,7 +599,7 @@ impl Controller {
             state: Mutex::new(State {
                 overrides,
                 verdicts,
-                rtt_ms: BTreeMap::new(),
+                rtt: BTreeMap::new(),
                 traffic: traffic::Traffic::default(),
                 drain_gates: compute::DrainGates::new(),
             }),
@@ -594,6 +615,7 @@ impl Controller {
             // In Kubernetes mode apps and clusters come from resources: nothing is computed
             // until they are read, so a start never publishes an empty table.
             config_pending: AtomicBool::new(kubernetes.is_some()),
+            config_changed: AtomicBool::new(false),
             inputs: RwLock::new(Arc::new(Inputs::new(config))),
         });
         if let Some(last) = last {

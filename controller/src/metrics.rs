@@ -24,6 +24,9 @@ pub struct Metrics {
     pub samples_ignored: IntCounterVec,
     /// Problems a compute contained instead of failing, by part (`app`, `rtt`).
     pub compute_contained: IntCounterVec,
+    /// Table versions published, by cause (`verdict`, `operator`, `ramp`, `latency`,
+    /// `config`).
+    pub table_versions: IntCounterVec,
     /// The version of the table being published.
     pub table_version: IntGauge,
     /// Time to compute a table, seconds.
@@ -110,6 +113,13 @@ impl Metrics {
                     "Problems in a computed table contained to their part (an app keeps its last table, an RTT sample is dropped)",
                 ),
                 &["part"],
+            )?,
+            table_versions: IntCounterVec::new(
+                Opts::new(
+                    "meridian_table_versions_total",
+                    "Routing table versions published, by what changed",
+                ),
+                &["cause"],
             )?,
             table_version: IntGauge::new(
                 "meridian_table_version",
@@ -208,6 +218,7 @@ impl Metrics {
         m.registry.register(Box::new(m.reports_refused.clone()))?;
         m.registry.register(Box::new(m.samples_ignored.clone()))?;
         m.registry.register(Box::new(m.compute_contained.clone()))?;
+        m.registry.register(Box::new(m.table_versions.clone()))?;
         m.registry.register(Box::new(m.table_version.clone()))?;
         m.registry.register(Box::new(m.compute_seconds.clone()))?;
         m.registry.register(Box::new(m.table_bytes.clone()))?;

@@ -426,3 +426,99 @@ async fn forged_extra_vantages_do_not_change_a_verdict() {
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The published version and the count of versions by cause, from `/metrics`.
+async fn versions(
+    ctl: &meridian_controller::RunningController,
+) -> (u64, std::collections::BTreeMap<String, u64>) {
+    let (_, metrics) = call(&client_for(ctl), Method::GET, "/metrics", None).await;
+    let causes = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("meridian_table_versions_total{cause=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(cause, n)| (cause.to_string(), n.parse().unwrap()))
+        .collect();
+    (ctl.table().unwrap().version(), causes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_probes_publish_no_version_and_a_failure_only_its_own() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("churn");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, true).await;
+    // A vantage with a region: its latencies become the table's RTTs (every 100 ms).
+    let url = ctl.url();
+    let vantage = tokio::spawn(async move {
+        meridian_subscriber::report::probe_and_report(
+            &url,
+            None,
+            "edge@test".into(),
+            Some("eu".into()),
+        )
+        .await
+    });
+    wait_for(Duration::from_secs(5), || {
+        ctl.table().filter(|t| {
+            t.data().rtt.len() == 2
+                && t.apps()[0]
+                    .targets
+                    .iter()
+                    .all(|t| t.health == Health::Healthy)
+        })
+    })
+    .await
+    .expect("both targets healthy, with RTTs from the vantage's region");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Steady probes for 3 s (about 30 reports and 60 probe rounds): no new version.
+    let (steady, before) = versions(&ctl).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (after, causes) = versions(&ctl).await;
+    assert_eq!(
+        after, steady,
+        "steady probes published versions: {causes:?}"
+    );
+
+    // One cluster fails: one version; while it stays failed, none.
+    b1.set_healthy(false);
+    let failed = wait_for(Duration::from_secs(3), || {
+        ctl.table()
+            .filter(|t| health_of(t, "shop", "c1") == Health::Unhealthy)
+    })
+    .await
+    .expect("c1 fails")
+    .version();
+    assert_eq!(failed, steady + 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        versions(&ctl).await.0,
+        failed,
+        "nothing while it stays failed"
+    );
+
+    // It recovers: the verdict, then the slow start's steps (1 s), then nothing.
+    b1.set_healthy(true);
+    wait_for(Duration::from_secs(5), || {
+        ctl.table()
+            .filter(|t| health_of(t, "shop", "c1") == Health::Healthy)
+    })
+    .await
+    .expect("c1 recovers through slow start");
+    let (recovered, _) = versions(&ctl).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (end, causes) = versions(&ctl).await;
+    assert_eq!(end, recovered, "nothing after the recovery: {causes:?}");
+    let delta = |cause: &str| causes.get(cause).unwrap_or(&0) - before.get(cause).unwrap_or(&0);
+    assert_eq!(
+        delta("verdict"),
+        2,
+        "the failure and the recovery: {causes:?}"
+    );
+    assert!(delta("ramp") <= 20, "slow start in 5 % steps: {causes:?}");
+    assert_eq!(delta("operator") + delta("config"), 0, "{causes:?}");
+    vantage.abort();
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
