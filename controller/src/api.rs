@@ -873,6 +873,8 @@ async fn watch(
     let who = authorize(&shared, &headers, WATCHERS)?;
     let held = parse_query_u64(&q, "version")?.unwrap_or(0);
     let subscriber = q.get("subscriber").cloned().unwrap_or(who.name);
+    crate::intake::check_vantage_name(&subscriber)
+        .map_err(|m| ApiError::field(StatusCode::BAD_REQUEST, "subscriber", m))?;
     let stream = shared.publisher.stream(
         held,
         subscriber,

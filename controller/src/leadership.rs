@@ -115,9 +115,9 @@ async fn forward(leader: &str, request: Request) -> Result<Response, String> {
         .await
         .map_err(|e| e.to_string())?;
     let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
+    let bytes = tokio::time::timeout(meridian_subscriber::http::REQUEST_TIMEOUT, body.collect())
         .await
+        .map_err(|_| "the leader's answer did not arrive in time".to_string())?
         .map_err(|e| format!("reading the leader's answer: {e}"))?
         .to_bytes();
     Ok(Response::from_parts(parts, Body::from(bytes)))

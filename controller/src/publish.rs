@@ -115,5 +115,11 @@ struct Connected {
 impl Drop for Connected {
     fn drop(&mut self) {
         self.metrics.subscribers_connected.dec();
+        // The name is the subscriber's choice: its label lives only as long as its stream,
+        // so the label set is bounded by the streams open.
+        let _ = self
+            .metrics
+            .subscriber_version
+            .remove_label_values(&[self.subscriber.as_str()]);
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -276,4 +277,49 @@ async fn follow_reconnects_after_the_stream_breaks() {
     task.abort();
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_label_lives_as_long_as_its_stream() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("labels");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, false).await;
+    let c = client(&ctl, None);
+    let metrics = || async {
+        let (_, m) = call(&client(&ctl, None), Method::GET, "/metrics", None).await;
+        m.as_str().unwrap().to_string()
+    };
+    let response = c
+        .send(Method::GET, "/api/v1/watch?subscriber=proxy-7", None)
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(
+        metrics().await.contains(r#"subscriber="proxy-7""#),
+        "labelled while connected"
+    );
+    drop(body);
+    let gone = wait_for_async(|| async {
+        (!metrics().await.contains(r#"subscriber="proxy-7""#)).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the label goes with the stream");
+    let (status, body) = call(&c, Method::GET, "/api/v1/watch?subscriber=a%20b", None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "subscriber");
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn wait_for_async<T, F: Future<Output = Option<T>>>(
+    mut f: impl FnMut() -> F,
+) -> Option<T> {
+    for _ in 0..200 {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
 }

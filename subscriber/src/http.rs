@@ -10,11 +10,18 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::error::Error;
 
+/// How long a request may wait for the controller's response head, and a `call` for the
+/// whole body: a controller that accepts a connection and then stalls must not hang a
+/// vantage's reports, an operator command or a follower's forwarding. (A watch stream's
+/// body is bounded by its heartbeats instead.)
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A client of one controller: its base URL and the bearer token it presents.
 #[derive(Clone, Debug)]
 pub struct ControllerClient {
     base: String,
     token: Option<String>,
+    timeout: std::time::Duration,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -45,8 +52,15 @@ impl ControllerClient {
         Ok(Self {
             base,
             token,
+            timeout: REQUEST_TIMEOUT,
             client,
         })
+    }
+
+    /// The same client with another request timeout (default [`REQUEST_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The base URL.
@@ -78,13 +92,16 @@ impl ControllerClient {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-        self.client
-            .request(request)
-            .await
-            .map_err(|e| Error::Transport {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(result) => result.map_err(|e| Error::Transport {
                 url,
                 message: error_chain(&e),
-            })
+            }),
+            Err(_) => Err(Error::Transport {
+                url,
+                message: format!("no response within {:?}", self.timeout),
+            }),
+        }
     }
 
     /// Sends a request and reads the whole body; a status outside 2xx is an error.
@@ -97,10 +114,12 @@ impl ControllerClient {
         let url = format!("{}{}", self.base, path_and_query);
         let response = self.send(method, path_and_query, body).await?;
         let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
+        let bytes = tokio::time::timeout(self.timeout, response.into_body().collect())
             .await
+            .map_err(|_| Error::Transport {
+                url: url.clone(),
+                message: format!("body not read within {:?}", self.timeout),
+            })?
             .map_err(|e| Error::Transport {
                 url: url.clone(),
                 message: error_chain(&e),
@@ -146,4 +165,38 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_controller_that_accepts_and_stalls_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts connections and never answers.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                conns.push(conn);
+            }
+        });
+        let client = ControllerClient::new(&format!("http://{addr}"), None)
+            .unwrap()
+            .with_timeout(Duration::from_millis(200));
+        let start = Instant::now();
+        let err = client
+            .call(Method::POST, "/api/v1/reports", Some(b"{}".to_vec()))
+            .await
+            .unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.to_string().contains("no response within"), "{err}");
+        held.abort();
+    }
 }
