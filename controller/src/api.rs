@@ -569,26 +569,32 @@ fn check_cluster(shared: &Shared, cluster: &str) -> ApiResult<()> {
 }
 
 /// Applies an override change, its audit entry and the table it gives, all or nothing.
-fn apply_change(
-    shared: &Shared,
-    who: &Principal,
-    action: &str,
+/// The compute and the store's fsync run on a blocking thread, never on the async workers
+/// that serve every other request.
+async fn apply_change(
+    shared: Arc<Shared>,
+    who: Principal,
+    action: &'static str,
     subject: String,
     detail: serde_json::Value,
-    change: impl FnOnce(&mut crate::compute::Overrides, u64) -> ApiResult<()>,
+    change: impl FnOnce(&mut crate::compute::Overrides, u64) -> ApiResult<()> + Send + 'static,
 ) -> ApiResult<ChangeResponse> {
-    let (audit, table_version) = shared.change_overrides(|next, now| {
-        change(next, now)?;
-        Ok::<_, ApiError>(AuditEntry {
-            seq: 0,
-            at_ms: now,
-            who: who.name.clone(),
-            role: who.role.name().into(),
-            action: action.into(),
-            subject,
-            detail,
+    let (audit, table_version) = tokio::task::spawn_blocking(move || {
+        shared.change_overrides(|next, now| {
+            change(next, now)?;
+            Ok::<_, ApiError>(AuditEntry {
+                seq: 0,
+                at_ms: now,
+                who: who.name,
+                role: who.role.name().into(),
+                action: action.into(),
+                subject,
+                detail,
+            })
         })
-    })?;
+    })
+    .await
+    .map_err(ApiError::internal)??;
     info!(who = %audit.who, action = %audit.action, subject = %audit.subject, "operator change");
     Ok(ChangeResponse {
         audit,
@@ -624,16 +630,17 @@ async fn set_weight(
     }
     let key = target_key(&app, &cluster);
     apply_change(
-        &shared,
-        &who,
+        shared,
+        who,
         "set-weight",
         format!("target:{key}"),
         serde_json::json!({ "weight": req.weight }),
-        |o, _| {
-            o.weights.insert(key.clone(), req.weight);
+        move |o, _| {
+            o.weights.insert(key, req.weight);
             Ok(())
         },
     )
+    .await
     .map(axum::Json)
 }
 
@@ -651,12 +658,12 @@ async fn reset_weight(
     check_target(&shared, &app, &cluster)?;
     let key = target_key(&app, &cluster);
     apply_change(
-        &shared,
-        &who,
+        shared,
+        who,
         "reset-weight",
         format!("target:{key}"),
         serde_json::json!({}),
-        |o, _| {
+        move |o, _| {
             o.weights.remove(&key).map(|_| ()).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::CONFLICT,
@@ -665,12 +672,13 @@ async fn reset_weight(
             })
         },
     )
+    .await
     .map(axum::Json)
 }
 
-fn drain_change(
-    shared: &Shared,
-    who: &Principal,
+async fn drain_change(
+    shared: Arc<Shared>,
+    who: Principal,
     scope: Scope,
     drain: bool,
 ) -> ApiResult<ChangeResponse> {
@@ -682,7 +690,7 @@ fn drain_change(
         action,
         key.clone(),
         serde_json::to_value(&scope).unwrap_or_default(),
-        |o, now| {
+        move |o, now| {
             if drain {
                 if o.drains.contains_key(&key) {
                     return Err(ApiError::new(
@@ -704,6 +712,7 @@ fn drain_change(
             Ok(())
         },
     )
+    .await
 }
 
 /// Drains a cluster: every target in it ramps to zero over its app's drain period.
@@ -718,7 +727,9 @@ async fn drain_cluster(
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;
     check_cluster(&shared, &cluster)?;
-    drain_change(&shared, &who, Scope::Cluster { cluster }, true).map(axum::Json)
+    drain_change(shared, who, Scope::Cluster { cluster }, true)
+        .await
+        .map(axum::Json)
 }
 
 /// Ends a cluster's drain: its targets ramp back over their apps' slow start.
@@ -733,7 +744,9 @@ async fn undrain_cluster(
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;
     check_cluster(&shared, &cluster)?;
-    drain_change(&shared, &who, Scope::Cluster { cluster }, false).map(axum::Json)
+    drain_change(shared, who, Scope::Cluster { cluster }, false)
+        .await
+        .map(axum::Json)
 }
 
 /// Drains one target.
@@ -748,7 +761,9 @@ async fn drain_target(
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;
     check_target(&shared, &app, &cluster)?;
-    drain_change(&shared, &who, Scope::Target { app, cluster }, true).map(axum::Json)
+    drain_change(shared, who, Scope::Target { app, cluster }, true)
+        .await
+        .map(axum::Json)
 }
 
 /// Ends one target's drain.
@@ -763,7 +778,9 @@ async fn undrain_target(
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;
     check_target(&shared, &app, &cluster)?;
-    drain_change(&shared, &who, Scope::Target { app, cluster }, false).map(axum::Json)
+    drain_change(shared, who, Scope::Target { app, cluster }, false)
+        .await
+        .map(axum::Json)
 }
 
 /// Which target the current table chooses for a hostname and a client address, and why.
@@ -873,8 +890,20 @@ async fn watch(
     let who = authorize(&shared, &headers, WATCHERS)?;
     let held = parse_query_u64(&q, "version")?.unwrap_or(0);
     let subscriber = q.get("subscriber").cloned().unwrap_or(who.name);
-    crate::intake::check_vantage_name(&subscriber)
-        .map_err(|m| ApiError::field(StatusCode::BAD_REQUEST, "subscriber", m))?;
+    // The name becomes a metric label: bounded, printable.
+    if subscriber.is_empty()
+        || subscriber.len() > crate::intake::MAX_VANTAGE_LEN
+        || subscriber.chars().any(char::is_control)
+    {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "subscriber",
+            format!(
+                "must be 1 to {} printable characters",
+                crate::intake::MAX_VANTAGE_LEN
+            ),
+        ));
+    }
     let stream = shared.publisher.stream(
         held,
         subscriber,

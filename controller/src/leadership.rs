@@ -182,8 +182,22 @@ async fn mirror_from(shared: &Arc<Shared>, leader: &str, token: Option<String>) 
                     sync_overrides(shared, client).await;
                 }
                 let line = Publisher::encode_line(&table);
-                if let Err(err) = shared.store.save_table(&line[..line.len() - 1]) {
-                    warn!(error = %err, "could not store the mirrored table");
+                // Durable before published, as on the leader: a table that could not be
+                // stored is not served (the next one from the leader is tried).
+                let store_shared = shared.clone();
+                let bytes = line.clone();
+                let saved = tokio::task::spawn_blocking(move || {
+                    store_shared.store.save_table(&bytes[..bytes.len() - 1])
+                })
+                .await;
+                if !matches!(saved, Ok(Ok(()))) {
+                    let error = match saved {
+                        Ok(Err(err)) => err.to_string(),
+                        Err(err) => err.to_string(),
+                        Ok(Ok(())) => String::new(),
+                    };
+                    warn!(%error, version = table.version(), "could not store the mirrored table; not publishing it");
+                    continue;
                 }
                 shared.metrics.table_version.set(table.version() as i64);
                 shared.metrics.table_bytes.set(line.len() as i64);
@@ -193,7 +207,7 @@ async fn mirror_from(shared: &Arc<Shared>, leader: &str, token: Option<String>) 
     }
 }
 
-async fn sync_overrides(shared: &Shared, client: &ControllerClient) {
+async fn sync_overrides(shared: &Arc<Shared>, client: &ControllerClient) {
     let overrides = match client
         .call(Method::GET, "/api/v1/overrides", None)
         .await
@@ -209,8 +223,12 @@ async fn sync_overrides(shared: &Shared, client: &ControllerClient) {
     if shared.state().overrides == overrides {
         return;
     }
-    if let Err(err) = shared.store.save_overrides(&overrides) {
-        warn!(error = %err, "could not store the mirrored overrides");
+    let store_shared = shared.clone();
+    let to_store = overrides.clone();
+    match tokio::task::spawn_blocking(move || store_shared.store.save_overrides(&to_store)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(error = %err, "could not store the mirrored overrides"),
+        Err(err) => warn!(error = %err, "storing the mirrored overrides failed"),
     }
     shared.state().overrides = overrides;
 }

@@ -663,8 +663,14 @@ impl Controller {
                     _ = tokio::time::sleep(tick) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                if let Err(err) = loop_shared.recompute() {
-                    error!(error = %err, "table compute failed; still serving the previous table");
+                // The compute and the store's fsync block: off the async workers.
+                let shared = loop_shared.clone();
+                match tokio::task::spawn_blocking(move || shared.recompute()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => {
+                        error!(error = %err, "table compute failed; still serving the previous table");
+                    }
+                    Err(err) => error!(error = %err, "table compute task failed"),
                 }
             }
         }));
@@ -844,6 +850,48 @@ controller:
             version + 1,
             "the table is stored with the change"
         );
+        ctl.shutdown().await;
+    }
+
+    /// One async worker thread: if a write's fsync ran on it, nothing else could be served
+    /// until the disk answered.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_disk_blocks_no_other_request() {
+        let loaded = meridian_config::parse(CONFIG, std::path::Path::new("t.yaml")).unwrap();
+        let ctl = Controller::start(
+            loaded,
+            ControllerOptions {
+                probe: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let client = ControllerClient::new(&ctl.url(), None).unwrap();
+        ctl.shared
+            .store
+            .slow_writes_ms
+            .store(1500, Ordering::SeqCst);
+        let writer = client.clone();
+        let write = tokio::spawn(async move {
+            writer
+                .call(
+                    Method::PUT,
+                    "/api/v1/apps/shop/targets/c1/weight",
+                    Some(br#"{"weight": 7}"#.to_vec()),
+                )
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        let (status, _) = client.call(Method::GET, "/livez", None).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "livez waited {:?} behind a slow write",
+            start.elapsed()
+        );
+        assert!(write.await.unwrap().is_ok(), "the slow write lands");
         ctl.shutdown().await;
     }
 }

@@ -60,6 +60,9 @@ pub struct Store {
     /// Tests make every write of a table fail, to show a failed change leaves no trace.
     #[cfg(test)]
     pub(crate) fail_table_writes: std::sync::atomic::AtomicBool,
+    /// Tests make every write of a table this slow, to show it blocks no other request.
+    #[cfg(test)]
+    pub(crate) slow_writes_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -103,6 +106,8 @@ impl Store {
             name,
             #[cfg(test)]
             fail_table_writes: Default::default(),
+            #[cfg(test)]
+            slow_writes_ms: Default::default(),
         };
         store.write("creating tables", |txn| {
             txn.open_table(STATE)?;
@@ -211,6 +216,13 @@ impl Store {
 
     #[cfg(test)]
     fn injected_failure(&self, action: &'static str) -> Result<(), Error> {
+        let slow = self
+            .slow_writes_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if slow > 0 {
+            // Stands for a disk that takes its time to sync.
+            std::thread::sleep(std::time::Duration::from_millis(slow));
+        }
         if self
             .fail_table_writes
             .load(std::sync::atomic::Ordering::SeqCst)

@@ -305,16 +305,14 @@ async fn a_subscriber_label_lives_as_long_as_its_stream() {
     })
     .await;
     assert!(gone.is_some(), "the label goes with the stream");
-    let (status, body) = call(&c, Method::GET, "/api/v1/watch?subscriber=a%20b", None).await;
+    let (status, body) = call(&c, Method::GET, "/api/v1/watch?subscriber=a%0Ab", None).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["field"], "subscriber");
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-async fn wait_for_async<T, F: Future<Output = Option<T>>>(
-    mut f: impl FnMut() -> F,
-) -> Option<T> {
+async fn wait_for_async<T, F: Future<Output = Option<T>>>(mut f: impl FnMut() -> F) -> Option<T> {
     for _ in 0..200 {
         if let Some(v) = f().await {
             return Some(v);
