@@ -991,6 +991,18 @@ async fn reports(
         refused("invalid");
         ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, p.field, p.message)
     })?;
+    if !shared.admit_vantage(&report.vantage, now) {
+        refused("too-many-vantages");
+        return Err(ApiError::field(
+            StatusCode::TOO_MANY_REQUESTS,
+            "vantage",
+            format!(
+                "{} vantages report already (the most kept at once); {:?} is refused until some fall silent",
+                crate::intake::MAX_VANTAGES,
+                report.vantage
+            ),
+        ));
+    }
     if checked.stale > 0 {
         shared
             .metrics

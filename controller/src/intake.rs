@@ -176,6 +176,43 @@ pub fn check_report(
     })
 }
 
+/// Most vantages the controller keeps state and metric labels for at once. A credential
+/// whose `vantages` is a pattern could otherwise name new vantages without end.
+pub const MAX_VANTAGES: usize = 256;
+
+/// The vantages that have reported, with when each last did: bounded by [`MAX_VANTAGES`].
+#[derive(Clone, Debug, Default)]
+pub struct Vantages {
+    last_seen: std::collections::BTreeMap<String, u64>,
+}
+
+impl Vantages {
+    /// Admits a report from `name` at `now_ms`. When the registry is full, vantages silent
+    /// for more than `forget_ms` (their votes are forgotten anyway) make room; they are
+    /// returned so their state and labels go too. `Err` when it is still full.
+    pub fn admit(&mut self, name: &str, now_ms: u64, forget_ms: u64) -> Result<Vec<String>, ()> {
+        if let Some(seen) = self.last_seen.get_mut(name) {
+            *seen = now_ms;
+            return Ok(Vec::new());
+        }
+        let mut forgotten = Vec::new();
+        if self.last_seen.len() >= MAX_VANTAGES {
+            self.last_seen.retain(|v, seen| {
+                let keep = now_ms.saturating_sub(*seen) <= forget_ms;
+                if !keep {
+                    forgotten.push(v.clone());
+                }
+                keep
+            });
+            if self.last_seen.len() >= MAX_VANTAGES {
+                return Err(());
+            }
+        }
+        self.last_seen.insert(name.to_string(), now_ms);
+        Ok(forgotten)
+    }
+}
+
 fn truncate(s: &mut String, max: usize) {
     if s.len() > max {
         let mut end = max;
@@ -307,5 +344,23 @@ apps:
         r.traffic[0].errors = 0;
         r.traffic[0].latency_seconds_sum = -1.0;
         assert_eq!(field(&r), "traffic[0].latency_seconds_sum");
+    }
+
+    #[test]
+    fn the_vantage_registry_is_bounded_and_makes_room_from_silent_ones() {
+        let mut v = Vantages::default();
+        for i in 0..MAX_VANTAGES {
+            assert_eq!(v.admit(&format!("pod-{i}"), 1_000, 50_000), Ok(vec![]));
+        }
+        assert_eq!(
+            v.admit("pod-0", 2_000, 50_000),
+            Ok(vec![]),
+            "known ones report on"
+        );
+        assert_eq!(v.admit("pod-new", 2_000, 50_000), Err(()), "full");
+        // Once the others have been silent past the horizon, they make room.
+        let forgotten = v.admit("pod-new", 52_000, 50_000).unwrap();
+        assert_eq!(forgotten.len(), MAX_VANTAGES - 1, "all but pod-0");
+        assert!(!forgotten.contains(&"pod-0".to_string()));
     }
 }

@@ -115,6 +115,8 @@ pub(crate) struct State {
     pub(crate) traffic: traffic::Traffic,
     /// What capacity-first failover allows of drains (Kubernetes mode, apps with placement).
     pub(crate) drain_gates: compute::DrainGates,
+    /// The vantages that report, bounded.
+    pub(crate) vantages: intake::Vantages,
 }
 
 /// What the controller routes and probes: the config (apps, clusters, probes) and the probe
@@ -257,6 +259,36 @@ impl Shared {
             }
         }
         known
+    }
+
+    /// Admits a report from `vantage` into the bounded registry; `false` when it is full.
+    /// Vantages evicted to make room lose their votes, counters and metric labels.
+    pub(crate) fn admit_vantage(&self, vantage: &str, now: u64) -> bool {
+        let forgotten = {
+            let mut st = self.state();
+            let Ok(forgotten) = st.vantages.admit(vantage, now, self.opts.forget_after_ms()) else {
+                return false;
+            };
+            for v in &forgotten {
+                st.verdicts.forget(v);
+                st.traffic.forget(v);
+            }
+            forgotten
+        };
+        let inputs = self.inputs();
+        for v in &forgotten {
+            for job in &inputs.jobs {
+                let target = [job.app.as_str(), job.cluster.as_str(), v.as_str()];
+                let _ = self.metrics.probe_latency.remove_label_values(&target);
+                for result in ["ok", "fail"] {
+                    let _ = self
+                        .metrics
+                        .probe_results
+                        .remove_label_values(&[target[0], target[1], target[2], result]);
+                }
+            }
+        }
+        true
     }
 
     pub(crate) fn wake(&self) {
@@ -602,6 +634,7 @@ impl Controller {
                 rtt: BTreeMap::new(),
                 traffic: traffic::Traffic::default(),
                 drain_gates: compute::DrainGates::new(),
+                vantages: intake::Vantages::default(),
             }),
             compute_lock: Mutex::new(()),
             publisher: Publisher::default(),

@@ -79,6 +79,11 @@ impl Traffic {
         );
     }
 
+    /// Forgets a vantage's counters (it was evicted from the vantage registry).
+    pub fn forget(&mut self, vantage: &str) {
+        self.tracks.retain(|(v, _, _), _| v != vantage);
+    }
+
     /// The target's traffic over the vantages whose rate is at most `max_age_ms` old; `None`
     /// when no vantage reports traffic for it.
     pub fn target(

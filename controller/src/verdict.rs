@@ -225,6 +225,15 @@ impl Verdicts {
         true
     }
 
+    /// Forgets a vantage's votes on every target.
+    pub fn forget(&mut self, vantage: &str) {
+        for clusters in self.targets.values_mut() {
+            for t in clusters.values_mut() {
+                t.votes.remove(vantage);
+            }
+        }
+    }
+
     /// The verdict on a target.
     pub fn verdict(&self, app: &str, cluster: &str) -> Option<&Verdict> {
         self.get(app, cluster).map(|t| &t.verdict)

@@ -668,3 +668,48 @@ async fn routes_beside_the_api_need_the_operator_for_writes_when_tokens_exist() 
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vantages_kept_at_once_are_bounded() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let dir = temp_dir("vantage-bound");
+    let ctl = start_controller(&config_yaml(b1.addr, b2.addr, ""), &dir, false).await;
+    let c = client(&ctl, None);
+    let report = |vantage: &str| {
+        format!(
+            r#"{{"vantage":"{vantage}","observations":[{{"app":"shop","cluster":"c1","healthy":true,
+            "last_ok":true,"latency_seconds":0.001,"detail":"","at_ms":{}}}]}}"#,
+            meridian_subscriber::probe::now_ms()
+        )
+    };
+    for i in 0..256 {
+        let (status, body) = call(
+            &c,
+            Method::POST,
+            "/api/v1/reports",
+            Some(&report(&format!("pod-{i}"))),
+        )
+        .await;
+        assert_eq!(status, 200, "pod-{i}: {body}");
+    }
+    let (status, body) = call(
+        &c,
+        Method::POST,
+        "/api/v1/reports",
+        Some(&report("pod-256")),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["field"], "vantage");
+    let (status, _) = call(&c, Method::POST, "/api/v1/reports", Some(&report("pod-0"))).await;
+    assert_eq!(status, 200, "a known vantage reports on");
+    let (_, metrics) = call(&c, Method::GET, "/metrics", None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains(r#"meridian_reports_refused_total{reason="too-many-vantages"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"vantage="pod-256""#));
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
