@@ -86,6 +86,13 @@ test("dashboard lists the demo clusters and a drain click moves weights and traf
     throw new Error(`${err.message}\n${logs}`);
   });
   await until("the proxy", async () => (await get(proxy)).status === 200);
+  // A target serves once a vantage has probed it (unknown is not up): wait for every verdict,
+  // then for the proxy's table to carry them.
+  await until("every target probed and healthy", async () => {
+    const status = await (await fetch(`${base}/api/v1/status`)).json();
+    return status.apps.every((a) => a.targets.every((t) => t.verdict.known && t.health === "healthy"));
+  });
+  await sleep(300);
 
   const before = await traffic(proxy, 100);
   assert.ok(before["aws-eu-west-1"] > 10, `aws-eu-west-1 serves before the drain: ${JSON.stringify(before)}`);
