@@ -63,7 +63,8 @@ pub(crate) fn check_write(
         return Ok(());
     }
     let forbidden = |why: String| Err(ApiError::new(StatusCode::FORBIDDEN, why));
-    if !peer.is_some_and(|p| p.ip().is_loopback()) {
+    // On a dual-stack listener an IPv4 client shows as ::ffff:127.0.0.1.
+    if !peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
         let from = peer.map_or("an unknown peer".into(), |p| p.ip().to_string());
         return forbidden(format!(
             "no controller.tokens are configured, so writes are accepted from loopback only, not from {from}"
@@ -167,6 +168,12 @@ mod tests {
         assert_eq!(
             status(&[json, ("sec-fetch-site", "cross-site")], true, local),
             Err(StatusCode::FORBIDDEN)
+        );
+        let mapped = Some("[::ffff:127.0.0.1]:5555".parse().unwrap());
+        assert_eq!(
+            status(&[json], true, mapped),
+            Ok(()),
+            "IPv4 loopback on [::]"
         );
         let remote = Some("192.0.2.7:5555".parse().unwrap());
         assert_eq!(status(&[json], true, remote), Err(StatusCode::FORBIDDEN));
