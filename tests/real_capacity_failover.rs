@@ -210,6 +210,17 @@ async fn replicas_move_before_traffic_private_apps_stay_and_machines_follow_pods
     let controller = start_replica(&config, &hub, &dir.join("data"), &[]);
     let url = controller.url.clone();
 
+    // A target is not up before a vantage has probed it: wait for both to be.
+    for member in ["member-a", "member-b"] {
+        eventually(
+            "shop's targets probed healthy",
+            Duration::from_secs(20),
+            || async {
+                (health(&url, "shop", member).await? == json!({"state": "healthy"})).then_some(())
+            },
+        )
+        .await;
+    }
     // Steady state: shop 2 + 2, converged; the private ledger's 3 replicas all in member A.
     eventually("shop converged", Duration::from_secs(20), || async {
         (capacity_state(&url, "shop").await? == "converged").then_some(())

@@ -12,7 +12,7 @@
 //!
 //! Every decision comes from the capacity crate, the same code the planner runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kube::Client;
@@ -102,22 +102,27 @@ pub(crate) struct CapacityLoop {
 }
 
 /// How a target serves: an unhealthy verdict has already moved its traffic; a drain or a lost
-/// control plane means its replicas and traffic are moved elsewhere, capacity first.
+/// control plane means its replicas and traffic are moved elsewhere, capacity first. A
+/// target no vantage has probed yet (`unknown`, published as not up) is no evidence of a
+/// failure: its replicas stay where the placement puts them, so a start never evacuates.
 pub(crate) fn serving(
     app: &str,
     cluster: &str,
     table: Option<&RoutingTable>,
     overrides: &Overrides,
     view: Option<&MemberView>,
+    unknown: &BTreeSet<(String, String)>,
 ) -> Serving {
-    let unhealthy = table.is_some_and(|t| {
-        t.apps().iter().any(|a| {
-            a.name == app
-                && a.targets
-                    .iter()
-                    .any(|t| t.cluster == cluster && t.health == Health::Unhealthy)
-        })
-    });
+    let never_probed = unknown.contains(&(app.to_string(), cluster.to_string()));
+    let unhealthy = !never_probed
+        && table.is_some_and(|t| {
+            t.apps().iter().any(|a| {
+                a.name == app
+                    && a.targets
+                        .iter()
+                        .any(|t| t.cluster == cluster && t.health == Health::Unhealthy)
+            })
+        });
     if unhealthy {
         return Serving::Failed;
     }
@@ -202,6 +207,8 @@ pub(crate) struct AppInputs<'a> {
     pub(crate) table: Option<&'a RoutingTable>,
     pub(crate) overrides: &'a Overrides,
     pub(crate) views: &'a BTreeMap<String, MemberView>,
+    /// Targets (app, cluster) whose verdict is still unknown.
+    pub(crate) unknown: &'a BTreeSet<(String, String)>,
     /// The app's request rate, requests/s.
     pub(crate) total_rps: f64,
     pub(crate) now_ms: u64,
@@ -250,6 +257,7 @@ impl CapacityLoop {
                 inputs.table,
                 inputs.overrides,
                 inputs.views.get(cluster),
+                inputs.unknown,
             )
         };
         let replicas = |cluster: &str| {
@@ -398,7 +406,16 @@ impl CapacityLoop {
                 *rates.entry(app).or_default() += rps;
             }
         }
-        let overrides = shared.state().overrides.clone();
+        let (overrides, unknown) = {
+            let state = shared.state();
+            let unknown: BTreeSet<(String, String)> = state
+                .verdicts
+                .iter()
+                .filter(|(_, _, v)| !v.known)
+                .map(|(app, cluster, _)| (app.to_string(), cluster.to_string()))
+                .collect();
+            (state.overrides.clone(), unknown)
+        };
         let mut gates = DrainGates::new();
         let mut reports = Vec::new();
         for app in &config.apps {
@@ -408,6 +425,7 @@ impl CapacityLoop {
                 table: table.as_deref(),
                 overrides: &overrides,
                 views,
+                unknown: &unknown,
                 total_rps: rates.get(&app.name).copied().unwrap_or(0.0),
                 now_ms,
             });
@@ -711,6 +729,24 @@ apps:
             .config
     }
 
+    #[test]
+    fn a_target_not_yet_probed_is_no_failed_cluster() {
+        let config = config();
+        let mut data = config.base_table(2, 0);
+        for app in &mut data.apps {
+            for target in &mut app.targets {
+                target.health = Health::Unhealthy;
+            }
+        }
+        let table = RoutingTable::new(data).unwrap();
+        let overrides = Overrides::default();
+        let unknown: BTreeSet<(String, String)> = [("shop".to_string(), "a".to_string())].into();
+        let of = |cluster: &str| serving("shop", cluster, Some(&table), &overrides, None, &unknown);
+        // Published not up in both; only b was judged by a quorum.
+        assert_eq!(of("a"), Serving::Healthy, "unknown: replicas stay");
+        assert_eq!(of("b"), Serving::Failed);
+    }
+
     fn view(cluster: &str, reachable: bool, app: &str, desired: i32, ready: i32) -> MemberView {
         MemberView {
             cluster: cluster.into(),
@@ -755,6 +791,7 @@ apps:
                 table: None,
                 overrides: &Overrides::default(),
                 views: &views,
+                unknown: &BTreeSet::new(),
                 total_rps: 0.0,
                 now_ms,
             })
@@ -843,6 +880,7 @@ apps:
                     table: None,
                     overrides: &Overrides::default(),
                     views: &views,
+                    unknown: &BTreeSet::new(),
                     total_rps: 40.0,
                     now_ms,
                 })
