@@ -29,7 +29,7 @@ use kube_support::*;
 use meridian_k8s::crd::{MeridianApp, MeridianCluster};
 use meridian_subscriber::http::ControllerClient;
 use serde_json::json;
-use support::{ApiServer, install};
+use support::{ApiServer, delete_namespace, install_crds, test_namespace};
 
 /// The Lease timing the controllers run with: short, so the test is quick.
 const LEASE: Duration = Duration::from_secs(3);
@@ -91,7 +91,10 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
     let member_a = ApiServer::start_local("e2e-member-a");
     let mut member_b = ApiServer::start_local("e2e-member-b");
     let hub_client = hub.client().await;
-    install(&hub_client).await;
+    install_crds(&hub_client).await;
+    let ns = test_namespace(&hub_client, "t-e2e").await;
+    let ns = ns.as_str();
+    let _cleanup = hub.cleanup_on_panic(&[ns]);
     // Whatever version the member runs (v1.36 in CI): the inventory must report that one.
     let member_version = member_a
         .client()
@@ -106,12 +109,13 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
     let (_ingress_b, port_b) = ingress();
     populate_member(&member_a.client().await, port_a).await;
 
-    kubeconfig_secrets(
+    kubeconfig_secrets_in(
         &hub_client,
+        ns,
         &[("member-a", &member_a), ("member-b", &member_b)],
     )
     .await;
-    let clusters: Api<MeridianCluster> = Api::namespaced(hub_client.clone(), NS);
+    let clusters: Api<MeridianCluster> = Api::namespaced(hub_client.clone(), ns);
     create(
         &clusters,
         json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "MeridianCluster",
@@ -131,7 +135,7 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
                         "kubeconfigSecretRef": {"name": "member-b-kubeconfig"}}}),
     )
     .await;
-    let apps: Api<MeridianApp> = Api::namespaced(hub_client.clone(), NS);
+    let apps: Api<MeridianApp> = Api::namespaced(hub_client.clone(), ns);
     create(
         &apps,
         json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "MeridianApp",
@@ -153,8 +157,8 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
          - { name: us, location: { lat: 39.0, lon: -77.5 } }\nclusters: []\napps: []\n",
     )
     .unwrap();
-    let first = start_replica(&config, &hub, &dir.join("one"), &["--leader-elect"]);
-    let second = start_replica(&config, &hub, &dir.join("two"), &["--leader-elect"]);
+    let first = start_replica_in(&config, &hub, ns, &dir.join("one"), &["--leader-elect"]);
+    let second = start_replica_in(&config, &hub, ns, &dir.join("two"), &["--leader-elect"]);
 
     // One leader, and both replicas agree on who it is.
     let ((leader, follower), took) = eventually("a leader elected", LEASE * 3, || async {
@@ -169,7 +173,7 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
     })
     .await;
     eprintln!("leader elected after {took:?}: {}", leader.url);
-    let lease: Api<Lease> = Api::namespaced(hub_client.clone(), NS);
+    let lease: Api<Lease> = Api::namespaced(hub_client.clone(), ns);
     let holder = lease
         .get("meridian-controller")
         .await
@@ -396,5 +400,6 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
     .await;
     drop(leader);
     drop(follower);
+    delete_namespace(&hub_client, ns).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

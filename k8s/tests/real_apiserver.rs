@@ -12,17 +12,23 @@ use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use meridian_k8s::crd::*;
 use meridian_k8s::status::{FIELD_MANAGER, condition, now_rfc3339, set_condition, write_status};
-use support::{ApiServer, apply_yaml, install, minor_version, send_keeping_warnings};
+use support::{
+    ApiServer, apply_yaml, delete_namespace, in_namespace, install_crds, minor_version,
+    send_keeping_warnings, test_namespace,
+};
 
 #[tokio::test]
 #[ignore = "needs a kube-apiserver: run through scripts/test-all"]
 async fn crds_status_and_rbac_on_a_real_api_server() {
     let hub = ApiServer::start("hub");
     let client = hub.client().await;
-    install(&client).await;
+    install_crds(&client).await;
+    let ns = test_namespace(&client, "t-apiserver").await;
+    let ns = ns.as_str();
+    let _cleanup = hub.cleanup_on_panic(&[ns]);
 
     // Resources the CRD schema accepts, and one it refuses (a required field missing).
-    let clusters: Api<MeridianCluster> = Api::namespaced(client.clone(), "meridian");
+    let clusters: Api<MeridianCluster> = Api::namespaced(client.clone(), ns);
     let spec = ClusterSpec {
         region: "eu".into(),
         provider: "aws".into(),
@@ -52,7 +58,7 @@ async fn crds_status_and_rbac_on_a_real_api_server() {
     assert_eq!(created.spec, spec);
     let raw: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
-        "meridian",
+        ns,
         &ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, "v1alpha1", "MeridianCluster")),
     );
     let mut missing_region: DynamicObject = serde_json::from_value(serde_json::json!({
@@ -60,7 +66,7 @@ async fn crds_status_and_rbac_on_a_real_api_server() {
         "metadata": {"name": "bad"}, "spec": {"provider": "aws"}
     }))
     .unwrap();
-    missing_region.metadata.namespace = Some("meridian".into());
+    missing_region.metadata.namespace = Some(ns.into());
     let err = raw
         .create(&PostParams::default(), &missing_region)
         .await
@@ -102,13 +108,25 @@ async fn crds_status_and_rbac_on_a_real_api_server() {
     );
 
     // RBAC: the controller's service account may write status but not delete resources.
-    apply_yaml(&client, include_str!("../../deploy/rbac/hub.yaml")).await;
+    apply_yaml(
+        &client,
+        &in_namespace(include_str!("../../deploy/rbac/hub.yaml"), ns),
+    )
+    .await;
     let controller = hub
-        .client_as(Some("system:serviceaccount:meridian:meridian-controller"))
+        .client_as(Some(&format!(
+            "system:serviceaccount:{ns}:meridian-controller"
+        )))
         .await;
-    let as_controller: Api<MeridianCluster> = Api::namespaced(controller.clone(), "meridian");
+    let as_controller: Api<MeridianCluster> = Api::namespaced(controller.clone(), ns);
     let listed = as_controller.list(&Default::default()).await.unwrap();
-    assert_eq!(listed.items.len(), 1);
+    assert_eq!(
+        listed
+            .iter()
+            .map(|c| c.metadata.name.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("aws-1")]
+    );
     set_condition(
         &mut status.conditions,
         condition(
@@ -140,6 +158,7 @@ async fn crds_status_and_rbac_on_a_real_api_server() {
         matches!(&err, kube::Error::Api(e) if e.code == 403),
         "the controller must not edit specs: {err}"
     );
+    delete_namespace(&client, ns).await;
 }
 
 /// A CRD with one integer field in schemars' old format, `uint16`: what every Meridian CRD
@@ -209,7 +228,10 @@ async fn crds_install_without_warnings_and_their_integer_bounds_hold() {
             control.warnings
         );
     }
-    install(&client).await;
+    install_crds(&client).await;
+    let ns = test_namespace(&client, "t-crd-bounds").await;
+    let ns = ns.as_str();
+    let _cleanup = hub.cleanup_on_panic(&[ns]);
 
     // Out of range: refused by the API server itself, with the field and the bound named.
     // Dry runs, so nothing is left behind whatever the answer.
@@ -219,18 +241,15 @@ async fn crds_install_without_warnings_and_their_integer_bounds_hold() {
     };
     let clusters: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
-        "meridian",
+        ns,
         &ApiResource::erase::<MeridianCluster>(&()),
     );
-    let apps: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "meridian",
-        &ApiResource::erase::<MeridianApp>(&()),
-    );
+    let apps: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<MeridianApp>(&()));
     let cluster = |spec: serde_json::Value| -> DynamicObject {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "meridian.dev/v1alpha1", "kind": "MeridianCluster",
-            "metadata": {"name": "bounds", "namespace": "meridian"},
+            "metadata": {"name": "bounds", "namespace": ns},
             "spec": spec
         }))
         .unwrap()
@@ -238,7 +257,7 @@ async fn crds_install_without_warnings_and_their_integer_bounds_hold() {
     let app = |placement: serde_json::Value| -> DynamicObject {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "meridian.dev/v1alpha1", "kind": "MeridianApp",
-            "metadata": {"name": "bounds", "namespace": "meridian"},
+            "metadata": {"name": "bounds", "namespace": ns},
             "spec": {"hostnames": ["bounds.example.com"], "failureMode": "fail-open",
                      "targets": [{"cluster": "bounds"}], "placement": placement}
         }))
@@ -311,4 +330,5 @@ async fn crds_install_without_warnings_and_their_integer_bounds_hold() {
             .await
             .unwrap_or_else(|e| panic!("{:?} refused: {e}", object.data["spec"]));
     }
+    delete_namespace(&client, ns).await;
 }

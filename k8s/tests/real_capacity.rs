@@ -8,7 +8,9 @@ mod support;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
 use meridian_k8s::crd::*;
-use support::{ApiServer, apply_yaml, install};
+use support::{
+    ApiServer, apply_yaml, delete_namespace, in_namespace, install_crds, test_namespace,
+};
 
 const RESOURCES: &str = r#"
 apiVersion: meridian.dev/v1alpha1
@@ -67,10 +69,13 @@ spec:
 async fn capacity_fields_survive_a_real_api_server() {
     let hub = ApiServer::start("capacity");
     let client = hub.client().await;
-    install(&client).await;
-    apply_yaml(&client, RESOURCES).await;
+    install_crds(&client).await;
+    let ns = test_namespace(&client, "t-capacity").await;
+    let ns = ns.as_str();
+    let _cleanup = hub.cleanup_on_panic(&[ns]);
+    apply_yaml(&client, &in_namespace(RESOURCES, ns)).await;
 
-    let clusters: Api<MeridianCluster> = Api::namespaced(client.clone(), "meridian");
+    let clusters: Api<MeridianCluster> = Api::namespaced(client.clone(), ns);
     let cluster = clusters.get("onprem-1").await.unwrap();
     let nodes = cluster.spec.node_scaling.expect("nodeScaling was pruned");
     assert_eq!(nodes.machine_deployment.name, "workers");
@@ -80,7 +85,7 @@ async fn capacity_fields_survive_a_real_api_server() {
     assert_eq!(nodes.cool_down.as_deref(), Some("10m"));
     assert_eq!(nodes.scale_down_utilisation, Some(0.5));
 
-    let apps: Api<MeridianApp> = Api::namespaced(client.clone(), "meridian");
+    let apps: Api<MeridianApp> = Api::namespaced(client.clone(), ns);
     let app = apps.get("shop").await.unwrap();
     assert_eq!(app.spec.placement.as_ref().unwrap().spread, Some(3));
     let scaling = app.spec.scaling.clone().unwrap();
@@ -100,15 +105,12 @@ async fn capacity_fields_survive_a_real_api_server() {
 
     // A schedule without its duration is refused by the schema, with the field named.
     let mut bad = serde_json::to_value(&app).unwrap();
-    bad["metadata"] = serde_json::json!({"name": "shop-bad", "namespace": "meridian"});
+    bad["metadata"] = serde_json::json!({"name": "shop-bad", "namespace": ns});
     bad["spec"]["scaling"]["schedules"] =
         serde_json::json!([{"cron": "0 9 * * *", "minReplicas": 10}]);
     let bad: DynamicObject = serde_json::from_value(bad).unwrap();
-    let raw: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "meridian",
-        &ApiResource::erase::<MeridianApp>(&()),
-    );
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<MeridianApp>(&()));
     match raw.create(&PostParams::default(), &bad).await {
         Err(kube::Error::Api(e)) => {
             assert_eq!(e.code, 422, "{e:?}");
@@ -116,4 +118,5 @@ async fn capacity_fields_survive_a_real_api_server() {
         }
         other => panic!("a schedule without duration was accepted: {other:?}"),
     }
+    delete_namespace(&client, ns).await;
 }

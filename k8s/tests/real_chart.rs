@@ -19,13 +19,15 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use support::{
-    ApiServer, apply_crds, helm_renderer, minor_version, repo_path, send_keeping_warnings,
+    ApiServer, apply_crds, delete_namespaces, helm_renderer, minor_version, repo_path,
+    send_keeping_warnings,
 };
 
 /// The rendered chart's documents, as JSON values.
@@ -92,6 +94,7 @@ fn not_contained(sent: &Value, got: &Value, path: &str, out: &mut Vec<String>) {
 
 /// The part of the Prometheus Operator's ServiceMonitor schema the chart uses, with its types;
 /// anything else is pruned, which the containment check then reports.
+const SERVICE_MONITOR: &str = "servicemonitors.monitoring.coreos.com";
 const SERVICE_MONITOR_CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -221,9 +224,12 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
             3,
         ),
     ];
-    let rendered: Vec<(&str, Vec<Value>)> = variants
+    // Namespaces of this run's own, so a shared hub (MERIDIAN_TEST_KUBECONFIG) never mixes runs.
+    let pid = std::process::id();
+    let ns_of = |base: &str| format!("{base}-{pid}");
+    let rendered: Vec<(String, Vec<Value>)> = variants
         .iter()
-        .map(|(ns, args, ..)| (*ns, render(&helm, ns, args)))
+        .map(|(base, args, ..)| (ns_of(base), render(&helm, &ns_of(base), args)))
         .collect();
 
     // What the rendering must say, before any server is involved.
@@ -270,11 +276,19 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
     // Strict field validation is on by default from 1.25 (GA in 1.27).
     let strict = minor_version(&client).await >= 25;
     apply_crds(&client, &chart_crds).await;
-    apply_crds(&client, SERVICE_MONITOR_CRD).await;
+    // The minimal ServiceMonitor CRD only where there is none: a real hub's Prometheus
+    // Operator CRD is never replaced (nor deleted at the end).
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let own_service_monitor_crd = crds.get_opt(SERVICE_MONITOR).await.unwrap().is_none();
+    if own_service_monitor_crd {
+        apply_crds(&client, SERVICE_MONITOR_CRD).await;
+    }
     let namespaces: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "Namespace")),
     );
+    let names: Vec<&str> = rendered.iter().map(|(ns, _)| ns.as_str()).collect();
+    let _cleanup = server.cleanup_on_panic(&names);
     for (ns, docs) in &rendered {
         let namespace: DynamicObject = serde_json::from_value(
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
@@ -318,7 +332,7 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
         assert!(refused.contains("imagePullPolcy"), "{refused}");
         let (ns, docs) = rendered
             .iter()
-            .find(|(ns, _)| *ns == "chart-monitoring")
+            .find(|(ns, _)| *ns == ns_of("chart-monitoring"))
             .unwrap();
         let mut typo = of_kind(docs, "ServiceMonitor")[0].clone();
         typo["metadata"]["name"] = json!("typo");
@@ -329,7 +343,8 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
 
     // The chart's RBAC works for the controller's ServiceAccount: its resources and the Lease
     // in its namespace, and nothing in another.
-    let sa = client_as_sa(&server, "chart-ha").await;
+    let (ha, default) = (ns_of("chart-ha"), ns_of("chart-default"));
+    let sa = client_as_sa(&server, &ha).await;
     let crd_docs = yaml_docs(&chart_crds);
     let cluster_crd = crd_docs
         .iter()
@@ -338,7 +353,7 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
     let version = cluster_crd["spec"]["versions"][0]["name"].as_str().unwrap();
     let clusters: Api<DynamicObject> = Api::namespaced_with(
         sa.clone(),
-        "chart-ha",
+        &ha,
         &ApiResource::from_gvk(&GroupVersionKind::gvk(
             "meridian.dev",
             version,
@@ -354,7 +369,7 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
         "metadata": {"name": "meridian-controller"},
         "spec": {"holderIdentity": "rel-meridian-controller-0", "leaseDurationSeconds": 15}
     });
-    api_for(&sa, "chart-ha", &lease)
+    api_for(&sa, &ha, &lease)
         .create(
             &PostParams::default(),
             &serde_json::from_value(lease.clone()).unwrap(),
@@ -363,12 +378,19 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
         .expect("the controller may take the Lease meridian-controller");
     let secrets_elsewhere = api_for(
         &sa,
-        "chart-default",
+        &default,
         &json!({"apiVersion": "v1", "kind": "Secret"}),
     );
     match secrets_elsewhere.list(&Default::default()).await {
         Err(kube::Error::Api(e)) if e.code == 403 => {}
         other => panic!("Secrets in another namespace must be forbidden, got {other:?}"),
+    }
+
+    delete_namespaces(&client, &names).await;
+    if own_service_monitor_crd {
+        crds.delete(SERVICE_MONITOR, &Default::default())
+            .await
+            .unwrap();
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use meridian_k8s::lease::{LeaderElector, Leadership, LeaseOptions};
-use support::{ApiServer, apply_yaml, create_namespace};
+use support::{ApiServer, apply_yaml, delete_namespace, in_namespace, test_namespace};
 use tokio::sync::watch;
 
 const LEASE_DURATION: Duration = Duration::from_secs(3);
@@ -55,11 +55,17 @@ async fn one_leader(replicas: &[watch::Receiver<Leadership>], within: Duration) 
 async fn one_leader_takeover_on_death_and_on_release() {
     let hub = ApiServer::start("lease");
     let admin = hub.client().await;
-    create_namespace(&admin, "meridian").await;
-    apply_yaml(&admin, include_str!("../../deploy/rbac/hub.yaml")).await;
-    // A Lease of its own, so a run against a shared cluster (MERIDIAN_TEST_KUBECONFIG) never
-    // meets a Lease left by another run.
-    let lease_name = format!("meridian-controller-test-{}", std::process::id());
+    // A namespace of its own, so a run against a shared cluster (MERIDIAN_TEST_KUBECONFIG)
+    // never meets a Lease left by another run.
+    let ns = test_namespace(&admin, "t-lease").await;
+    let ns = ns.as_str();
+    let _cleanup = hub.cleanup_on_panic(&[ns]);
+    apply_yaml(
+        &admin,
+        &in_namespace(include_str!("../../deploy/rbac/hub.yaml"), ns),
+    )
+    .await;
+    let lease_name = "meridian-controller".to_string();
 
     let mut electors = Vec::new();
     let mut replicas = Vec::new();
@@ -67,14 +73,16 @@ async fn one_leader_takeover_on_death_and_on_release() {
         // Each replica has its own client, as the controller's service account: the hub RBAC
         // (leases get/create/update) must be all the election needs.
         let client = hub
-            .client_as(Some("system:serviceaccount:meridian:meridian-controller"))
+            .client_as(Some(&format!(
+                "system:serviceaccount:{ns}:meridian-controller"
+            )))
             .await;
         let options = LeaseOptions {
             name: lease_name.clone(),
             lease_duration: LEASE_DURATION,
             renew_deadline: RENEW_DEADLINE,
             retry_period: RETRY_PERIOD,
-            ..LeaseOptions::new("meridian", identity)
+            ..LeaseOptions::new(ns, identity)
         };
         let elector = LeaderElector::start(client, options).unwrap();
         replicas.push(elector.subscribe());
@@ -152,7 +160,7 @@ async fn one_leader_takeover_on_death_and_on_release() {
 
     // The Lease as the API server holds it: the third replica, after two changes of holder.
     let third_identity = replicas[third].borrow().holder.clone().unwrap();
-    let lease: Lease = Api::namespaced(admin.clone(), "meridian")
+    let lease: Lease = Api::namespaced(admin.clone(), ns)
         .get(&lease_name)
         .await
         .unwrap();
@@ -169,8 +177,5 @@ async fn one_leader_takeover_on_death_and_on_release() {
     let samples = sampler.await.unwrap();
     assert!(samples > 1000, "only {samples} samples");
     assert!(leaders(&replicas).is_empty());
-    Api::<Lease>::namespaced(admin, "meridian")
-        .delete(&lease_name, &Default::default())
-        .await
-        .unwrap();
+    delete_namespace(&admin, ns).await;
 }

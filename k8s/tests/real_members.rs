@@ -5,8 +5,9 @@
 //!
 //! Ignored by a plain `cargo test`; run with
 //! `cargo test -p meridian-k8s --test real_members -- --ignored` (or through `scripts/test-all`).
-//! It creates Nodes and kills API servers, so it needs its own servers: with
-//! `MERIDIAN_TEST_KUBECONFIG` set it skips itself.
+//! The members are always local API servers (the test creates Nodes in them and kills one);
+//! the hub, which holds only the kubeconfig Secrets in a namespace of the test's own, is
+//! `MERIDIAN_TEST_KUBECONFIG`'s cluster when that is set.
 
 mod support;
 
@@ -22,7 +23,7 @@ use meridian_k8s::crd::*;
 use meridian_k8s::member::*;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use support::ApiServer;
+use support::{ApiServer, delete_namespace, test_namespace};
 use tokio::sync::watch;
 
 async fn create<K>(api: &Api<K>, value: Value) -> K
@@ -151,9 +152,9 @@ async fn populate_member_a(client: &Client) {
     .await;
 }
 
-async fn kubeconfig_secret(hub: &Client, name: &str, server: &ApiServer) {
+async fn kubeconfig_secret(hub: &Client, ns: &str, name: &str, server: &ApiServer) {
     let text = std::fs::read(&server.kubeconfig).unwrap();
-    let secrets: Api<Secret> = Api::namespaced(hub.clone(), "meridian");
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), ns);
     let mut secret: Secret =
         serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
     secret.data = Some(BTreeMap::from([(
@@ -203,24 +204,21 @@ fn reachable(view: Option<&MemberView>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a kube-apiserver: run through scripts/test-all"]
 async fn members_discovery_inventory_and_a_lost_member() {
-    if std::env::var_os("MERIDIAN_TEST_KUBECONFIG").is_some() {
-        eprintln!("skipped: this test creates Nodes and kills API servers, so it needs its own");
-        return;
-    }
     let started = Instant::now();
     let hub_server = ApiServer::start("members-hub");
-    let a_server = ApiServer::start("member-a");
-    let mut b_server = ApiServer::start("member-b");
+    let a_server = ApiServer::start_local("member-a");
+    let mut b_server = ApiServer::start_local("member-b");
     let hub = hub_server.client().await;
     let a = a_server.client().await;
     let version = a.apiserver_version().await.unwrap().git_version;
     eprintln!("three API servers up in {:?}", started.elapsed());
 
-    let namespaces: Api<Namespace> = Api::all(hub.clone());
-    create(&namespaces, json!({ "metadata": { "name": "meridian" } })).await;
-    kubeconfig_secret(&hub, "member-a", &a_server).await;
-    kubeconfig_secret(&hub, "member-b", &b_server).await;
-    let secrets: Api<Secret> = Api::namespaced(hub.clone(), "meridian");
+    let ns = test_namespace(&hub, "t-members").await;
+    let ns = ns.as_str();
+    let _cleanup = hub_server.cleanup_on_panic(&[ns]);
+    kubeconfig_secret(&hub, ns, "member-a", &a_server).await;
+    kubeconfig_secret(&hub, ns, "member-b", &b_server).await;
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), ns);
     for (name, key, text) in [
         ("member-d", "config", "apiVersion: v1\nkind: Config\n"),
         ("member-e", "kubeconfig", "clusters: [unclosed"),
@@ -237,7 +235,7 @@ async fn members_discovery_inventory_and_a_lost_member() {
 
     let members = Members::start(
         Some(hub.clone()),
-        "meridian".into(),
+        ns.into(),
         MemberOptions {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(2),
@@ -340,7 +338,7 @@ async fn members_discovery_inventory_and_a_lost_member() {
     match &seen["member-c"].reachability {
         Reachability::Unreachable { message, .. } => assert_eq!(
             message,
-            "kubeconfig Secret meridian/member-c-missing not found"
+            &format!("kubeconfig Secret {ns}/member-c-missing not found")
         ),
         other => panic!("member-c: {other:?}"),
     }
@@ -350,11 +348,13 @@ async fn members_discovery_inventory_and_a_lost_member() {
     };
     assert_eq!(
         message("member-d"),
-        "kubeconfig Secret meridian/member-d has no key \"kubeconfig\""
+        format!("kubeconfig Secret {ns}/member-d has no key \"kubeconfig\"")
     );
     let bad = message("member-e");
     assert!(
-        bad.starts_with("kubeconfig Secret meridian/member-e key \"kubeconfig\": "),
+        bad.starts_with(&format!(
+            "kubeconfig Secret {ns}/member-e key \"kubeconfig\": "
+        )),
         "{bad}"
     );
 
@@ -427,5 +427,6 @@ async fn members_discovery_inventory_and_a_lost_member() {
     )
     .await;
     drop(members);
+    delete_namespace(&hub, ns).await;
     eprintln!("real_members took {:?}", started.elapsed());
 }

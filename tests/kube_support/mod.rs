@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 
 use crate::support::ApiServer;
 
-/// The namespace of the Meridian resources on the hub.
+/// The namespace real_capacity_failover still uses on the hub (until it moves to one of its
+/// own, as the other files did: `start_replica_in`, `kubeconfig_secrets_in`).
 pub const NS: &str = "meridian";
 
 /// A controller process, killed when dropped.
@@ -35,15 +36,26 @@ impl Drop for Replica {
     }
 }
 
-/// Starts `meridian controller --kubernetes` against the hub, with short lease timings and
-/// member polls, plus `extra` arguments.
+/// `start_replica_in` the namespace `NS`.
 pub fn start_replica(config: &Path, hub: &ApiServer, data: &Path, extra: &[&str]) -> Replica {
+    start_replica_in(config, hub, NS, data, extra)
+}
+
+/// Starts `meridian controller --kubernetes` against the hub's namespace `ns`, with short lease
+/// timings and member polls, plus `extra` arguments.
+pub fn start_replica_in(
+    config: &Path,
+    hub: &ApiServer,
+    ns: &str,
+    data: &Path,
+    extra: &[&str],
+) -> Replica {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["controller", "--kubernetes", "-c"])
         .arg(config)
         .arg("--kubeconfig")
         .arg(&hub.kubeconfig)
-        .args(["--namespace", NS, "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--namespace", ns, "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args([
             "--lease-duration",
@@ -138,10 +150,15 @@ where
     .unwrap();
 }
 
-/// Each member's kubeconfig in a Secret `<name>-kubeconfig` on the hub, as an operator
-/// stores it for `kubeconfigSecretRef`.
+/// `kubeconfig_secrets_in` the namespace `NS`.
 pub async fn kubeconfig_secrets(hub: &kube::Client, members: &[(&str, &ApiServer)]) {
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(hub.clone(), NS);
+    kubeconfig_secrets_in(hub, NS, members).await;
+}
+
+/// Each member's kubeconfig in a Secret `<name>-kubeconfig` in the hub's namespace `ns`, as
+/// an operator stores it for `kubeconfigSecretRef`.
+pub async fn kubeconfig_secrets_in(hub: &kube::Client, ns: &str, members: &[(&str, &ApiServer)]) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(hub.clone(), ns);
     for (name, member) in members {
         let text = std::fs::read_to_string(&member.kubeconfig).unwrap();
         create(

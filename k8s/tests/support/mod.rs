@@ -2,7 +2,11 @@
 //! `scripts/kube/start-apiserver.sh` (the binary is `KUBE_APISERVER`, else the one
 //! `scripts/kube/apiserver.sh` installs in ~/.cache/meridian-kube). With
 //! `MERIDIAN_TEST_KUBECONFIG` set, the hub is that cluster instead (any real cluster where the
-//! test may create namespaces and CRDs).
+//! test may create namespaces and apply Meridian's CRDs).
+//!
+//! On the hub every test works in a namespace of its own (`test_namespace`, named after the
+//! test and the process, so files and runs never meet) and deletes it with everything in it at
+//! the end (`delete_namespace`); Meridian's CRDs stay installed, as on any hub.
 
 #![allow(
     dead_code,
@@ -12,14 +16,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
-use kube::discovery::ApiResource;
+use kube::discovery::{ApiResource, Discovery, Scope, verbs};
 use kube::{Client, Config, ResourceExt};
 use meridian_k8s::status::FIELD_MANAGER;
 
@@ -81,6 +85,16 @@ impl ApiServer {
         Client::try_from(config).unwrap()
     }
 
+    /// A guard that deletes `namespaces` (see `delete_namespace`) if the test panics before
+    /// its own cleanup, so a failed test leaves nothing on a shared hub either. A local API
+    /// server is thrown away whole, so then it does nothing.
+    pub fn cleanup_on_panic(&self, namespaces: &[&str]) -> CleanupOnPanic {
+        CleanupOnPanic {
+            kubeconfig: self.dir.is_none().then(|| self.kubeconfig.clone()),
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
     /// Kills the API server (and its etcd) now, as a lost member cluster.
     pub fn kill(&mut self) {
         if let Some(dir) = &self.dir {
@@ -103,6 +117,42 @@ impl Drop for ApiServer {
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// See `ApiServer::cleanup_on_panic`.
+pub struct CleanupOnPanic {
+    kubeconfig: Option<PathBuf>,
+    namespaces: Vec<String>,
+}
+
+impl Drop for CleanupOnPanic {
+    fn drop(&mut self) {
+        let Some(kubeconfig) = self.kubeconfig.take() else {
+            return;
+        };
+        if !std::thread::panicking() {
+            return;
+        }
+        let namespaces = std::mem::take(&mut self.namespaces);
+        // The test's runtime is unwinding (and its client's tasks with it): a runtime and a
+        // client of its own, on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let hub = ApiServer {
+                    kubeconfig,
+                    dir: None,
+                };
+                let names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+                delete_namespaces(&hub.client().await, &names).await;
+                eprintln!("cleaned up after the failure: deleted the namespaces {names:?}");
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -173,10 +223,115 @@ pub async fn create_namespace(client: &Client, name: &str) {
     }
 }
 
-/// Installs the generated CRDs and creates the `meridian` namespace.
-pub async fn install(client: &Client) {
+/// Installs (or updates) the generated CRDs.
+pub async fn install_crds(client: &Client) {
     apply_crds(client, &meridian_k8s::crds_yaml().unwrap()).await;
+}
+
+/// Installs the CRDs and creates the `meridian` namespace: real_capacity_failover's setup
+/// until it moves to a namespace of its own (`test_namespace`).
+pub async fn install(client: &Client) {
+    install_crds(client).await;
     create_namespace(client, "meridian").await;
+}
+
+/// A namespace of the test's own, `<prefix>-<process id>`: files sharing a hub never meet,
+/// and a run never meets what an interrupted earlier run left.
+pub async fn test_namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", std::process::id());
+    create_namespace(client, &name).await;
+    name
+}
+
+/// `yaml` with every `namespace: meridian` (objects and RBAC subjects) moved to `namespace`.
+pub fn in_namespace(yaml: &str, namespace: &str) -> String {
+    yaml.replace(
+        "namespace: meridian\n",
+        &format!("namespace: {namespace}\n"),
+    )
+}
+
+/// Deletes `namespace` with everything in it and waits until it is gone. An API server alone
+/// (no controller-manager, as `start-apiserver.sh` runs it) never empties a deleted namespace,
+/// so this first does what the namespace controller would: delete every namespaced kind's
+/// objects there. If no namespace controller has touched the namespace 3 s after its deletion
+/// (it sets status conditions), it is finalized here; a real cluster's controller finishes it.
+pub async fn delete_namespace(client: &Client, namespace: &str) {
+    delete_namespaces(client, &[namespace]).await;
+}
+
+/// `delete_namespace` for several at once (their waits overlap).
+pub async fn delete_namespaces(client: &Client, names: &[&str]) {
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("API discovery");
+    for group in discovery.groups() {
+        for (resource, caps) in group.recommended_resources() {
+            if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::DELETE_COLLECTION)
+            {
+                continue;
+            }
+            for namespace in names {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), namespace, &resource);
+                if let Err(e) = api
+                    .delete_collection(&DeleteParams::default(), &ListParams::default())
+                    .await
+                {
+                    panic!("deleting the {} in {namespace}: {e}", resource.plural);
+                }
+            }
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for namespace in names {
+        match namespaces.delete(namespace, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => panic!("deleting the namespace {namespace}: {e}"),
+        }
+    }
+    let started = Instant::now();
+    for namespace in names {
+        wait_until_gone(&namespaces, namespace, started).await;
+    }
+}
+
+/// Waits until the deleted `namespace` is gone, finalizing it where no namespace controller
+/// handles it (see `delete_namespace`).
+async fn wait_until_gone(namespaces: &Api<Namespace>, namespace: &str, deleted: Instant) {
+    let mut finalized = false;
+    loop {
+        let Some(ns) = namespaces.get_opt(namespace).await.unwrap() else {
+            return;
+        };
+        let handled = ns
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| !c.is_empty());
+        if !finalized && !handled && deleted.elapsed() > Duration::from_secs(3) {
+            let mut ns = ns;
+            ns.spec.get_or_insert_default().finalizers = Some(vec![]);
+            namespaces
+                .replace_subresource("finalize", namespace, &PostParams::default(), &ns)
+                .await
+                .unwrap_or_else(|e| panic!("finalizing the namespace {namespace}: {e}"));
+            finalized = true;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(60),
+            "the namespace {namespace} is still there 60 s after its deletion: {:?}",
+            ns_status(namespaces, namespace).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ns_status(namespaces: &Api<Namespace>, name: &str) -> Option<serde_json::Value> {
+    let ns = namespaces.get_opt(name).await.ok()??;
+    serde_json::to_value(ns.status).ok()
 }
 
 /// A path in the repository (found above the crate, so the root's tests can share this).
