@@ -26,7 +26,7 @@ use kube::discovery::ApiResource;
 use kube_support::*;
 use meridian_k8s::crd::{MeridianApp, MeridianCluster};
 use serde_json::{Value, json};
-use support::{ApiServer, apply_crds, install};
+use support::{ApiServer, apply_crds, delete_namespace, install_crds, test_namespace};
 
 const MACHINE_DEPLOYMENT_CRD: &str =
     include_str!("../deploy/crds/test/machinedeployment-minimal.yaml");
@@ -120,7 +120,10 @@ async fn replicas_move_before_traffic_private_apps_stay_and_machines_follow_pods
     let member_a = ApiServer::start_local("cap-member-a");
     let mut member_b = ApiServer::start_local("cap-member-b");
     let hub_client = hub.client().await;
-    install(&hub_client).await;
+    install_crds(&hub_client).await;
+    let ns = test_namespace(&hub_client, "t-capacity-failover").await;
+    let ns = ns.as_str();
+    let _cleanup = hub.cleanup_on_panic(&[ns]);
     let (a, b) = (member_a.client().await, member_b.client().await);
     for member in [&a, &b] {
         stand_in_node(member, "2", "4Gi").await;
@@ -143,10 +146,11 @@ async fn replicas_move_before_traffic_private_apps_stay_and_machines_follow_pods
     let ingress_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     kubeconfig_secrets(
         &hub_client,
+        ns,
         &[("member-a", &member_a), ("member-b", &member_b)],
     )
     .await;
-    let clusters: Api<MeridianCluster> = Api::namespaced(hub_client.clone(), NS);
+    let clusters: Api<MeridianCluster> = Api::namespaced(hub_client.clone(), ns);
     create(
         &clusters,
         json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "MeridianCluster",
@@ -170,7 +174,7 @@ async fn replicas_move_before_traffic_private_apps_stay_and_machines_follow_pods
                         "kubeconfigSecretRef": {"name": "member-b-kubeconfig"}}}),
     )
     .await;
-    let apps: Api<MeridianApp> = Api::namespaced(hub_client.clone(), NS);
+    let apps: Api<MeridianApp> = Api::namespaced(hub_client.clone(), ns);
     let app = |name: &str, placement: Value| {
         json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "MeridianApp",
                "metadata": {"name": name},
@@ -207,7 +211,7 @@ async fn replicas_move_before_traffic_private_apps_stay_and_machines_follow_pods
          - { name: us, location: { lat: 39.0, lon: -77.5 } }\nclusters: []\napps: []\n",
     )
     .unwrap();
-    let controller = start_replica(&config, &hub, &dir.join("data"), &[]);
+    let controller = start_replica(&config, &hub, ns, &dir.join("data"), &[]);
     let url = controller.url.clone();
 
     // A target is not up before a vantage has probed it: wait for both to be.
@@ -349,5 +353,6 @@ async fn replicas_move_before_traffic_private_apps_stay_and_machines_follow_pods
     eprintln!("MachineDeployment back to 1 {took:?} after the pod left");
 
     drop(controller);
+    delete_namespace(&hub_client, ns).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

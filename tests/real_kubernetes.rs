@@ -109,7 +109,7 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
     let (_ingress_b, port_b) = ingress();
     populate_member(&member_a.client().await, port_a).await;
 
-    kubeconfig_secrets_in(
+    kubeconfig_secrets(
         &hub_client,
         ns,
         &[("member-a", &member_a), ("member-b", &member_b)],
@@ -157,8 +157,8 @@ async fn kubernetes_mode_with_members_discovery_inventory_and_leader_election() 
          - { name: us, location: { lat: 39.0, lon: -77.5 } }\nclusters: []\napps: []\n",
     )
     .unwrap();
-    let first = start_replica_in(&config, &hub, ns, &dir.join("one"), &["--leader-elect"]);
-    let second = start_replica_in(&config, &hub, ns, &dir.join("two"), &["--leader-elect"]);
+    let first = start_replica(&config, &hub, ns, &dir.join("one"), &["--leader-elect"]);
+    let second = start_replica(&config, &hub, ns, &dir.join("two"), &["--leader-elect"]);
 
     // One leader, and both replicas agree on who it is.
     let ((leader, follower), took) = eventually("a leader elected", LEASE * 3, || async {

@@ -19,10 +19,6 @@ use serde_json::{Value, json};
 
 use crate::support::ApiServer;
 
-/// The namespace real_capacity_failover still uses on the hub (until it moves to one of its
-/// own, as the other files did: `start_replica_in`, `kubeconfig_secrets_in`).
-pub const NS: &str = "meridian";
-
 /// A controller process, killed when dropped.
 pub struct Replica {
     pub child: Child,
@@ -36,14 +32,9 @@ impl Drop for Replica {
     }
 }
 
-/// `start_replica_in` the namespace `NS`.
-pub fn start_replica(config: &Path, hub: &ApiServer, data: &Path, extra: &[&str]) -> Replica {
-    start_replica_in(config, hub, NS, data, extra)
-}
-
 /// Starts `meridian controller --kubernetes` against the hub's namespace `ns`, with short lease
 /// timings and member polls, plus `extra` arguments.
-pub fn start_replica_in(
+pub fn start_replica(
     config: &Path,
     hub: &ApiServer,
     ns: &str,
@@ -150,14 +141,9 @@ where
     .unwrap();
 }
 
-/// `kubeconfig_secrets_in` the namespace `NS`.
-pub async fn kubeconfig_secrets(hub: &kube::Client, members: &[(&str, &ApiServer)]) {
-    kubeconfig_secrets_in(hub, NS, members).await;
-}
-
 /// Each member's kubeconfig in a Secret `<name>-kubeconfig` in the hub's namespace `ns`, as
 /// an operator stores it for `kubeconfigSecretRef`.
-pub async fn kubeconfig_secrets_in(hub: &kube::Client, ns: &str, members: &[(&str, &ApiServer)]) {
+pub async fn kubeconfig_secrets(hub: &kube::Client, ns: &str, members: &[(&str, &ApiServer)]) {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(hub.clone(), ns);
     for (name, member) in members {
         let text = std::fs::read_to_string(&member.kubeconfig).unwrap();

@@ -228,13 +228,6 @@ pub async fn install_crds(client: &Client) {
     apply_crds(client, &meridian_k8s::crds_yaml().unwrap()).await;
 }
 
-/// Installs the CRDs and creates the `meridian` namespace: real_capacity_failover's setup
-/// until it moves to a namespace of its own (`test_namespace`).
-pub async fn install(client: &Client) {
-    install_crds(client).await;
-    create_namespace(client, "meridian").await;
-}
-
 /// A namespace of the test's own, `<prefix>-<process id>`: files sharing a hub never meet,
 /// and a run never meets what an interrupted earlier run left.
 pub async fn test_namespace(client: &Client, prefix: &str) -> String {
