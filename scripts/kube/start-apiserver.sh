@@ -3,8 +3,8 @@
 # usage: start-apiserver.sh DIR [APISERVER_PORT]
 #   DIR receives etcd data and sockets, certificates, logs, pids and DIR/kubeconfig. Prints the
 #   kubeconfig path once /readyz answers and the "default" namespace exists.
-#   Stop with: kill -9 $(cat DIR/apiserver.pid) $(cat DIR/etcd.pid) (v1.36 hangs on a plain
-#   kill once its etcd has gone: it waits for etcd to finish its graceful shutdown)
+#   Stop with: kill -9 $(cat DIR/apiserver.pid) $(cat DIR/etcd.pid) (v1.36 was seen to keep
+#   running after a plain kill sent together with etcd's)
 # The binary is $KUBE_APISERVER, else the v1.36 one scripts/kube/apiserver.sh installs, else the
 # v1.20 one scripts/kube/build-apiserver.sh builds. Works with both versions.
 # Ports: etcd listens on Unix sockets in DIR only (client and peer; no metrics listener), so it
