@@ -28,7 +28,7 @@ use meridian_config::{ClusterConfig, Config};
 use meridian_k8s::inventory::fetch_unschedulable;
 use meridian_k8s::member::{MemberView, Members, Reachability};
 use meridian_k8s::scale::{ScaleTarget, get_scale, set_replicas};
-use meridian_routing::{Health, RoutingTable};
+use meridian_routing::RoutingTable;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -101,29 +101,20 @@ pub(crate) struct CapacityLoop {
     machines_changed_ms: BTreeMap<String, u64>,
 }
 
-/// How a target serves: an unhealthy verdict has already moved its traffic; a drain or a lost
+/// How a target serves: a failed verdict has already moved its traffic; a drain or a lost
 /// control plane means its replicas and traffic are moved elsewhere, capacity first. A
-/// target no vantage has probed yet (`unknown`, published as not up) is no evidence of a
+/// target no vantage has probed yet (unknown, published as not up) is no evidence of a
 /// failure: its replicas stay where the placement puts them, so a start never evacuates.
+/// `failed` holds the targets a quorum judged unhealthy, read from the verdicts themselves
+/// (the published table can lag them by a compute, and cannot tell unknown from failed).
 pub(crate) fn serving(
     app: &str,
     cluster: &str,
-    table: Option<&RoutingTable>,
     overrides: &Overrides,
     view: Option<&MemberView>,
-    unknown: &BTreeSet<(String, String)>,
+    failed: &BTreeSet<(String, String)>,
 ) -> Serving {
-    let never_probed = unknown.contains(&(app.to_string(), cluster.to_string()));
-    let unhealthy = !never_probed
-        && table.is_some_and(|t| {
-            t.apps().iter().any(|a| {
-                a.name == app
-                    && a.targets
-                        .iter()
-                        .any(|t| t.cluster == cluster && t.health == Health::Unhealthy)
-            })
-        });
-    if unhealthy {
+    if failed.contains(&(app.to_string(), cluster.to_string())) {
         return Serving::Failed;
     }
     let drained = overrides.drains.contains_key(&format!("cluster:{cluster}"))
@@ -207,8 +198,8 @@ pub(crate) struct AppInputs<'a> {
     pub(crate) table: Option<&'a RoutingTable>,
     pub(crate) overrides: &'a Overrides,
     pub(crate) views: &'a BTreeMap<String, MemberView>,
-    /// Targets (app, cluster) whose verdict is still unknown.
-    pub(crate) unknown: &'a BTreeSet<(String, String)>,
+    /// Targets (app, cluster) a quorum judged unhealthy (not the unknown ones).
+    pub(crate) failed: &'a BTreeSet<(String, String)>,
     /// The app's request rate, requests/s.
     pub(crate) total_rps: f64,
     pub(crate) now_ms: u64,
@@ -254,10 +245,9 @@ impl CapacityLoop {
             serving(
                 &app.name,
                 cluster,
-                inputs.table,
                 inputs.overrides,
                 inputs.views.get(cluster),
-                inputs.unknown,
+                inputs.failed,
             )
         };
         let replicas = |cluster: &str| {
@@ -406,15 +396,15 @@ impl CapacityLoop {
                 *rates.entry(app).or_default() += rps;
             }
         }
-        let (overrides, unknown) = {
+        let (overrides, failed) = {
             let state = shared.state();
-            let unknown: BTreeSet<(String, String)> = state
+            let failed: BTreeSet<(String, String)> = state
                 .verdicts
                 .iter()
-                .filter(|(_, _, v)| !v.known)
+                .filter(|(_, _, v)| v.known && !v.healthy)
                 .map(|(app, cluster, _)| (app.to_string(), cluster.to_string()))
                 .collect();
-            (state.overrides.clone(), unknown)
+            (state.overrides.clone(), failed)
         };
         let mut gates = DrainGates::new();
         let mut reports = Vec::new();
@@ -425,7 +415,7 @@ impl CapacityLoop {
                 table: table.as_deref(),
                 overrides: &overrides,
                 views,
-                unknown: &unknown,
+                failed: &failed,
                 total_rps: rates.get(&app.name).copied().unwrap_or(0.0),
                 now_ms,
             });
@@ -730,21 +720,21 @@ apps:
     }
 
     #[test]
-    fn a_target_not_yet_probed_is_no_failed_cluster() {
-        let config = config();
-        let mut data = config.base_table(2, 0);
-        for app in &mut data.apps {
-            for target in &mut app.targets {
-                target.health = Health::Unhealthy;
-            }
-        }
-        let table = RoutingTable::new(data).unwrap();
+    fn only_a_judged_failure_is_a_failed_cluster() {
         let overrides = Overrides::default();
-        let unknown: BTreeSet<(String, String)> = [("shop".to_string(), "a".to_string())].into();
-        let of = |cluster: &str| serving("shop", cluster, Some(&table), &overrides, None, &unknown);
-        // Published not up in both; only b was judged by a quorum.
-        assert_eq!(of("a"), Serving::Healthy, "unknown: replicas stay");
+        let failed: BTreeSet<(String, String)> = [("shop".to_string(), "b".to_string())].into();
+        let of = |cluster: &str| serving("shop", cluster, &overrides, None, &failed);
+        assert_eq!(
+            of("a"),
+            Serving::Healthy,
+            "unknown or healthy: replicas stay"
+        );
         assert_eq!(of("b"), Serving::Failed);
+        let lost = view("a", false, "shop", 2, 2);
+        assert_eq!(
+            serving("shop", "a", &overrides, Some(&lost), &failed),
+            Serving::Draining
+        );
     }
 
     fn view(cluster: &str, reachable: bool, app: &str, desired: i32, ready: i32) -> MemberView {
@@ -791,7 +781,7 @@ apps:
                 table: None,
                 overrides: &Overrides::default(),
                 views: &views,
-                unknown: &BTreeSet::new(),
+                failed: &BTreeSet::new(),
                 total_rps: 0.0,
                 now_ms,
             })
@@ -880,7 +870,7 @@ apps:
                     table: None,
                     overrides: &Overrides::default(),
                     views: &views,
-                    unknown: &BTreeSet::new(),
+                    failed: &BTreeSet::new(),
                     total_rps: 40.0,
                     now_ms,
                 })
