@@ -517,7 +517,7 @@ impl CapacityLoop {
         info!(app = %report.app, %cause, "capacity");
         let change = Change {
             app: report.app.clone(),
-            cluster: crate::kubernetes::MEMBER_EVENT_APP.into(),
+            cluster: crate::store::MEMBER_EVENT_APP.into(),
             healthy,
             at_ms: now_ms,
             cause,
@@ -624,7 +624,7 @@ impl CapacityLoop {
                 self.machines_changed_ms
                     .insert(cluster.name.clone(), now_ms);
                 let change = Change {
-                    app: crate::kubernetes::MEMBER_EVENT_APP.into(),
+                    app: crate::store::MEMBER_EVENT_APP.into(),
                     cluster: cluster.name.clone(),
                     healthy: true,
                     at_ms: now_ms,

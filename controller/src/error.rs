@@ -44,6 +44,10 @@ pub enum Error {
     /// A computed table failed validation; it is not published.
     #[error("computed table is invalid: {0}")]
     Table(#[from] meridian_routing::TableError),
+    /// A what-if scenario (`now`, `fail:CLUSTER`, `drain:CLUSTER`, `peak:FACTOR`) could not
+    /// be read; the message names the text and what is expected.
+    #[error("{0}")]
+    Scenario(String),
     /// A change was asked of a replica that does not lead.
     #[error("this replica is not the leader; changes are made by the leader only")]
     NotLeader,

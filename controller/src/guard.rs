@@ -18,7 +18,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::Shared;
-use crate::api::{ApiError, OPERATORS, authorize};
+use crate::api::auth::{OPERATORS, authorize};
+use crate::api::error::ApiError;
 
 fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD)

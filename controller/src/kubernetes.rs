@@ -30,6 +30,7 @@ use meridian_routing::Health;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::store::MEMBER_EVENT_APP;
 use crate::verdict::Change;
 use crate::{OwnProbe, Shared, leadership};
 
@@ -565,9 +566,6 @@ pub fn capacity_condition(
     };
     condition("CapacityReady", ok, reason, message, generation, now)
 }
-
-/// The pseudo-app of history entries about a member cluster as a whole.
-pub const MEMBER_EVENT_APP: &str = "*";
 
 fn accepted(problems: &[String], generation: i64, now: &str) -> meridian_k8s::crd::Condition {
     if problems.is_empty() {

@@ -3,18 +3,13 @@
 //! and writes to Kubernetes. A follower keeps serving: it mirrors the leader's tables (the
 //! same versions, so a subscriber may move between replicas) and overrides into its own
 //! store, serves the read API and the watch streams from them, and forwards every write
-//! (operator changes, vantage reports) to the leader. When it is elected it resumes from
-//! the last mirrored version, with the leader's overrides.
+//! (operator changes, vantage reports) to the leader (`api::forward`). When it is elected
+//! it resumes from the last mirrored version, with the leader's overrides.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
+use axum::http::Method;
 use meridian_subscriber::TableCell;
 use meridian_subscriber::http::ControllerClient;
 use meridian_subscriber::watch::{WatchConfig, follow};
@@ -22,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::Shared;
-use crate::api::ApiError;
 use crate::compute::Overrides;
 use crate::publish::Publisher;
 
@@ -48,79 +42,12 @@ impl Leadership {
     }
 
     /// The leader to mirror and forward to: known, and not this replica.
-    fn other_leader(&self) -> Option<&str> {
+    pub(crate) fn other_leader(&self) -> Option<&str> {
         if self.is_leader {
             return None;
         }
         self.leader.as_deref().filter(|l| *l != self.identity)
     }
-}
-
-/// Largest request body a follower forwards (operator changes and reports are small).
-const MAX_FORWARD_BODY: usize = 4 * 1024 * 1024;
-
-/// Middleware on the API: on a follower, writes go to the leader.
-pub(crate) async fn forward_writes(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let write = !matches!(*request.method(), Method::GET | Method::HEAD)
-        && request.uri().path().starts_with("/api/v1/");
-    let role = shared.leadership.borrow().clone();
-    if !write || role.is_leader {
-        return next.run(request).await;
-    }
-    let Some(leader) = role.other_leader() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this replica is a follower and no leader is known yet; retry shortly",
-        )
-        .into_response();
-    };
-    forward(leader, request).await.unwrap_or_else(|message| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "this replica is a follower and could not reach the leader {leader}: {message}"
-            ),
-        )
-        .into_response()
-    })
-}
-
-async fn forward(leader: &str, request: Request) -> Result<Response, String> {
-    let (parts, body) = request.into_parts();
-    // The caller's own token travels on: the leader authorizes it, not this replica.
-    let token = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let body = axum::body::to_bytes(body, MAX_FORWARD_BODY)
-        .await
-        .map_err(|e| format!("reading the request body: {e}"))?;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |p| p.as_str());
-    let client = ControllerClient::new(leader, token).map_err(|e| e.to_string())?;
-    let response = client
-        .send(
-            parts.method,
-            path,
-            (!body.is_empty()).then(|| body.to_vec()),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let (parts, body) = response.into_parts();
-    let bytes = tokio::time::timeout(meridian_subscriber::http::REQUEST_TIMEOUT, body.collect())
-        .await
-        .map_err(|_| "the leader's answer did not arrive in time".to_string())?
-        .map_err(|e| format!("reading the leader's answer: {e}"))?
-        .to_bytes();
-    Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
 /// While this replica follows, mirrors the leader's tables and overrides. Ends on shutdown.

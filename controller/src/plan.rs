@@ -1,4 +1,4 @@
-//! The dry-run planner's inputs from the controller's state, and `GET /api/v1/plan`.
+//! The dry-run planner's inputs from the controller's state (served as `GET /api/v1/plan`).
 //!
 //! "What if cluster X fails, is drained, or a peak of N× arrives": the answer is computed by
 //! `meridian_capacity::plan`, the same pure code the capacity loop acts by, from what the
@@ -17,19 +17,15 @@
 //! planned for weights and traffic only (`replicasKnown: false`). Machines are not planned
 //! here: the config does not say what one replica requests, so `nodes` stays empty.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use meridian_capacity::nodes::Resources;
 use meridian_capacity::planner::{PlanApp, PlanCluster};
 use meridian_capacity::{CapacityError, PlanInput, Serving, Strategy};
 use meridian_config::Config;
 use meridian_routing::{Health, RoutingTable};
 
-use crate::api::{ApiError, READERS, authorize, current_table};
+use crate::error::Error;
 use crate::{Shared, now_ms};
 
 /// The planner's types, for the API's clients (the `meridian plan` command).
@@ -41,13 +37,13 @@ pub type PerTarget<T> = BTreeMap<(String, String), T>;
 
 /// Parses a scenario as the API and the CLI write it: `now`, `fail:CLUSTER`, `drain:CLUSTER`
 /// or `peak:FACTOR` (a finite factor ≥ 0, such as `3` or `1.5`).
-pub fn parse_scenario(text: &str) -> Result<Scenario, String> {
+pub fn parse_scenario(text: &str) -> Result<Scenario, Error> {
     let expected = "expected now, fail:CLUSTER, drain:CLUSTER or peak:FACTOR";
     let (kind, arg) = match text.split_once(':') {
         Some((kind, arg)) => (kind, Some(arg)),
         None => (text, None),
     };
-    match (kind, arg) {
+    let parsed = match (kind, arg) {
         ("now", None) => Ok(Scenario::Now),
         ("fail" | "drain", Some(cluster)) if !cluster.is_empty() => {
             let cluster = cluster.to_owned();
@@ -65,7 +61,8 @@ pub fn parse_scenario(text: &str) -> Result<Scenario, String> {
             )),
         },
         _ => Err(format!("{text:?} is not a scenario; {expected}")),
-    }
+    };
+    parsed.map_err(Error::Scenario)
 }
 
 /// The query form of a scenario, the inverse of [`parse_scenario`].
@@ -204,7 +201,10 @@ pub fn plan_input(
 }
 
 /// The controller's inputs now: rates per target and, in Kubernetes mode, replicas per target.
-fn observed(shared: &Shared, table: &RoutingTable) -> (PerTarget<f64>, Option<PerTarget<u32>>) {
+pub(crate) fn observed(
+    shared: &Shared,
+    table: &RoutingTable,
+) -> (PerTarget<f64>, Option<PerTarget<u32>>) {
     let traffic = shared.traffic_rates(table, now_ms());
     let members = shared
         .members
@@ -224,59 +224,6 @@ fn observed(shared: &Shared, table: &RoutingTable) -> (PerTarget<f64>, Option<Pe
         })
         .collect();
     (traffic, (!replicas.is_empty()).then_some(replicas))
-}
-
-/// What-if: the weights, traffic, replicas, sufficiency and cost change of a scenario,
-/// computed by the capacity engine from the current table, traffic and replicas.
-#[utoipa::path(get, path = "/api/v1/plan", tag = "read",
-    params(("scenario" = Option<String>, Query,
-        description = "now (default), fail:CLUSTER, drain:CLUSTER or peak:FACTOR")),
-    responses((status = 200, description = "meridian_capacity's Plan", body = Object),
-        (status = 422, body = ApiError), (status = 503, body = ApiError)),
-    security(("bearer" = [])))]
-pub(crate) async fn plan(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    authorize(&shared, &headers, READERS)?;
-    let bad =
-        |message: String| ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "scenario", message);
-    let scenario = match q.get("scenario") {
-        Some(text) => parse_scenario(text).map_err(bad)?,
-        None => Scenario::Now,
-    };
-    let inputs = shared.inputs();
-    let config = &inputs.config;
-    if let Scenario::Fail { cluster } | Scenario::Drain { cluster } = &scenario
-        && !config.clusters.iter().any(|c| c.name == *cluster)
-    {
-        let known: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
-        return Err(bad(format!(
-            "unknown cluster {cluster:?} (clusters: {})",
-            known.join(", ")
-        )));
-    }
-    let table = current_table(&shared)?;
-    let (traffic, replicas) = observed(&shared, &table);
-    let result = plan_input(
-        config,
-        &table,
-        &traffic,
-        replicas.as_ref(),
-        scenario,
-        now_ms(),
-    )
-    .and_then(|input| meridian_capacity::plan(&input));
-    match result {
-        Ok(plan) => Ok(axum::Json(plan).into_response()),
-        Err(CapacityError::UnknownCluster(c)) => Err(bad(format!("unknown cluster {c:?}"))),
-        // Anything else is the config's or the state's, not the request's.
-        Err(err) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("planning failed: {err}"),
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -310,7 +257,7 @@ mod tests {
             ("peak:inf", r#""inf" is not a peak factor"#),
             ("peak:lots", r#""lots" is not a peak factor"#),
         ] {
-            let err = parse_scenario(text).unwrap_err();
+            let err = parse_scenario(text).unwrap_err().to_string();
             assert!(err.starts_with(message), "{text:?}: {err}");
         }
     }

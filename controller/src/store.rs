@@ -43,6 +43,9 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+/// The pseudo-app of history entries about a member cluster as a whole.
+pub const MEMBER_EVENT_APP: &str = "*";
+
 /// One entry of the failover history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {

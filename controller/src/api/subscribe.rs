@@ -1,0 +1,165 @@
+//! The routes of proxies and DNS servers (subscribers and vantages): the watch stream of
+//! tables, the probe assignment, and probe and traffic reports.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use meridian_subscriber::report::{ProbeAssignment, VantageReport};
+use tracing::warn;
+
+use super::auth::{VANTAGES, WATCHERS, authorize};
+use super::error::{ApiError, ApiResult, parse_body, parse_query_u64};
+use super::views::ReportResponse;
+use crate::{Shared, now_ms};
+
+type Ctx = State<Arc<Shared>>;
+
+/// The watch stream: newline-delimited tables in the wire format (a snapshot first unless
+/// `version` is the current one), with empty heartbeat lines while idle.
+#[utoipa::path(get, path = "/api/v1/watch", tag = "subscribe",
+    params(("version" = Option<u64>, Query, description = "The version the subscriber holds"),
+           ("subscriber" = Option<String>, Query, description = "Who follows, for metrics")),
+    responses((status = 200, description = "application/x-ndjson stream of tables")),
+    security(("bearer" = [])))]
+pub(crate) async fn watch(
+    State(shared): Ctx,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let who = authorize(&shared, &headers, WATCHERS)?;
+    let held = parse_query_u64(&q, "version")?.unwrap_or(0);
+    let subscriber = q.get("subscriber").cloned().unwrap_or(who.name);
+    // The name becomes a metric label: bounded, printable.
+    if subscriber.is_empty()
+        || subscriber.len() > crate::intake::MAX_VANTAGE_LEN
+        || subscriber.chars().any(char::is_control)
+    {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "subscriber",
+            format!(
+                "must be 1 to {} printable characters",
+                crate::intake::MAX_VANTAGE_LEN
+            ),
+        ));
+    }
+    let stream = shared.publisher.stream(
+        held,
+        subscriber,
+        shared.heartbeat,
+        shared.metrics.clone(),
+        shared.shutdown.subscribe(),
+    );
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&shared.heartbeat.as_millis().to_string()) {
+        h.insert("meridian-heartbeat-ms", v);
+    }
+    Ok(response)
+}
+
+/// The probes vantages run, and how often they report.
+#[utoipa::path(get, path = "/api/v1/probes", tag = "subscribe",
+    responses((status = 200, description = "ProbeAssignment", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn probes(
+    State(shared): Ctx,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<ProbeAssignment>> {
+    authorize(&shared, &headers, VANTAGES)?;
+    let inputs = shared.inputs();
+    Ok(axum::Json(ProbeAssignment {
+        jobs: inputs.jobs.clone(),
+        report_interval_ms: inputs.report_interval.as_millis() as u64,
+    }))
+}
+
+/// A vantage's probe results.
+#[utoipa::path(post, path = "/api/v1/reports", tag = "subscribe",
+    request_body(content = Object, description = "VantageReport"),
+    responses((status = 200, body = ReportResponse), (status = 422, body = ApiError)),
+    security(("bearer" = [])))]
+pub(crate) async fn reports(
+    State(shared): Ctx,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<axum::Json<ReportResponse>> {
+    let who = authorize(&shared, &headers, VANTAGES)?;
+    let refused = |reason: &str| {
+        shared
+            .metrics
+            .reports_refused
+            .with_label_values(&[reason])
+            .inc()
+    };
+    let report: VantageReport = parse_body(&body).inspect_err(|_| refused("invalid"))?;
+    // A credential votes only as the vantages it names: one token cannot add voters.
+    if !who.may_speak_for(&report.vantage) {
+        refused("forbidden-vantage");
+        warn!(token = %who.name, vantage = %report.vantage, "refused a report for a vantage the token does not name");
+        return Err(ApiError::field(
+            StatusCode::FORBIDDEN,
+            "vantage",
+            format!(
+                "token {:?} may report as {}, not as {:?} (controller.tokens[].vantages)",
+                who.name,
+                who.vantages.as_deref().unwrap_or_default().join(", "),
+                report.vantage
+            ),
+        ));
+    }
+    // Check the whole report before recording any of it, so a bad report changes nothing.
+    let now = now_ms();
+    let checked = crate::intake::check_report(
+        &report,
+        &shared.inputs(),
+        &shared.vantage,
+        now,
+        shared.opts.forget_after_ms(),
+    )
+    .map_err(|p| {
+        refused("invalid");
+        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, p.field, p.message)
+    })?;
+    if !shared.admit_vantage(&report.vantage, now) {
+        refused("too-many-vantages");
+        return Err(ApiError::field(
+            StatusCode::TOO_MANY_REQUESTS,
+            "vantage",
+            format!(
+                "{} vantages report already (the most kept at once); {:?} is refused until some fall silent",
+                crate::intake::MAX_VANTAGES,
+                report.vantage
+            ),
+        ));
+    }
+    if checked.stale > 0 {
+        shared
+            .metrics
+            .samples_ignored
+            .with_label_values(&["stale"])
+            .inc_by(checked.stale as u64);
+    }
+    let accepted = checked
+        .observations
+        .iter()
+        .filter(|obs| shared.observe(&report.vantage, report.region.as_deref(), obs))
+        .count();
+    if !checked.traffic.is_empty() {
+        let mut st = shared.state();
+        for sample in &checked.traffic {
+            st.traffic.record(&report.vantage, sample, now);
+        }
+    }
+    shared.wake();
+    Ok(axum::Json(ReportResponse { accepted }))
+}
