@@ -434,7 +434,14 @@ impl CapacityLoop {
                         namespace: workload.namespace.clone(),
                         name: workload.name.clone(),
                     };
-                    write_replicas(members.client(cluster), cluster, &target, *replicas).await;
+                    let write =
+                        write_replicas(members.client(cluster), cluster, &target, *replicas);
+                    if crate::leadership::fenced(shared, "replicas", write)
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
                 }
             }
             gates.extend(decision.gates);
@@ -619,7 +626,11 @@ impl CapacityLoop {
             return;
         }
         info!(cluster = %cluster.name, from = machines, to = decision.machines, reason = %decision.reason, "node scaling");
-        match set_replicas(&client, &target, decision.machines).await {
+        let write = set_replicas(&client, &target, decision.machines);
+        let Some(written) = crate::leadership::fenced(shared, "machines", write).await else {
+            return;
+        };
+        match written {
             Ok(()) => {
                 self.machines_changed_ms
                     .insert(cluster.name.clone(), now_ms);

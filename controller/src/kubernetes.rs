@@ -282,6 +282,8 @@ impl Reconciler {
                 "the accepted resources do not make a valid config together; still serving the previous one"
             ),
         }
+        // Only the leader writes; each write checks again right before it is sent
+        // (`leadership::fenced`), since the pass awaits many calls.
         if self.shared.is_leader() {
             self.capacity.run(&self.shared, members, views).await;
             self.write_statuses(clusters, apps, views, &verdicts).await;
@@ -381,7 +383,8 @@ impl Reconciler {
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(views.clone());
     }
 
-    /// Writes each resource's status where it differs from what it should be.
+    /// Writes each resource's status where it differs from what it should be, while this
+    /// replica leads: the pass ends at the first write that finds it no longer does.
     async fn write_statuses(
         &self,
         clusters: &[Arc<MeridianCluster>],
@@ -393,10 +396,16 @@ impl Reconciler {
         for cluster in clusters {
             let name = cluster.name_any();
             let status = cluster_status(cluster, views.get(&name), verdicts, &now);
-            if Some(&status) != cluster.status.as_ref()
-                && let Err(err) = write_status(&self.clusters_api, &name, &status).await
-            {
-                warn!(cluster = %name, error = %err, "could not write the cluster's status");
+            if Some(&status) == cluster.status.as_ref() {
+                continue;
+            }
+            let write = write_status(&self.clusters_api, &name, &status);
+            match leadership::fenced(&self.shared, "cluster status", write).await {
+                None => return,
+                Some(Err(err)) => {
+                    warn!(cluster = %name, error = %err, "could not write the cluster's status");
+                }
+                Some(Ok(())) => {}
             }
         }
         let table = self.shared.publisher.current();
@@ -415,10 +424,16 @@ impl Reconciler {
                     capacity_condition(report, status.observed_generation.unwrap_or(0), &now),
                 );
             }
-            if Some(&status) != app.status.as_ref()
-                && let Err(err) = write_status(&self.apps_api, &name, &status).await
-            {
-                warn!(app = %name, error = %err, "could not write the app's status");
+            if Some(&status) == app.status.as_ref() {
+                continue;
+            }
+            let write = write_status(&self.apps_api, &name, &status);
+            match leadership::fenced(&self.shared, "app status", write).await {
+                None => return,
+                Some(Err(err)) => {
+                    warn!(app = %name, error = %err, "could not write the app's status")
+                }
+                Some(Ok(())) => {}
             }
         }
     }
@@ -792,5 +807,112 @@ mod tests {
             ("False", "NotInTable")
         );
         assert_eq!(status.observed_generation, Some(2));
+    }
+
+    fn shop() -> MeridianApp {
+        let mut app = MeridianApp::new(
+            "shop",
+            serde_json::from_value(serde_json::json!({
+                "hostnames": ["shop.example.com"], "failureMode": "fail-open",
+                "targets": [{"cluster": "aws-1"}]
+            }))
+            .unwrap(),
+        );
+        app.metadata.generation = Some(1);
+        app
+    }
+
+    /// A stand-in hub API server that counts status writes and, when `lose`, takes the
+    /// leadership from `shared` as the first one arrives (as the elector does when the Lease
+    /// cannot be renewed): mid-pass, after the pass's own check.
+    async fn hub(shared: Arc<Shared>, lose: bool) -> (Client, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let writes = Arc::new(AtomicUsize::new(0));
+        let counted = writes.clone();
+        let status = move |uri: http::Uri| {
+            let (writes, shared) = (counted.clone(), shared.clone());
+            async move {
+                if writes.fetch_add(1, Ordering::SeqCst) == 0 && lose {
+                    shared.leadership.send_modify(|l| l.is_leader = false);
+                }
+                let body = if uri.path().contains("/meridianclusters/") {
+                    serde_json::to_vec(&cluster())
+                } else {
+                    serde_json::to_vec(&shop())
+                };
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    body.unwrap(),
+                )
+            }
+        };
+        let router = axum::Router::new().route("/apis/{*rest}", axum::routing::patch(status));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        (client, writes)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_kubernetes_write_follows_a_lease_lost_mid_pass() {
+        const CONFIG: &str = r#"
+regions:
+  - { name: eu, location: { lat: 50.0, lon: 8.0 } }
+clusters:
+  - { name: aws-1, region: eu, provider: aws, endpoints: ["127.0.0.1:1"] }
+apps:
+  - name: shop
+    hostnames: [shop.example.com]
+    failure_mode: fail-open
+    targets:
+      - { cluster: aws-1, weight: 100 }
+controller:
+  listen: 127.0.0.1:0
+"#;
+        // Three clusters and one app whose statuses are all out of date: four writes.
+        let clusters: Vec<Arc<MeridianCluster>> = ["aws-1", "aws-2", "gcp-1"]
+            .into_iter()
+            .map(|name| {
+                let mut c = cluster();
+                c.metadata.name = Some(name.into());
+                Arc::new(c)
+            })
+            .collect();
+        let apps = vec![Arc::new(shop())];
+        for (lose, expected) in [(false, 4), (true, 1)] {
+            let loaded = meridian_config::parse(CONFIG, std::path::Path::new("t.yaml")).unwrap();
+            let base = loaded.config.clone();
+            let ctl = crate::Controller::start(
+                loaded,
+                crate::ControllerOptions {
+                    probe: false,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            let shared = ctl.shared.clone();
+            assert!(shared.is_leader());
+            let (client, writes) = hub(shared.clone(), lose).await;
+            let reconciler = Reconciler {
+                shared,
+                own_probe: None,
+                base,
+                clusters_api: Api::namespaced(client.clone(), "meridian"),
+                apps_api: Api::namespaced(client, "meridian"),
+                reachable: BTreeMap::new(),
+                capacity: crate::capacity::CapacityLoop::default(),
+            };
+            reconciler
+                .write_statuses(&clusters, &apps, &BTreeMap::new(), &Verdicts::default())
+                .await;
+            assert_eq!(
+                writes.load(std::sync::atomic::Ordering::SeqCst),
+                expected,
+                "lease lost at the first write: {lose}"
+            );
+            ctl.shutdown().await;
+        }
     }
 }

@@ -6,15 +6,17 @@
 //! (operator changes, vantage reports) to the leader (`api::forward`). When it is elected
 //! it resumes from the last mirrored version, with the leader's overrides.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
+use meridian_routing::RoutingTable;
 use meridian_subscriber::TableCell;
 use meridian_subscriber::http::ControllerClient;
 use meridian_subscriber::watch::{WatchConfig, follow};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::compute::Overrides;
@@ -48,6 +50,25 @@ impl Leadership {
         }
         self.leader.as_deref().filter(|l| *l != self.identity)
     }
+}
+
+/// Runs one Kubernetes write only if this replica leads at this very moment; `None` when it
+/// was not sent. The check sits immediately before the request goes out (an async write
+/// sends nothing until it is awaited), not once per reconcile pass: a pass awaits many
+/// calls, and the elector publishes the loss of the Lease before any other replica may take
+/// it, so a replica that loses it mid-pass sends no further write. What stays open is a
+/// write already in flight when the Lease is lost; the renew deadline's margin below the
+/// Lease duration is for that.
+pub(crate) async fn fenced<T>(
+    shared: &Shared,
+    what: &str,
+    write: impl Future<Output = T>,
+) -> Option<T> {
+    if !shared.is_leader() {
+        debug!(%what, "not the leader (any more): Kubernetes write not sent");
+        return None;
+    }
+    Some(write.await)
 }
 
 /// While this replica follows, mirrors the leader's tables and overrides. Ends on shutdown.
@@ -87,6 +108,9 @@ async fn mirror_from(shared: &Arc<Shared>, leader: &str, token: Option<String>) 
     };
     let follow = follow(config, cell.clone());
     tokio::pin!(follow);
+    // Set while the latest table could not be made durable: it is tried again then, even if
+    // the leader sends nothing newer.
+    let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
             result = &mut follow => {
@@ -100,62 +124,221 @@ async fn mirror_from(shared: &Arc<Shared>, leader: &str, token: Option<String>) 
                 if changed.is_err() {
                     return;
                 }
-                let Some(table) = cell.load() else { continue };
-                if table.version() <= shared.publisher.current().map_or(0, |t| t.version()) {
-                    continue;
-                }
-                // Overrides first: a table carries what its overrides made.
-                if let Ok(client) = &client {
-                    sync_overrides(shared, client).await;
-                }
-                let line = Publisher::encode_line(&table);
-                // Durable before published, as on the leader: a table that could not be
-                // stored is not served (the next one from the leader is tried).
-                let store_shared = shared.clone();
-                let bytes = line.clone();
-                let saved = tokio::task::spawn_blocking(move || {
-                    store_shared.store.save_table(&bytes[..bytes.len() - 1])
-                })
-                .await;
-                if !matches!(saved, Ok(Ok(()))) {
-                    let error = match saved {
-                        Ok(Err(err)) => err.to_string(),
-                        Err(err) => err.to_string(),
-                        Ok(Ok(())) => String::new(),
-                    };
-                    warn!(%error, version = table.version(), "could not store the mirrored table; not publishing it");
-                    continue;
-                }
-                shared.metrics.table_version.set(table.version() as i64);
-                shared.metrics.table_bytes.set(line.len() as i64);
-                shared.publisher.publish(table, line);
             }
+            () = async { retry.as_mut().expect("guarded").await }, if retry.is_some() => {}
+        }
+        retry = None;
+        let Some(table) = cell.load() else { continue };
+        if !publish_mirrored(shared, client.as_ref().ok(), table).await {
+            retry = Some(Box::pin(tokio::time::sleep(MIRROR_RETRY)));
         }
     }
 }
 
-async fn sync_overrides(shared: &Arc<Shared>, client: &ControllerClient) {
-    let overrides = match client
+/// How soon a mirrored table that could not be made durable is tried again.
+const MIRROR_RETRY: Duration = Duration::from_secs(1);
+
+/// Makes a table from the leader durable, with the overrides that made it, then publishes
+/// it. Durable before published, as on the leader: a table whose overrides or itself could
+/// not be stored is not served, and the overrides are not put in force. False when it
+/// should be tried again.
+async fn publish_mirrored(
+    shared: &Arc<Shared>,
+    client: Option<&ControllerClient>,
+    table: Arc<RoutingTable>,
+) -> bool {
+    if table.version() <= shared.publisher.current().map_or(0, |t| t.version()) {
+        return true;
+    }
+    // Overrides first: a table carries what its overrides made.
+    if let Some(client) = client
+        && let Err(err) = sync_overrides(shared, client).await
+    {
+        warn!(error = %err, version = table.version(), "could not mirror the leader's overrides; not publishing its table yet");
+        return false;
+    }
+    let line = Publisher::encode_line(&table);
+    let store_shared = shared.clone();
+    let bytes = line.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        store_shared
+            .store
+            .save_table(&bytes[..bytes.len() - 1])
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(error) = saved {
+        warn!(%error, version = table.version(), "could not store the mirrored table; not publishing it yet");
+        return false;
+    }
+    shared.metrics.table_version.set(table.version() as i64);
+    shared.metrics.table_bytes.set(line.len() as i64);
+    shared.publisher.publish(table, line);
+    true
+}
+
+/// Fetches the leader's overrides and, when they differ from this replica's, stores them and
+/// then puts them in force; nothing changes when either step fails.
+async fn sync_overrides(shared: &Arc<Shared>, client: &ControllerClient) -> Result<(), String> {
+    let (_, body) = client
         .call(Method::GET, "/api/v1/overrides", None)
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|(_, body)| serde_json::from_slice::<Overrides>(&body).map_err(|e| e.to_string()))
-    {
-        Ok(overrides) => overrides,
-        Err(err) => {
-            warn!(error = %err, "could not mirror the leader's overrides");
-            return;
-        }
-    };
+        .map_err(|e| format!("reading the leader's overrides: {e}"))?;
+    let overrides: Overrides = serde_json::from_slice(&body)
+        .map_err(|e| format!("decoding the leader's overrides: {e}"))?;
     if shared.state().overrides == overrides {
-        return;
+        return Ok(());
     }
     let store_shared = shared.clone();
     let to_store = overrides.clone();
-    match tokio::task::spawn_blocking(move || store_shared.store.save_overrides(&to_store)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => warn!(error = %err, "could not store the mirrored overrides"),
-        Err(err) => warn!(error = %err, "storing the mirrored overrides failed"),
-    }
+    tokio::task::spawn_blocking(move || store_shared.store.save_overrides(&to_store))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("storing the leader's overrides: {e}"))?;
     shared.state().overrides = overrides;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::compute::target_key;
+    use crate::{Controller, ControllerOptions, RunningController};
+
+    const CONFIG: &str = r#"
+regions:
+  - { name: eu, location: { lat: 50.0, lon: 8.0 } }
+clusters:
+  - { name: c1, region: eu, provider: aws, endpoints: ["127.0.0.1:1"] }
+apps:
+  - name: shop
+    hostnames: [shop.test]
+    failure_mode: fail-open
+    targets:
+      - { cluster: c1, weight: 100 }
+controller:
+  listen: 127.0.0.1:0
+"#;
+
+    async fn start() -> RunningController {
+        let loaded = meridian_config::parse(CONFIG, std::path::Path::new("t.yaml")).unwrap();
+        Controller::start(
+            loaded,
+            ControllerOptions {
+                probe: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn version(ctl: &RunningController) -> u64 {
+        ctl.table().map_or(0, |t| t.version())
+    }
+
+    fn weight_in_force(ctl: &RunningController) -> Option<u32> {
+        ctl.shared
+            .state()
+            .overrides
+            .weights
+            .get(&target_key("shop", "c1"))
+            .copied()
+    }
+
+    async fn set_weight(leader: &RunningController, weight: u32) -> u64 {
+        let client = ControllerClient::new(&leader.url(), None).unwrap();
+        let body = format!(r#"{{"weight": {weight}}}"#).into_bytes();
+        let (status, _) = client
+            .call(
+                Method::PUT,
+                "/api/v1/apps/shop/targets/c1/weight",
+                Some(body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        version(leader)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_publishes_only_what_it_stored() {
+        let leader = start().await;
+        let follower = start().await;
+        follower.shared.leadership.send_modify(|l| {
+            l.is_leader = false;
+            l.leader = Some(leader.url());
+        });
+        let first = set_weight(&leader, 7).await;
+        wait_until("the follower mirrors the leader's table", || {
+            version(&follower) == first
+        })
+        .await;
+        assert_eq!(weight_in_force(&follower), Some(7));
+
+        // The follower's disk fails: the next table is not served, and its overrides are not
+        // put in force, for as long as it cannot be stored (a retry comes every second).
+        follower
+            .shared
+            .store
+            .fail_table_writes
+            .store(true, Ordering::SeqCst);
+        let second = set_weight(&leader, 9).await;
+        assert!(second > first);
+        tokio::time::sleep(MIRROR_RETRY * 2).await;
+        assert_eq!(
+            version(&follower),
+            first,
+            "published what it could not store"
+        );
+        assert_eq!(weight_in_force(&follower), Some(7));
+        assert_eq!(
+            follower
+                .shared
+                .store
+                .last_table()
+                .unwrap()
+                .unwrap()
+                .version(),
+            first
+        );
+
+        // The disk is back: the same table is stored and served, though the leader sent
+        // nothing newer.
+        follower
+            .shared
+            .store
+            .fail_table_writes
+            .store(false, Ordering::SeqCst);
+        wait_until("the follower serves the table once stored", || {
+            version(&follower) == second
+        })
+        .await;
+        assert_eq!(weight_in_force(&follower), Some(9));
+        assert_eq!(
+            follower
+                .shared
+                .store
+                .last_table()
+                .unwrap()
+                .unwrap()
+                .version(),
+            second
+        );
+        assert_eq!(follower.shared.store.overrides().unwrap().weights.len(), 1);
+        follower.shutdown().await;
+        leader.shutdown().await;
+    }
 }

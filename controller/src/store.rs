@@ -60,7 +60,8 @@ pub struct HistoryEntry {
 pub struct Store {
     db: Database,
     name: String,
-    /// Tests make every write of a table fail, to show a failed change leaves no trace.
+    /// Tests make every write of a table (and of mirrored overrides) fail, to show a failed
+    /// change leaves no trace.
     #[cfg(test)]
     pub(crate) fail_table_writes: std::sync::atomic::AtomicBool,
     /// Tests make every write of a table this slow, to show it blocks no other request.
@@ -209,6 +210,8 @@ impl Store {
     /// Stores overrides made elsewhere (a follower mirroring its leader's), with no audit
     /// entry: the leader audited the change.
     pub fn save_overrides(&self, overrides: &Overrides) -> Result<(), Error> {
+        #[cfg(test)]
+        self.injected_failure("saving the overrides")?;
         let overrides = serde_json::to_vec(overrides).unwrap_or_default();
         self.write("saving the overrides", |txn| {
             txn.open_table(STATE)?
