@@ -3,6 +3,10 @@
 //! drain from `GET /api/v1/plan` and from `meridian plan`, then the drain itself — the weights
 //! the controller publishes must be the plan's, and the traffic the proxy measures must split
 //! as the plan said. Also the peak scenario's replicas, and bad scenarios named.
+//!
+//! Beside it (one binary, so the two run in parallel): a minute of steady probes and traffic
+//! through the demo publishes no table version, and a failed cluster publishes versions only
+//! at its failure and its recovery.
 
 mod process_support;
 
@@ -31,8 +35,8 @@ fn api(controller: SocketAddr, path: &str) -> (u16, Value) {
     (status, value)
 }
 
-/// `meridian up --demo` on ports of its own, with 2 s drain periods; returns the process, the
-/// controller and the proxy.
+/// `meridian up --demo` on ports of its own, with 2 s drain periods and 3 s slow starts;
+/// returns the process, the controller and the proxy.
 fn start_demo(dir: &Path) -> (Kill, SocketAddr, SocketAddr) {
     let cluster_port = free_port("127.0.1.1");
     let proxy_admin = free_port("127.0.0.1");
@@ -40,8 +44,13 @@ fn start_demo(dir: &Path) -> (Kill, SocketAddr, SocketAddr) {
         .unwrap()
         .replace(":18080", &format!(":{cluster_port}"))
         .replace("drain_period: 10s", "drain_period: 2s")
-        .replace("dns_ttl: 30\n", "dns_ttl: 30\n    drain_period: 2s\n");
+        .replace("slow_start: 10s", "slow_start: 3s")
+        .replace(
+            "dns_ttl: 30\n",
+            "dns_ttl: 30\n    drain_period: 2s\n    slow_start: 3s\n",
+        );
     assert_eq!(config.matches("drain_period: 2s").count(), 2);
+    assert_eq!(config.matches("slow_start: 3s").count(), 2);
     let config_file = dir.join("demo.yaml");
     std::fs::write(&config_file, config).unwrap();
     let mut up = Kill(
@@ -456,4 +465,156 @@ fn drain_plan_matches_what_the_controller_then_does() {
     }
     assert!(measured[DRAINED] < 0.01, "{measured:?}");
     assert!(load.ok.load(Ordering::Relaxed) > 100, "the load ran");
+}
+
+/// The published version, and the versions counted by cause, from the controller.
+fn versions(controller: SocketAddr) -> (u64, BTreeMap<String, u64>) {
+    let (_, status) = api(controller, "/api/v1/status");
+    let (_, metrics) = http(controller, "GET", "localhost", "/metrics").unwrap();
+    let causes = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("meridian_table_versions_total{cause=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(cause, n)| (cause.to_string(), n.parse().unwrap()))
+        .collect();
+    (status["table_version"].as_u64().unwrap(), causes)
+}
+
+/// Asserts for `hold` that the version stays `version`, checking every 500 ms.
+fn holds(controller: SocketAddr, version: u64, hold: Duration, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < hold {
+        std::thread::sleep(Duration::from_millis(500));
+        let (now, causes) = versions(controller);
+        assert_eq!(
+            now,
+            version,
+            "{what}: a version after {:?} (versions by cause: {causes:?})",
+            start.elapsed()
+        );
+    }
+}
+
+/// Sets a demo stand-in cluster `up` or `down` through the demo control.
+fn set_stand_in(controller: SocketAddr, cluster: &str, mode: &str) {
+    use std::io::{Read, Write};
+    let body = format!(r#"{{"mode":"{mode}"}}"#);
+    let mut stream = std::net::TcpStream::connect(controller).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "PUT /api/v1/demo/clusters/{cluster} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+/// Every app's health of its target in `cluster`.
+fn healths_in(controller: SocketAddr, cluster: &str) -> Vec<String> {
+    let (_, status) = api(controller, "/api/v1/status");
+    status["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a["targets"].as_array().unwrap())
+        .filter(|t| t["cluster"] == cluster)
+        .map(|t| t["health"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_healths(controller: SocketAddr, cluster: &str, health: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = healths_in(controller, cluster);
+        if now.len() == 2 && now.iter().all(|h| h == health) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cluster} never {health}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The issue's churn (a version every 0.5–1.5 s under load) seen where it was seen: the
+/// demo with its proxy and DNS server probing and reporting from their regions, and traffic.
+#[test]
+fn steady_probes_and_traffic_publish_no_version_and_a_failure_only_its_own() {
+    const FAILED: &str = "gcp-europe-west3";
+    let dir = TempDir::new("steady-versions");
+    let (_up, controller, proxy) = start_demo(&dir.0);
+    wait_for(
+        controller,
+        Duration::from_secs(30),
+        "every shop target healthy",
+        |t| t.len() == 3 && t.values().all(|(_, h, _)| h == "healthy"),
+    );
+    let load = Load::start(proxy, Duration::from_millis(25));
+    wait_for(
+        controller,
+        Duration::from_secs(20),
+        "traffic reported for every shop target",
+        |t| t.values().all(|(_, _, rps)| rps.is_some_and(|r| r > 0.0)),
+    );
+    wait_healths(controller, FAILED, "healthy");
+
+    // A minute of steady probes (every second, from three vantages) and about 40
+    // requests/s: not one version.
+    let (steady, before) = versions(controller);
+    let served = load.ok.load(Ordering::Relaxed);
+    holds(
+        controller,
+        steady,
+        Duration::from_secs(60),
+        "steady probes and traffic",
+    );
+    let served = load.ok.load(Ordering::Relaxed) - served;
+    assert!(served > 60 * 20, "the load ran: {served} requests in 60 s");
+
+    // One cluster fails: its targets (one per app) leave the table, then nothing moves.
+    set_stand_in(controller, FAILED, "down");
+    wait_healths(controller, FAILED, "unhealthy");
+    let (failed, _) = versions(controller);
+    assert!(
+        (steady + 1..=steady + 2).contains(&failed),
+        "one version per app at most for the failure: {steady} → {failed}"
+    );
+    holds(
+        controller,
+        failed,
+        Duration::from_secs(5),
+        "while it stays failed",
+    );
+
+    // It recovers: the verdicts, then the slow start's steps, then nothing.
+    set_stand_in(controller, FAILED, "up");
+    wait_healths(controller, FAILED, "healthy");
+    let (recovered, after) = versions(controller);
+    holds(
+        controller,
+        recovered,
+        Duration::from_secs(5),
+        "after the recovery",
+    );
+    let delta = |cause: &str| after.get(cause).unwrap_or(&0) - before.get(cause).unwrap_or(&0);
+    assert!(
+        (2..=4).contains(&delta("verdict")),
+        "the failure and the recovery, per app: {before:?} → {after:?}"
+    );
+    assert_eq!(
+        delta("operator") + delta("config"),
+        0,
+        "{before:?} → {after:?}"
+    );
+    assert!(
+        recovered - failed <= 2 + 2 * 20 + delta("latency"),
+        "recovery: verdicts and 5 % slow-start steps per app: {before:?} → {after:?}"
+    );
 }
