@@ -277,6 +277,40 @@ fn operator_output_speaks_in_the_configs_units_and_says_when_it_is_empty() {
     // History says something even when nothing has failed over yet.
     let (ok, text) = meridian(&["history"], up.controller);
     assert!(ok && !text.trim().is_empty(), "history printed nothing");
+    // Times read as the reader's clock and an age, never as epoch milliseconds: a failover
+    // (history), a drain (status) and the operator changes (audit).
+    let out = Command::new(BIN)
+        .args(["demo", "--controller", &format!("http://{}", up.controller)])
+        .args(["fail", "gcp-europe-west3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (ok, _) = meridian(&["drain", "aws-us-east-1"], up.controller);
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let history = loop {
+        let (_, text) = meridian(&["history"], up.controller);
+        if text.contains("gcp-europe-west3") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover in the history: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let epoch_ms = |text: &str| {
+        text.split(|c: char| !c.is_ascii_digit())
+            .any(|n| n.len() >= 12 && n.starts_with('1'))
+    };
+    for (command, text) in [
+        ("history", history),
+        ("status", meridian(&["status"], up.controller).1),
+        ("audit", meridian(&["audit"], up.controller).1),
+    ] {
+        assert!(!epoch_ms(&text), "{command} shows an epoch number: {text}");
+        assert!(text.contains(" s ago)"), "{command} shows no age: {text}");
+    }
     let dir2 = TempDir::new("newcomer-check");
     let one = dir2.0.join("one.yaml");
     std::fs::write(

@@ -87,8 +87,21 @@ pub struct Verdict {
     pub changed_at_ms: u64,
     /// While set and in the future, a recovery is being held down until then.
     pub held_until_ms: Option<u64>,
+    /// How long the current hold-down lasts (for the history's words, which carry no
+    /// timestamps: readers see times in their own zone).
+    hold_ms: u64,
     /// Times of recent changes, for flap damping.
     changes: VecDeque<u64>,
+}
+
+/// `ms` in words: "750 ms", "30 s", "2 min 30 s".
+fn fmt_duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{} s", ms / 1_000),
+        _ if ms % 60_000 < 1_000 => format!("{} min", ms / 60_000),
+        _ => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1_000),
+    }
 }
 
 /// A verdict change, as the failover history records it.
@@ -360,14 +373,16 @@ impl Verdicts {
                                 .saturating_mul(1 << doublings)
                                 .min(opts.hold_down_max_ms);
                             v.held_until_ms = Some(now_ms + hold);
+                            v.hold_ms = hold;
                             None
                         }
                         Some(until) if now_ms < until => None,
-                        Some(until) => Some((
+                        Some(_) => Some((
                             true,
                             format!(
                                 "{passing} of {n} vantages report it passing (quorum {needed}); \
-                                 held down until {until} after {recent} changes"
+                                 recovery held down for {} after {recent} changes (flap damping)",
+                                fmt_duration(v.hold_ms)
                             ),
                         )),
                     }
@@ -594,8 +609,21 @@ mod tests {
         assert!(!healthy(&v));
         let c = step(&mut v, true, t + 2000);
         assert_eq!(c.len(), 1);
-        assert!(c[0].cause.contains("held down"));
+        assert!(
+            c[0].cause
+                .ends_with("recovery held down for 2 s after 3 changes (flap damping)"),
+            "{}",
+            c[0].cause
+        );
         assert!(healthy(&v));
+    }
+
+    #[test]
+    fn durations_in_words() {
+        assert_eq!(fmt_duration(750), "750 ms");
+        assert_eq!(fmt_duration(30_000), "30 s");
+        assert_eq!(fmt_duration(120_000), "2 min");
+        assert_eq!(fmt_duration(150_000), "2 min 30 s");
     }
 
     #[test]

@@ -117,10 +117,44 @@ fn effective(thousandths: u32) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// A time as the reader's local time and how long ago: `14:03:27 CET (12 s ago)`; the date
+/// too when it is not today.
 fn time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    time_at(ms, now, &jiff::tz::TimeZone::system())
+}
+
+fn time_at(ms: u64, now_ms: u64, zone: &jiff::tz::TimeZone) -> String {
+    let zoned = |ms: u64| {
+        jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX))
+            .map(|t| t.to_zoned(zone.clone()))
+    };
+    let (Ok(at), Ok(now)) = (zoned(ms), zoned(now_ms)) else {
+        return "(time out of range)".into();
+    };
+    let clock = if at.date() == now.date() {
+        at.strftime("%H:%M:%S %Z").to_string()
+    } else {
+        at.strftime("%Y-%m-%d %H:%M:%S %Z").to_string()
+    };
+    format!("{clock} ({})", ago(ms, now_ms))
+}
+
+/// How long before `now_ms`, in the largest fitting unit.
+fn ago(ms: u64, now_ms: u64) -> String {
+    if ms > now_ms {
+        // The controller's clock runs ahead of this host's.
+        return format!("in {} s", (ms - now_ms).div_ceil(1000));
+    }
+    let s = (now_ms - ms) / 1000;
+    match s {
+        0..90 => format!("{s} s ago"),
+        90..5_400 => format!("{} min ago", (s + 30) / 60),
+        5_400..172_800 => format!("{} h ago", (s + 1_800) / 3_600),
+        _ => format!("{} days ago", s / 86_400),
+    }
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
@@ -310,4 +344,31 @@ pub fn audit(args: LogArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_local_clock_and_age_never_as_epoch_numbers() {
+        let zone = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        // 2026-12-02 14:00:00 UTC is 15:00 in Berlin (CET).
+        let now = 1_796_220_000_000;
+        assert_eq!(time_at(now - 12_000, now, &zone), "14:59:48 CET (12 s ago)");
+        assert_eq!(
+            time_at(now - 600_000, now, &zone),
+            "14:50:00 CET (10 min ago)"
+        );
+        assert_eq!(
+            time_at(now - 3 * 86_400_000, now, &zone),
+            "2026-11-29 15:00:00 CET (3 days ago)"
+        );
+        assert_eq!(time_at(now + 1_500, now, &zone), "15:00:01 CET (in 2 s)");
+        let utc = jiff::tz::TimeZone::UTC;
+        assert_eq!(
+            time_at(now - 7_200_000, now, &utc),
+            "12:00:00 UTC (2 h ago)"
+        );
+    }
 }
