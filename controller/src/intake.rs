@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use meridian_subscriber::probe::Observation;
-use meridian_subscriber::report::{TrafficSample, VantageReport};
+use meridian_subscriber::report::{AnswerSample, LATENCY_BUCKETS, TrafficSample, VantageReport};
 
 use crate::Inputs;
 
@@ -53,6 +53,8 @@ pub struct Checked {
     pub observations: Vec<Observation>,
     /// Traffic samples to record.
     pub traffic: Vec<TrafficSample>,
+    /// Answer counts to record.
+    pub answers: Vec<AnswerSample>,
     /// Observations older than `max_age_ms`, skipped.
     pub stale: usize,
 }
@@ -159,6 +161,28 @@ pub fn check_report(
                 format!("{sum} is not a finite, non-negative sum of seconds"),
             ));
         }
+        let buckets = &sample.latency_buckets;
+        if !buckets.is_empty() {
+            let field = format!("{path}.latency_buckets");
+            if buckets.len() != LATENCY_BUCKETS.len() {
+                return Err(Problem::new(
+                    field,
+                    format!(
+                        "{} counts for {} bounds (one cumulative count per bound of the latency histogram)",
+                        buckets.len(),
+                        LATENCY_BUCKETS.len()
+                    ),
+                ));
+            }
+            if buckets.windows(2).any(|w| w[0] > w[1])
+                || buckets.last().is_some_and(|&n| n > sample.latency_count)
+            {
+                return Err(Problem::new(
+                    field,
+                    "counts must be cumulative: non-decreasing, and at most latency_count",
+                ));
+            }
+        }
         if sample.errors > sample.requests {
             return Err(Problem::new(
                 format!("{path}.errors"),
@@ -169,9 +193,18 @@ pub fn check_report(
             ));
         }
     }
+    for (i, sample) in report.answers.iter().enumerate() {
+        if !timeouts.contains_key(&(sample.app.as_str(), sample.cluster.as_str())) {
+            return Err(Problem::new(
+                format!("answers[{i}]"),
+                format!("no target {}/{}", sample.app, sample.cluster),
+            ));
+        }
+    }
     Ok(Checked {
         observations,
         traffic: report.traffic.clone(),
+        answers: report.answers.clone(),
         stale,
     })
 }
@@ -265,6 +298,7 @@ apps:
                 at_ms,
             }],
             traffic: vec![],
+            answers: vec![],
         }
     }
 
@@ -339,11 +373,41 @@ apps:
             errors: 2,
             latency_seconds_sum: 0.0,
             latency_count: 0,
+            latency_buckets: vec![],
         });
         assert_eq!(field(&r), "traffic[0].errors");
         r.traffic[0].errors = 0;
         r.traffic[0].latency_seconds_sum = -1.0;
         assert_eq!(field(&r), "traffic[0].latency_seconds_sum");
+        r.traffic[0].latency_seconds_sum = 0.0;
+        r.traffic[0].latency_count = 3;
+        r.traffic[0].latency_buckets = vec![1, 2];
+        assert_eq!(field(&r), "traffic[0].latency_buckets");
+        let mut buckets = vec![3; LATENCY_BUCKETS.len()];
+        buckets[0] = 4;
+        r.traffic[0].latency_buckets = buckets;
+        assert_eq!(field(&r), "traffic[0].latency_buckets");
+        r.traffic[0].latency_buckets = vec![4; LATENCY_BUCKETS.len()];
+        assert_eq!(
+            field(&r),
+            "traffic[0].latency_buckets",
+            "more than latency_count"
+        );
+        r.traffic[0].latency_buckets = vec![3; LATENCY_BUCKETS.len()];
+        assert!(check_report(&r, &inputs(), "controller", NOW, 10_000).is_ok());
+    }
+
+    #[test]
+    fn answer_samples_must_name_known_targets() {
+        let mut r = report(0.01, NOW);
+        r.answers.push(AnswerSample {
+            app: "shop".into(),
+            cluster: "c9".into(),
+            answers: 5,
+        });
+        assert_eq!(field(&r), "answers[0]");
+        r.answers[0].cluster = "c1".into();
+        assert!(check_report(&r, &inputs(), "controller", NOW, 10_000).is_ok());
     }
 
     #[test]

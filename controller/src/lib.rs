@@ -18,7 +18,8 @@
 //! - [`store`]: redb: overrides, audit log, failover history, last table.
 //! - [`publish`]: the current table and the watch streams.
 //! - [`api`]: the HTTP surface: `/api/v1/…`, `/openapi.json`, `/metrics`, `/livez`, `/readyz`.
-//! - [`traffic`]: request rates per target from the proxies' counters (pure).
+//! - [`traffic`]: request and answer rates per target from the subscribers' counters (pure).
+//! - [`timeline`]: the dashboard's bounded, downsampled memory of those rates (pure).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`client`]: a typed client of the API, for the `meridian` operator commands.
 //! - [`plan`]: the dry-run planner's inputs from the controller's state, `GET /api/v1/plan`.
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod plan;
 pub mod publish;
 pub mod store;
+pub mod timeline;
 pub mod traffic;
 pub mod verdict;
 
@@ -168,6 +170,9 @@ pub(crate) struct Shared {
     pub(crate) members: RwLock<Arc<BTreeMap<String, meridian_k8s::member::MemberView>>>,
     /// What capacity-first failover decided per app (Kubernetes mode), for the API.
     pub(crate) capacity: RwLock<Arc<Vec<capacity::AppCapacity>>>,
+    /// The last hours of per-target rates, for the dashboard's charts (own lock: sampling
+    /// and reading it never wait on the state).
+    pub(crate) timeline: Mutex<timeline::Timeline>,
     /// Set until the first config arrives (Kubernetes mode): nothing to compute yet.
     config_pending: AtomicBool,
     /// Set when the config changed since the last published table (a version's cause).
@@ -295,14 +300,19 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// How old a reported rate may be and still describe the present: older ones describe
+    /// traffic that has stopped (a few report intervals).
+    pub(crate) fn traffic_max_age_ms(&self) -> u64 {
+        (self.inputs().report_interval.as_millis() as u64 * 3).max(3_000)
+    }
+
     /// Request rates per target of `table` that the proxies reported recently, requests/s.
     pub(crate) fn traffic_rates(
         &self,
         table: &RoutingTable,
         now_ms: u64,
     ) -> BTreeMap<(String, String), f64> {
-        // Rates older than a few report intervals describe traffic that has stopped.
-        let max_age_ms = (self.inputs().report_interval.as_millis() as u64 * 3).max(3_000);
+        let max_age_ms = self.traffic_max_age_ms();
         let st = self.state();
         table
             .apps()
@@ -314,6 +324,87 @@ impl Shared {
                     .map(|v| ((a.name.clone(), t.cluster.clone()), v.requests_per_second))
             })
             .collect()
+    }
+
+    /// Adds one reading of every target of the published table to the timeline: traffic
+    /// and answer rates as reported, replicas ready as the capacity loop last saw them.
+    pub(crate) fn sample_timeline(&self, now_ms: u64) {
+        let Some(table) = self.publisher.current() else {
+            return;
+        };
+        let max_age_ms = self.traffic_max_age_ms();
+        let replicas: BTreeMap<(&str, &str), u32> = {
+            let capacity = self
+                .capacity
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut replicas = BTreeMap::new();
+            for app in table.apps() {
+                for c in capacity
+                    .iter()
+                    .filter(|c| c.app == app.name)
+                    .flat_map(|c| &c.clusters)
+                {
+                    if let Some(t) = app.targets.iter().find(|t| t.cluster == c.cluster) {
+                        replicas.insert((app.name.as_str(), t.cluster.as_str()), c.ready_replicas);
+                    }
+                }
+            }
+            replicas
+        };
+        let samples: Vec<(&str, &str, timeline::Sample)> = {
+            let st = self.state();
+            table
+                .apps()
+                .iter()
+                .flat_map(|a| {
+                    a.targets
+                        .iter()
+                        .map(move |t| (a.name.as_str(), t.cluster.as_str()))
+                })
+                .map(|(app, cluster)| {
+                    let traffic = st.traffic.target(app, cluster, now_ms, max_age_ms);
+                    let sample = timeline::Sample {
+                        requests_per_second: traffic.as_ref().map(|t| t.requests_per_second),
+                        error_ratio: traffic.as_ref().map(|t| t.error_ratio),
+                        latency_p99_seconds: traffic.as_ref().and_then(|t| t.latency_p99_seconds),
+                        dns_answers_per_second: st
+                            .traffic
+                            .answers_per_second(app, cluster, now_ms, max_age_ms),
+                        replicas_ready: replicas.get(&(app, cluster)).copied(),
+                    };
+                    (app, cluster, sample)
+                })
+                .collect()
+        };
+        let mut timeline = self.timeline.lock().unwrap_or_else(|e| e.into_inner());
+        timeline.record(now_ms, &samples);
+        let counted = self.metrics.timeline_refused.get();
+        self.metrics
+            .timeline_refused
+            .inc_by(timeline.refused().saturating_sub(counted));
+    }
+
+    /// The charts' last `window_ms`: the timeline's readings and the events of the failover
+    /// history and audit log in that window (each read capped, newest kept).
+    pub(crate) fn timeline_window(
+        &self,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<timeline::TimelineView, Error> {
+        /// Most history and audit entries drawn: beyond this the lines would merge anyway.
+        const MAX_EVENTS: usize = 500;
+        let mut view = self
+            .timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .window(window_ms, now_ms);
+        let from_ms = view.times_ms.first().copied().unwrap_or(now_ms);
+        let history = self.store.history(MAX_EVENTS)?;
+        let audit = self.store.audit(MAX_EVENTS)?;
+        view.events = timeline::events(&history, &audit, from_ms);
+        Ok(view)
     }
 
     pub(crate) fn is_leader(&self) -> bool {
@@ -645,6 +736,7 @@ impl Controller {
             leadership: watch::channel(leadership).0,
             members: RwLock::default(),
             capacity: RwLock::default(),
+            timeline: Mutex::default(),
             // In Kubernetes mode apps and clusters come from resources: nothing is computed
             // until they are read, so a start never publishes an empty table.
             config_pending: AtomicBool::new(kubernetes.is_some()),
@@ -704,6 +796,19 @@ impl Controller {
                         error!(error = %err, "table compute failed; still serving the previous table");
                     }
                     Err(err) => error!(error = %err, "table compute task failed"),
+                }
+            }
+        }));
+        // The charts' readings: one round a second (the finest tier is 2 s).
+        let sampler = shared.clone();
+        let mut stop = shared.shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => sampler.sample_timeline(now_ms()),
+                    _ = stop.wait_for(|s| *s) => return,
                 }
             }
         }));

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub compute_seconds: Histogram,
     /// Size of the encoded table, bytes.
     pub table_bytes: IntGauge,
+    /// Timeline samples refused because its series limit was reached.
+    pub timeline_refused: prometheus::IntCounter,
     /// Watch streams open.
     pub subscribers_connected: IntGauge,
     /// The version last sent to each subscriber.
@@ -138,6 +140,10 @@ impl Metrics {
                 "meridian_table_encoded_bytes",
                 "Size of the encoded routing table",
             )?,
+            timeline_refused: prometheus::IntCounter::new(
+                "meridian_timeline_samples_refused_total",
+                "Samples the dashboard timeline refused: more targets than it charts",
+            )?,
             subscribers_connected: IntGauge::new(
                 "meridian_subscribers_connected",
                 "Watch streams open",
@@ -222,6 +228,7 @@ impl Metrics {
         m.registry.register(Box::new(m.table_version.clone()))?;
         m.registry.register(Box::new(m.compute_seconds.clone()))?;
         m.registry.register(Box::new(m.table_bytes.clone()))?;
+        m.registry.register(Box::new(m.timeline_refused.clone()))?;
         m.registry
             .register(Box::new(m.subscribers_connected.clone()))?;
         m.registry

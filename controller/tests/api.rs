@@ -72,6 +72,12 @@ async fn roles_on_every_endpoint() {
         ),
         (
             Method::GET,
+            "/api/v1/timeline",
+            None,
+            [401, 401, 200, 403, 200],
+        ),
+        (
+            Method::GET,
             "/api/v1/probes",
             None,
             [401, 401, 403, 200, 200],
@@ -710,6 +716,109 @@ async fn the_vantages_kept_at_once_are_bounded() {
         "{metrics}"
     );
     assert!(!metrics.contains(r#"vantage="pod-256""#));
+    ctl.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The dashboard's charts: the traffic and answers subscribers report become per-target
+/// series over time, with the operator's changes among the events; a bad window is refused
+/// naming the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_charts_reported_traffic_and_answers_with_events() {
+    let (ctl, dir, _b1, _b2) = setup("timeline").await;
+    let sub = client(&ctl, Some(SUB));
+    let op = client(&ctl, Some(OP));
+    let report = |requests: u64, answers: u64| {
+        // Every latency of this vantage falls in the 5–10 ms bucket.
+        let buckets: Vec<u64> = meridian_subscriber::report::LATENCY_BUCKETS
+            .iter()
+            .map(|&b| if b < 0.01 { 0 } else { requests })
+            .collect();
+        serde_json::json!({
+            "vantage": "edge-1",
+            "observations": [],
+            "traffic": [{"app": "shop", "cluster": "c1", "requests": requests, "errors": 0,
+                "latency_seconds_sum": 0.008 * requests as f64, "latency_count": requests,
+                "latency_buckets": buckets}],
+            "answers": [{"app": "shop", "cluster": "c2", "answers": answers}],
+        })
+        .to_string()
+    };
+    let (status, body) = call(&sub, Method::POST, "/api/v1/reports", Some(&report(0, 0))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(&op, Method::POST, "/api/v1/clusters/c2/drain", Some("{}")).await;
+    assert_eq!(status, 200);
+    let mut requests = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let view = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        requests += 100;
+        let (status, body) = call(
+            &sub,
+            Method::POST,
+            "/api/v1/reports",
+            Some(&report(requests, requests / 10)),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, view) = call(&op, Method::GET, "/api/v1/timeline?window_ms=60000", None).await;
+        assert_eq!(status, 200, "{view}");
+        let known = |cluster: &str, field: &str| {
+            view["series"].as_array().unwrap().iter().any(|s| {
+                s["cluster"] == cluster && s[field].as_array().unwrap().iter().any(|v| !v.is_null())
+            })
+        };
+        if known("c1", "requests_per_second")
+            && known("c1", "latency_p99_seconds")
+            && known("c2", "dns_answers_per_second")
+        {
+            break view;
+        }
+        assert!(std::time::Instant::now() < deadline, "no series in {view}");
+    };
+    assert_eq!(view["step_ms"], 2000);
+    assert_eq!(view["times_ms"].as_array().unwrap().len(), 30);
+    let c1 = view["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["cluster"] == "c1")
+        .unwrap();
+    let last = |field: &str| {
+        c1[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|v| v.as_f64())
+            .unwrap()
+    };
+    // 100 requests per ~0.5 s report: about 200/s (the test's own timing is loose).
+    assert!(
+        (50.0..=400.0).contains(&last("requests_per_second")),
+        "{c1}"
+    );
+    let p99 = last("latency_p99_seconds");
+    assert!(
+        (0.005..=0.01).contains(&p99),
+        "p99 {p99} outside its bucket: {c1}"
+    );
+    assert_eq!(last("error_ratio"), 0.0);
+    let events = view["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "operator"
+            && e["cluster"] == "c2"
+            && e["text"].as_str().unwrap().contains("alice")),
+        "{events:?}"
+    );
+    for bad in ["window_ms=0", "window_ms=99999999999", "window_ms=ten"] {
+        let (status, body) = call(&op, Method::GET, &format!("/api/v1/timeline?{bad}"), None).await;
+        assert_eq!(
+            (status, &body["field"]),
+            (400, &serde_json::json!("window_ms")),
+            "{bad}: {body}"
+        );
+    }
     ctl.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

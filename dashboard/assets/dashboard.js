@@ -53,7 +53,14 @@ async function act(description, path, options) {
   }
 }
 
-const fmtTime = (ms) => (ms ? new Date(ms).toLocaleTimeString() : "—");
+// Every time on the page: the viewer's local time and how long ago, never an epoch number.
+function fmtAgo(ms) {
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 90) return `${s} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  return `${(s / 3600).toFixed(1)} h ago`;
+}
+const fmtTime = (ms) => (ms ? `${new Date(ms).toLocaleTimeString()} (${fmtAgo(ms)})` : "—");
 const pct = (x) => (x * 100).toFixed(1) + "%";
 const enc = encodeURIComponent;
 
@@ -232,6 +239,162 @@ function renderMembers(members) {
   }
 }
 
+// Charts over time, from /api/v1/timeline: one uPlot per reading, events drawn as lines.
+const charts = { windowMs: 900000, app: "", plots: {}, timeline: null };
+const PALETTE = ["#2563eb", "#f59e0b", "#10b981", "#8b5cf6", "#ef4444", "#0ea5e9", "#84cc16", "#ec4899"];
+const EVENT_COLOURS = { unhealthy: "#c81e1e", healthy: "#15803d", operator: "#2563eb", member: "#7a5a00" };
+const CHARTS = [
+  { id: "traffic", field: "requests_per_second", stacked: true, fmt: (v) => v.toFixed(1) + "/s" },
+  { id: "errors", field: "error_ratio", fmt: (v) => pct(v) },
+  { id: "latency", field: "latency_p99_seconds", fmt: (v) => (v * 1000).toFixed(1) + " ms" },
+  { id: "answers", field: "dns_answers_per_second", fmt: (v) => v.toFixed(1) + "/s" },
+  { id: "replicas", field: "replicas_ready", fmt: (v) => String(Math.round(v)) },
+];
+
+function eventColour(e) {
+  return e.kind === "verdict" ? (e.healthy ? EVENT_COLOURS.healthy : EVENT_COLOURS.unhealthy) : EVENT_COLOURS[e.kind] || "#6b7385";
+}
+
+function drawEvents(u) {
+  const tl = charts.timeline;
+  if (!tl) return;
+  const { ctx, bbox } = u;
+  ctx.save();
+  ctx.lineWidth = 2 * devicePixelRatio;
+  for (const e of tl.events) {
+    if (e.app && e.app !== charts.app && e.app !== "*") continue;
+    const x = Math.round(u.valToPos(e.at_ms / 1000, "x", true));
+    if (x < bbox.left || x > bbox.left + bbox.width) continue;
+    ctx.strokeStyle = eventColour(e);
+    ctx.setLineDash(e.kind === "operator" ? [6, 4] : []);
+    ctx.beginPath();
+    ctx.moveTo(x, bbox.top);
+    ctx.lineTo(x, bbox.top + bbox.height);
+    ctx.stroke();
+  }
+  ctx.restore();
+}
+
+// Columns for uPlot: x in seconds, then one column per cluster (stacked: running sums,
+// tallest first, so each band is drawn over the one below it and shows through).
+function chartData(spec, clusters, series, times) {
+  const raw = clusters.map((c) => {
+    const s = series.find((x) => x.cluster === c);
+    return s ? s[spec.field] : times.map(() => null);
+  });
+  if (!spec.stacked) return { raw, columns: raw };
+  const sums = [];
+  let running = times.map(() => null);
+  for (const column of raw) {
+    running = running.map((r, i) => (r === null && column[i] === null ? null : (r || 0) + (column[i] || 0)));
+    sums.push(running);
+  }
+  return { raw: raw.slice().reverse(), columns: sums.reverse() };
+}
+
+function renderChart(spec, clusters, series, times) {
+  const figure = $(`#chart-${spec.id}`);
+  const holder = figure.querySelector(".plot");
+  const known = series.some((s) => s[spec.field].some((v) => v !== null));
+  if (!known) {
+    if (charts.plots[spec.id]) { charts.plots[spec.id].destroy(); delete charts.plots[spec.id]; }
+    const why = spec.id === "replicas" ? "No replica counts: they come from the member clusters (Kubernetes mode)."
+      : spec.id === "answers" ? "No DNS answers reported in this window."
+      : "No traffic reported in this window.";
+    holder.replaceChildren(el("p", { class: "empty" }, why));
+    figure.dataset.state = "empty";
+    return;
+  }
+  figure.dataset.state = "drawn";
+  const { raw, columns } = chartData(spec, clusters, series, times);
+  const order = spec.stacked ? clusters.slice().reverse() : clusters;
+  const data = [times.map((t) => t / 1000), ...columns];
+  const key = order.join(",");
+  let plot = charts.plots[spec.id];
+  if (plot && plot.meridianKey === key) {
+    plot.meridianRaw = raw;
+    plot.setData(data);
+    return;
+  }
+  if (plot) plot.destroy();
+  holder.replaceChildren();
+  const colour = (c) => PALETTE[clusters.indexOf(c) % PALETTE.length];
+  plot = new uPlot({
+    width: Math.max(280, holder.clientWidth || 560),
+    height: 180,
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+    axes: [{}, { size: 64, values: (u, ticks) => ticks.map((v) => spec.fmt(v)) }],
+    series: [{}, ...order.map((c, i) => ({
+      label: c,
+      stroke: colour(c),
+      fill: spec.stacked ? colour(c) + "66" : undefined,
+      width: 1.5,
+      spanGaps: false,
+      value: (u, v, si, idx) => {
+        const x = idx === null || idx === undefined ? null : u.meridianRaw[si - 1][idx];
+        return x === null || x === undefined ? "—" : spec.fmt(x);
+      },
+    }))],
+    hooks: { draw: [drawEvents] },
+  }, data, holder);
+  plot.meridianKey = key;
+  plot.meridianRaw = raw;
+  charts.plots[spec.id] = plot;
+}
+
+// The traffic split now, as text under the chart: each cluster's share of the last step.
+function renderShares(clusters, series) {
+  const holder = $("#chart-traffic .shares");
+  const last = (s) => {
+    for (let i = s.requests_per_second.length - 1; i >= 0; i--) if (s.requests_per_second[i] !== null) return s.requests_per_second[i];
+    return null;
+  };
+  const now = clusters.map((c) => ({ c, v: last(series.find((s) => s.cluster === c) || { requests_per_second: [] }) }));
+  const total = now.reduce((sum, x) => sum + (x.v || 0), 0);
+  holder.replaceChildren(...now.map(({ c, v }) => {
+    const share = total > 0 && v !== null ? v / total : null;
+    return el("span", { class: "pill", "data-cluster": c, "data-share": share === null ? "" : share.toFixed(4) },
+      el("span", { style: `color:${PALETTE[clusters.indexOf(c) % PALETTE.length]}` }, "■ "),
+      `${c}: ${share === null ? "no traffic" : pct(share)}`);
+  }));
+}
+
+function renderEvents(events) {
+  const body = $("#chart-events tbody");
+  const shown = events.filter((e) => !e.app || e.app === charts.app || e.app === "*").slice().reverse();
+  body.replaceChildren(...(shown.length ? shown.map((e) => {
+    const word = e.kind === "verdict" ? (e.healthy ? "healthy" : "unhealthy") : e.kind === "member" ? (e.healthy ? "member reachable" : "member unreachable") : "operator";
+    const cls = e.kind === "operator" ? "pill" : "pill " + (e.healthy ? "ok" : "bad");
+    return el("tr", { "data-kind": e.kind, "data-cluster": e.cluster || "", "data-healthy": e.healthy === null || e.healthy === undefined ? "" : String(e.healthy) },
+      el("td", {}, fmtTime(e.at_ms)), el("td", {}, el("span", { class: cls }, word)), el("td", {}, e.cluster || "—"), el("td", {}, e.text));
+  }) : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, "No verdict changes, drains or operator changes in this window."))]));
+}
+
+async function refreshCharts() {
+  let tl;
+  try {
+    tl = await api(`/api/v1/timeline?window_ms=${charts.windowMs}`);
+  } catch (err) {
+    $("#chart-step").textContent = `charts unavailable: ${err.message}`;
+    return;
+  }
+  charts.timeline = tl;
+  const apps = [...new Set(tl.series.map((s) => s.app))].sort();
+  const select = $("#chart-app");
+  if (!charts.app || !apps.includes(charts.app)) charts.app = apps[0] || "";
+  if ([...select.options].map((o) => o.value).join() !== apps.join()) {
+    select.replaceChildren(...apps.map((a) => el("option", { value: a }, a)));
+  }
+  select.value = charts.app;
+  $("#chart-step").textContent = `one point per ${tl.step_ms / 1000} s, up to ${new Date(tl.times_ms[tl.times_ms.length - 1]).toLocaleTimeString()}`;
+  const series = tl.series.filter((s) => s.app === charts.app);
+  const clusters = series.map((s) => s.cluster).sort();
+  for (const spec of CHARTS) renderChart(spec, clusters, series, tl.times_ms);
+  renderShares(clusters, series);
+  renderEvents(tl.events);
+  window.meridianCharts = { app: charts.app, timeline: tl, plots: charts.plots };
+}
+
 async function refresh() {
   let status;
   try {
@@ -249,6 +412,7 @@ async function refresh() {
   renderApps(status);
   try { renderMembers(await api("/api/v1/inventory")); } catch (_) { renderMembers([]); }
   try { renderHistory(await api("/api/v1/history?limit=20")); } catch (err) { banner(`History: ${err.message}`); }
+  await refreshCharts();
   if (status.table_version !== state.version) {
     state.version = status.table_version;
     await renderRegions(status);
@@ -272,6 +436,25 @@ $("#explain-form").addEventListener("submit", async (event) => {
       `${t.chosen ? "→" : " "} ${t.cluster} (${t.region}) tier ${t.tier} weight ${t.weight} effective ${t.effective_weight} ${t.health.state}${t.candidate ? "" : " — not a candidate"}`).join("\n");
   } catch (err) {
     $("#explain-result").textContent = err.message;
+  }
+});
+$("#chart-app").addEventListener("change", (event) => {
+  charts.app = event.target.value;
+  for (const plot of Object.values(charts.plots)) plot.destroy();
+  charts.plots = {};
+  refreshCharts();
+});
+for (const button of document.querySelectorAll("#chart-controls button[data-window]")) {
+  button.addEventListener("click", () => {
+    charts.windowMs = Number(button.dataset.window);
+    for (const b of document.querySelectorAll("#chart-controls button[data-window]")) b.setAttribute("aria-pressed", String(b === button));
+    refreshCharts();
+  });
+}
+window.addEventListener("resize", () => {
+  for (const plot of Object.values(charts.plots)) {
+    const width = plot.root.parentElement.clientWidth;
+    if (width > 0) plot.setSize({ width: Math.max(280, width), height: 180 });
   }
 });
 refresh();

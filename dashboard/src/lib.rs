@@ -2,9 +2,11 @@
 //!
 //! The page is static HTML, CSS and a small hand-written script (no build step, no Node): the
 //! script reads the controller's own API (`/api/v1/status`, `/history`, `/explain`, `/table`,
-//! and `/api/v1/demo/…` when the demo runs) every second and renders clusters, per-vantage
-//! health, weights, traffic, per-region answers and history; its buttons call the same API an
-//! operator's CLI does, with the bearer token the user gives it.
+//! `/timeline`, and `/api/v1/demo/…` when the demo runs) every second and renders clusters,
+//! per-vantage health, weights, traffic, charts over time, per-region answers and history; its
+//! buttons call the same API an operator's CLI does, with the bearer token the user gives it.
+//! The charts are drawn by uPlot (MIT), vendored as its released minified file under
+//! `assets/vendor/` with its licence: small (50 KB), no dependencies, fast on canvas.
 //!
 //! What it must not do: hold state or decide anything. Every number on the page comes from the
 //! API; every action goes through it, with its roles and audit log.
@@ -17,8 +19,10 @@ use axum::routing::get;
 const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
+const UPLOT_SCRIPT: &str = include_str!("../assets/vendor/uPlot.iife.min.js");
+const UPLOT_STYLE: &str = include_str!("../assets/vendor/uPlot.min.css");
 
-/// The dashboard's routes: `/`, `/dashboard.js`, `/dashboard.css`.
+/// The dashboard's routes: `/`, `/dashboard.js`, `/dashboard.css`, and uPlot under `/vendor/`.
 pub fn router() -> Router {
     Router::new()
         .route(
@@ -32,6 +36,14 @@ pub fn router() -> Router {
         .route(
             "/dashboard.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route(
+            "/vendor/uPlot.iife.min.js",
+            get(|| async { asset("text/javascript; charset=utf-8", UPLOT_SCRIPT) }),
+        )
+        .route(
+            "/vendor/uPlot.min.css",
+            get(|| async { asset("text/css; charset=utf-8", UPLOT_STYLE) }),
         )
 }
 
@@ -59,6 +71,8 @@ mod tests {
             ("/", "text/html", "<script src=\"/dashboard.js\""),
             ("/dashboard.js", "text/javascript", "/api/v1/status"),
             ("/dashboard.css", "text/css", "body"),
+            ("/vendor/uPlot.iife.min.js", "text/javascript", "uPlot"),
+            ("/vendor/uPlot.min.css", "text/css", ".uplot"),
         ] {
             let response = router()
                 .oneshot(

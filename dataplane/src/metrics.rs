@@ -6,10 +6,9 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-/// Upstream latency buckets, seconds: from a loopback hop to a slow cross-cloud one.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+/// Upstream latency buckets, seconds: shared with the traffic reports, from which the
+/// controller estimates percentiles.
+use meridian_subscriber::report::LATENCY_BUCKETS;
 
 pub(crate) struct Metrics {
     pub(crate) registry: Registry,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use meridian_subscriber::report::TrafficSample;
+use meridian_subscriber::report::{LATENCY_BUCKETS, TrafficSample};
 use prometheus::Registry;
 use prometheus::proto::MetricFamily;
 
@@ -41,6 +41,7 @@ pub(crate) fn samples(registry: &Registry) -> Vec<TrafficSample> {
                     errors: 0,
                     latency_seconds_sum: 0.0,
                     latency_count: 0,
+                    latency_buckets: vec![0; LATENCY_BUCKETS.len()],
                 });
             match family.name() {
                 "meridian_proxy_requests_total" => {
@@ -59,6 +60,12 @@ pub(crate) fn samples(registry: &Registry) -> Vec<TrafficSample> {
                     let histogram = metric.get_histogram();
                     entry.latency_seconds_sum += histogram.get_sample_sum();
                     entry.latency_count += histogram.get_sample_count();
+                    // Buckets in the order of LATENCY_BUCKETS (the metric is built with them).
+                    for (sum, bucket) in
+                        entry.latency_buckets.iter_mut().zip(histogram.get_bucket())
+                    {
+                        *sum += bucket.cumulative_count();
+                    }
                 }
                 _ => {}
             }

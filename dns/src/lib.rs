@@ -256,6 +256,13 @@ impl RunningDns {
         &self.handler.metrics
     }
 
+    /// The answers given per target so far, for the vantage reports (the controller charts
+    /// the rates). Reads the counters only, never blocks the query path.
+    pub fn answer_source(&self) -> meridian_subscriber::report::AnswerSource {
+        let metrics = self.handler.metrics.clone();
+        Arc::new(move || metrics.answer_samples())
+    }
+
     /// The Prometheus text of the server's metrics.
     pub fn render_metrics(&self) -> String {
         admin::render(&self.handler, &self.cell)

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use meridian_routing::RoutingTable;
+use meridian_subscriber::report::AnswerSample;
 
 use crate::wire::rtype;
 
@@ -116,6 +117,23 @@ impl Metrics {
         answers
             .get(&(app.into(), cluster.into()))
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Every live target's answer count (the targets of the tables being served), for the
+    /// vantage reports; targets that have given no answer yet are left out.
+    pub fn answer_samples(&self) -> Vec<AnswerSample> {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut samples: Vec<AnswerSample> = answers
+            .iter()
+            .map(|((app, cluster), counter)| AnswerSample {
+                app: app.to_string(),
+                cluster: cluster.to_string(),
+                answers: counter.load(Ordering::Relaxed),
+            })
+            .filter(|s| s.answers > 0)
+            .collect();
+        samples.sort_by(|a, b| (&a.app, &a.cluster).cmp(&(&b.app, &b.cluster)));
+        samples
     }
 
     /// Queries answered with `qtype` and `rcode` (names as in the metric labels).

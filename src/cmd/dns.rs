@@ -48,47 +48,53 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut tasks = Vec::new();
-        match args.follow.controller {
-            Some(controller) => {
-                let token = super::read_token(args.follow.token_file.as_deref())?;
-                let subscriber = format!("dns@{}", loaded.config.dns.listen);
-                let name = args
-                    .follow
-                    .vantage
-                    .clone()
-                    .unwrap_or_else(|| subscriber.clone());
-                let region = args.follow.region.clone();
-                let watch = meridian_subscriber::watch::WatchConfig {
-                    controller: controller.clone(),
-                    token: token.clone(),
-                    state_dir: args.follow.state_dir.clone(),
-                    subscriber,
-                };
-                let follow_cell = cell.clone();
-                tasks.push(tokio::spawn(async move {
-                    if let Err(err) = meridian_subscriber::watch::follow(watch, follow_cell).await {
-                        tracing::error!(error = %err, "dns: following the controller failed");
-                    }
-                }));
-                // The DNS server is a vantage too: it runs the probes the controller assigns.
-                tasks.push(tokio::spawn(async move {
-                    let result = meridian_subscriber::report::probe_and_report(
-                        &controller,
-                        token,
-                        name,
-                        region,
-                    )
-                    .await;
-                    if let Err(err) = result {
-                        tracing::error!(error = %err, "dns: probing as a vantage failed");
-                    }
-                }));
-            }
-            None => {
-                cell.store(Arc::new(super::static_table(&loaded)?));
-            }
+        // Without a controller the config's table is served from the first query; with one,
+        // serving starts at once and the table arrives through the cell. The answers given
+        // are counted into the vantage reports.
+        if args.follow.controller.is_none() {
+            cell.store(Arc::new(super::static_table(&loaded)?));
         }
-        let server = DnsServer::start(&loaded, cell)?;
+        let server = DnsServer::start(&loaded, cell.clone())?;
+        if let Some(controller) = args.follow.controller {
+            let token = super::read_token(args.follow.token_file.as_deref())?;
+            let subscriber = format!("dns@{}", loaded.config.dns.listen);
+            let name = args
+                .follow
+                .vantage
+                .clone()
+                .unwrap_or_else(|| subscriber.clone());
+            let region = args.follow.region.clone();
+            let watch = meridian_subscriber::watch::WatchConfig {
+                controller: controller.clone(),
+                token: token.clone(),
+                state_dir: args.follow.state_dir.clone(),
+                subscriber,
+            };
+            let follow_cell = cell.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(err) = meridian_subscriber::watch::follow(watch, follow_cell).await {
+                    tracing::error!(error = %err, "dns: following the controller failed");
+                }
+            }));
+            // The DNS server is a vantage too: it runs the probes the controller assigns.
+            let answers = server.answer_source();
+            tasks.push(tokio::spawn(async move {
+                let result = meridian_subscriber::report::probe_and_report_counters(
+                    &controller,
+                    token,
+                    name,
+                    region,
+                    meridian_subscriber::report::Counters {
+                        traffic: None,
+                        answers: Some(answers),
+                    },
+                )
+                .await;
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "dns: probing as a vantage failed");
+                }
+            }));
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {

@@ -113,12 +113,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     tokio::spawn(async move {
                         let name = vantage.name.clone();
                         // The traffic it sends each target is reported with the probes.
-                        if let Err(err) = meridian_subscriber::report::probe_and_report_traffic(
+                        if let Err(err) = meridian_subscriber::report::probe_and_report_counters(
                             &vantage.controller,
                             vantage.token,
                             vantage.name,
                             vantage.region,
-                            Some(traffic),
+                            meridian_subscriber::report::Counters {
+                                traffic: Some(traffic),
+                                answers: None,
+                            },
                         )
                         .await
                         {

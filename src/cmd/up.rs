@@ -13,7 +13,7 @@ use meridian_controller::{Controller, ControllerOptions};
 use meridian_dataplane::Proxy;
 use meridian_dns::DnsServer;
 use meridian_subscriber::TableCell;
-use meridian_subscriber::report::{TrafficSource, probe_and_report_traffic};
+use meridian_subscriber::report::{Counters, probe_and_report_counters};
 use meridian_subscriber::watch::{WatchConfig, follow};
 
 /// Arguments of `meridian up`.
@@ -142,11 +142,11 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
         });
         cell
     };
-    let vantage = |name: &str, traffic: Option<TrafficSource>| {
+    let vantage = |name: &str, counters: Counters| {
         let (url, token, vantage) = (controller.url(), args.token.clone(), name.to_string());
         tokio::spawn(async move {
             if let Err(err) =
-                probe_and_report_traffic(&url, token, vantage.clone(), None, traffic).await
+                probe_and_report_counters(&url, token, vantage.clone(), None, counters).await
             {
                 tracing::error!(%vantage, error = %err, "stopped probing as a vantage");
             }
@@ -169,8 +169,20 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
         .await
         .context("starting the proxy")?;
     let dns = DnsServer::start(&loaded, dns_cell).context("starting the DNS server")?;
-    vantage("proxy", Some(proxy.traffic_source()));
-    vantage("dns", None);
+    vantage(
+        "proxy",
+        Counters {
+            traffic: Some(proxy.traffic_source()),
+            answers: None,
+        },
+    );
+    vantage(
+        "dns",
+        Counters {
+            traffic: None,
+            answers: Some(dns.answer_source()),
+        },
+    );
     print_welcome(
         &loaded,
         controller.addr(),

@@ -28,7 +28,17 @@ pub struct VantageReport {
     /// The traffic this vantage sent to each target (proxies report it; others send none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub traffic: Vec<TrafficSample>,
+    /// The addresses this vantage gave out for each target (DNS servers report them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<AnswerSample>,
 }
+
+/// Upper bounds of the upstream latency histogram, seconds: from a loopback hop to a slow
+/// cross-cloud one. The proxy's metric and its reports use these, so the controller can
+/// estimate percentiles from the reported counts.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Requests a subscriber sent to one target since it started. The counters only grow, so a
 /// lost report loses nothing: the controller turns the difference between two reports into
@@ -48,10 +58,39 @@ pub struct TrafficSample {
     pub latency_seconds_sum: f64,
     /// Number of latencies in the sum.
     pub latency_count: u64,
+    /// Cumulative latency counts per bound of [`LATENCY_BUCKETS`] (latencies at most that
+    /// long), so percentiles can be estimated; empty when the sender keeps no histogram.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_buckets: Vec<u64>,
+}
+
+/// Addresses a DNS server gave for one target since it started; like the traffic counters,
+/// it only grows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerSample {
+    /// The app.
+    pub app: String,
+    /// The target's cluster.
+    pub cluster: String,
+    /// Answers that carried the target's addresses.
+    pub answers: u64,
 }
 
 /// Where a vantage's traffic counters come from (the proxy's own metrics).
 pub type TrafficSource = Arc<dyn Fn() -> Vec<TrafficSample> + Send + Sync>;
+
+/// Where a vantage's answer counters come from (the DNS server's own metrics).
+pub type AnswerSource = Arc<dyn Fn() -> Vec<AnswerSample> + Send + Sync>;
+
+/// The counters a vantage adds to its reports, read once per report.
+#[derive(Clone, Default)]
+pub struct Counters {
+    /// Requests sent per target (a proxy).
+    pub traffic: Option<TrafficSource>,
+    /// Answers given per target (a DNS server).
+    pub answers: Option<AnswerSource>,
+}
 
 /// The probes the controller assigns to vantages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,16 +131,16 @@ pub async fn probe_and_report(
     vantage: String,
     region: Option<String>,
 ) -> Result<(), Error> {
-    probe_and_report_traffic(controller, token, vantage, region, None).await
+    probe_and_report_counters(controller, token, vantage, region, Counters::default()).await
 }
 
-/// As [`probe_and_report`], and each report also carries the counters `traffic` gives.
-pub async fn probe_and_report_traffic(
+/// As [`probe_and_report`], and each report also carries the counters `counters` gives.
+pub async fn probe_and_report_counters(
     controller: &str,
     token: Option<String>,
     vantage: String,
     region: Option<String>,
-    traffic: Option<TrafficSource>,
+    counters: Counters,
 ) -> Result<(), Error> {
     let client = ControllerClient::new(controller, token)?;
     let tls = TlsConnectors::new(&[]);
@@ -147,8 +186,17 @@ pub async fn probe_and_report_traffic(
                 .values()
                 .cloned()
                 .collect();
-            let traffic = traffic.as_ref().map(|source| source()).unwrap_or_default();
-            if observations.is_empty() && traffic.is_empty() {
+            let traffic = counters
+                .traffic
+                .as_ref()
+                .map(|source| source())
+                .unwrap_or_default();
+            let answers = counters
+                .answers
+                .as_ref()
+                .map(|source| source())
+                .unwrap_or_default();
+            if observations.is_empty() && traffic.is_empty() && answers.is_empty() {
                 continue;
             }
             let report = VantageReport {
@@ -156,6 +204,7 @@ pub async fn probe_and_report_traffic(
                 region: region.clone(),
                 observations,
                 traffic,
+                answers,
             };
             match send_report(&client, &report).await {
                 Ok(()) => {}

@@ -1,12 +1,14 @@
 // Drives the dashboard of a real `meridian up --demo` in headless Chromium: the page lists the
 // demo clusters and the live traffic the proxy reports, a click on Drain changes the weights
-// shown and the traffic through the proxy, and a screenshot is kept in tests/artifacts/.
+// shown and the traffic through the proxy; a failover (the demo's Kill, then Recover) shows on
+// the charts over time with its verdicts. Screenshots are kept in tests/artifacts/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { request } from "node:http";
+import { Resolver } from "node:dns/promises";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -69,7 +71,9 @@ async function traffic(proxy, n) {
   return counts;
 }
 
-test("dashboard lists the demo clusters and a drain click moves weights and traffic", async (t) => {
+// Starts `meridian up --demo` on free ports and waits until every target is probed healthy
+// and the proxy serves.
+async function startDemo(t) {
   const [controller, proxy, dns, admin] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
   const dataDir = mkdtempSync(join(tmpdir(), "meridian-browser-"));
   const meridian = spawn(binary, ["up", "--demo",
@@ -79,7 +83,12 @@ test("dashboard lists the demo clusters and a drain click moves weights and traf
   let logs = "";
   meridian.stdout.on("data", (d) => (logs += d));
   meridian.stderr.on("data", (d) => (logs += d));
-  t.after(() => meridian.kill("SIGTERM"));
+  // Wait for the exit: the demo's stand-ins listen on fixed ports the next test needs.
+  t.after(() => new Promise((resolve) => {
+    if (meridian.exitCode !== null || meridian.signalCode !== null) return resolve();
+    meridian.once("exit", resolve);
+    meridian.kill("SIGTERM");
+  }));
 
   const base = `http://127.0.0.1:${controller}`;
   await until("the controller", async () => (await fetch(`${base}/readyz`)).ok).catch((err) => {
@@ -93,20 +102,29 @@ test("dashboard lists the demo clusters and a drain click moves weights and traf
     return status.apps.every((a) => a.targets.every((t) => t.verdict.known && t.health === "healthy"));
   });
   await sleep(300);
+  return { base, proxy, dns, logs: () => logs };
+}
 
-  const before = await traffic(proxy, 100);
-  assert.ok(before["aws-eu-west-1"] > 10, `aws-eu-west-1 serves before the drain: ${JSON.stringify(before)}`);
-
+async function openPage(t, base, viewport = { width: 1400, height: 1200 }) {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
   t.after(() => browser.close());
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1200 } });
+  const page = await browser.newPage({ viewport });
   const pageErrors = [];
   page.on("pageerror", (err) => pageErrors.push(err.message));
   await page.goto(`${base}/`);
+  return { page, pageErrors };
+}
+
+test("dashboard lists the demo clusters and a drain click moves weights and traffic", async (t) => {
+  const { base, proxy } = await startDemo(t);
+  const before = await traffic(proxy, 100);
+  assert.ok(before["aws-eu-west-1"] > 10, `aws-eu-west-1 serves before the drain: ${JSON.stringify(before)}`);
+
+  const { page, pageErrors } = await openPage(t, base);
 
   for (const cluster of ["aws-eu-west-1", "gcp-europe-west3", "aws-us-east-1"]) {
     await page.locator(`#clusters tr[data-cluster="${cluster}"]`).waitFor({ timeout: 10000 });
@@ -147,5 +165,99 @@ test("dashboard lists the demo clusters and a drain click moves weights and traf
   assert.equal(Number(await rps("aws-eu-west-1")), 0, "the drained cluster gets no traffic on the page either");
   mkdirSync(artifacts, { recursive: true });
   await page.screenshot({ path: join(artifacts, "dashboard.png"), fullPage: true });
+  assert.deepEqual(pageErrors, [], "the page raised no script errors");
+});
+
+test("a failover shows on the charts: the failed cluster's share drops to 0 and returns, with its verdicts", async (t) => {
+  const { base, proxy, dns } = await startDemo(t);
+  const { page, pageErrors } = await openPage(t, base);
+  const failed = "aws-eu-west-1";
+  // A DNS client asking the demo's DNS server now and then: the answers chart.
+  const resolver = new Resolver({ timeout: 1000, tries: 1 });
+  resolver.setServers([`127.0.0.1:${dns}`]);
+
+  // Steady traffic through the proxy for the whole test; every failure is counted.
+  let flowing = true;
+  const outcome = { ok: 0, failed: 0, last: "" };
+  const flow = (async () => {
+    for (let i = 0; flowing; i++) {
+      if (i % 5 === 0) await resolver.resolve4("shop.demo.test").catch(() => {});
+      try {
+        const r = await get(proxy);
+        if (r.status === 200) outcome.ok++;
+        else { outcome.failed++; outcome.last = `HTTP ${r.status}`; }
+      } catch (err) {
+        outcome.failed++;
+        outcome.last = err.message;
+      }
+      await sleep(15);
+    }
+  })();
+  t.after(async () => { flowing = false; await flow; });
+
+  const share = async (cluster) => {
+    const v = await page.locator(`#chart-traffic .shares [data-cluster="${cluster}"]`).getAttribute("data-share", { timeout: 1000 });
+    return v === "" || v === null ? null : Number(v);
+  };
+  const verdictRow = (cluster, healthy) =>
+    page.locator(`#chart-events tr[data-kind="verdict"][data-cluster="${cluster}"][data-healthy="${healthy}"]`);
+
+  await until("every cluster's share on the traffic chart", async () => {
+    for (const c of ["aws-eu-west-1", "gcp-europe-west3", "aws-us-east-1"]) if (!((await share(c)) > 0)) return false;
+    return true;
+  }, 30000);
+  assert.equal(await page.locator("#chart-traffic").getAttribute("data-state"), "drawn");
+  await until("the DNS answers chart", async () => (await page.locator("#chart-answers").getAttribute("data-state")) === "drawn", 20000);
+  assert.equal(await page.locator("#chart-traffic canvas").count(), 1, "the traffic chart is drawn on a canvas");
+  mkdirSync(artifacts, { recursive: true });
+  await page.screenshot({ path: join(artifacts, "charts-normal.png"), fullPage: true });
+
+  // The demo's Kill: the cluster's stand-in stops answering (as a dead cloud region).
+  const failedAt = Date.now();
+  await page.locator(`#clusters tr[data-cluster="${failed}"] button[data-demo="down"]`).click();
+  await until("the failed cluster's share to reach 0 on the chart", async () => (await share(failed)) === 0, 30000);
+  await verdictRow(failed, false).first().waitFor({ timeout: 10000 });
+  await page.screenshot({ path: join(artifacts, "charts-failover.png"), fullPage: true });
+
+  await page.locator(`#clusters tr[data-cluster="${failed}"] button[data-demo="up"]`).click();
+  await verdictRow(failed, true).first().waitFor({ timeout: 30000 });
+  await until("the recovered cluster's share to come back on the chart", async () => (await share(failed)) > 0, 40000);
+  await page.screenshot({ path: join(artifacts, "charts-recovered.png"), fullPage: true });
+
+  // The chart's own data tells the same story: the failed cluster carried traffic, then none
+  // (while the others did), then some again; the verdicts are drawn in the same window.
+  const story = await page.evaluate((cluster) => {
+    const tl = window.meridianCharts.timeline;
+    const mine = tl.series.find((s) => s.app === "shop" && s.cluster === cluster).requests_per_second;
+    const others = tl.series.filter((s) => s.app === "shop" && s.cluster !== cluster);
+    const share = mine.map((v, i) => {
+      const total = (v || 0) + others.reduce((sum, s) => sum + (s.requests_per_second[i] || 0), 0);
+      return v === null || total === 0 ? null : v / total;
+    });
+    const before = share.findIndex((x) => x > 0.05);
+    const zero = share.findIndex((x, i) => i > before && x === 0);
+    const after = share.findIndex((x, i) => i > zero && x > 0);
+    const drawn = window.meridianCharts.plots.traffic.data[0].length;
+    const verdicts = tl.events.filter((e) => e.kind === "verdict" && e.app === "shop" && e.cluster === cluster).map((e) => e.healthy);
+    return { before, zero, after, drawn, points: tl.times_ms.length, verdicts };
+  }, failed);
+  assert.ok(story.before >= 0 && story.zero > story.before && story.after > story.zero,
+    `share before, at 0 and after on the chart: ${JSON.stringify(story)}`);
+  assert.equal(story.drawn, story.points, "the chart draws every point of the window");
+  assert.deepEqual(story.verdicts.slice(-2), [false, true], `verdicts in the window: ${JSON.stringify(story.verdicts)}`);
+
+  flowing = false;
+  await flow;
+  assert.equal(outcome.failed, 0, `no request failed through the failover (${outcome.ok} ok; last failure: ${outcome.last})`);
+  assert.ok(Date.now() - failedAt < 120000);
+
+  // Readable everywhere: no epoch number on the page, and the page fits a phone's width.
+  const text = await page.locator("body").innerText();
+  assert.doesNotMatch(text, /\b1[6-9]\d{11}\b/, "no epoch milliseconds on the page");
+  await page.setViewportSize({ width: 390, height: 844 });
+  await sleep(1200);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the page fits 390 px (overflows by ${overflow} px)`);
+  await page.screenshot({ path: join(artifacts, "charts-phone.png"), fullPage: true });
   assert.deepEqual(pageErrors, [], "the page raised no script errors");
 });

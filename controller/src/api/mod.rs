@@ -83,7 +83,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Meridian controller API", description = "Routing tables, health, weights, drains, explanations and history."),
-    paths(read::status, read::app_status, read::table, operate::set_weight, operate::reset_weight, operate::drain_cluster, operate::undrain_cluster, operate::drain_target, operate::undrain_target, read::explain, read::history, read::audit, subscribe::watch, subscribe::probes, subscribe::reports, read::overrides, read::leader, read::inventory, read::capacity, read::plan),
+    paths(read::status, read::app_status, read::table, operate::set_weight, operate::reset_weight, operate::drain_cluster, operate::undrain_cluster, operate::drain_target, operate::undrain_target, read::explain, read::history, read::timeline, read::audit, subscribe::watch, subscribe::probes, subscribe::reports, read::overrides, read::leader, read::inventory, read::capacity, read::plan),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -128,6 +128,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/explain", get(read::explain))
         .route("/api/v1/history", get(read::history))
+        .route("/api/v1/timeline", get(read::timeline))
         .route("/api/v1/audit", get(read::audit))
         .route("/api/v1/watch", get(subscribe::watch))
         .route("/api/v1/probes", get(subscribe::probes))

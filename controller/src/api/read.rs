@@ -12,7 +12,7 @@ use meridian_capacity::{CapacityError, Scenario};
 use meridian_routing::{Client, Pick, wire};
 
 use super::auth::{READERS, WATCHERS, authorize};
-use super::error::{ApiError, ApiResult, limit};
+use super::error::{ApiError, ApiResult, limit, parse_query_u64};
 use super::views::{AppView, StatusView, current_table, status_view};
 use crate::plan::{observed, parse_scenario, plan_input};
 use crate::store::{AuditEntry, HistoryEntry};
@@ -132,6 +132,35 @@ pub(crate) async fn history(
         .history(limit)
         .map(axum::Json)
         .map_err(ApiError::internal)
+}
+
+/// The charts over time: per target, requests/s, error ratio, upstream p99, DNS answers/s and
+/// replicas ready over the last `window_ms` (at most 6 h; 15 min at 2 s steps, 1 h at 15 s,
+/// 6 h at 60 s), with the verdict changes, member events and operator changes in it.
+#[utoipa::path(get, path = "/api/v1/timeline", tag = "read",
+    params(("window_ms" = Option<u64>, Query, description = "How far back, ms (default 900000: 15 min; 60000 to 21600000)")),
+    responses((status = 200, body = crate::timeline::TimelineView), (status = 400, body = ApiError)),
+    security(("bearer" = [])))]
+pub(crate) async fn timeline(
+    State(shared): Ctx,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<axum::Json<crate::timeline::TimelineView>> {
+    authorize(&shared, &headers, READERS)?;
+    const WINDOWS_MS: std::ops::RangeInclusive<u64> = 60_000..=21_600_000;
+    let window_ms = parse_query_u64(&q, "window_ms")?.unwrap_or(900_000);
+    if !WINDOWS_MS.contains(&window_ms) {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "window_ms",
+            format!(
+                "{window_ms} is outside {}..={} (1 min to 6 h)",
+                WINDOWS_MS.start(),
+                WINDOWS_MS.end()
+            ),
+        ));
+    }
+    Ok(axum::Json(shared.timeline_window(window_ms, now_ms())?))
 }
 
 /// The audit log: every change, who made it and when, newest first.

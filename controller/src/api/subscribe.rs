@@ -154,10 +154,13 @@ pub(crate) async fn reports(
         .iter()
         .filter(|obs| shared.observe(&report.vantage, report.region.as_deref(), obs))
         .count();
-    if !checked.traffic.is_empty() {
+    if !checked.traffic.is_empty() || !checked.answers.is_empty() {
         let mut st = shared.state();
         for sample in &checked.traffic {
             st.traffic.record(&report.vantage, sample, now);
+        }
+        for sample in &checked.answers {
+            st.traffic.record_answers(&report.vantage, sample, now);
         }
     }
     shared.wake();
