@@ -195,3 +195,124 @@ async fn ejection_is_capped_by_share_and_never_fails_a_request() {
         0.0
     );
 }
+
+/// Hedging: a GET that gets no answer from a silent target within the hedge delay is also
+/// sent to another; the first answer wins and the silent attempt is cancelled (its
+/// connection closed). A POST without the marker is never hedged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_answers_for_a_silent_target_and_the_loser_is_cancelled() {
+    let silent = Sink::start().await;
+    let b = Upstream::start("beta").await;
+    let table = table_of(
+        1,
+        &[
+            ("alpha", silent.addr, 1, Health::Healthy),
+            ("beta", b.addr, 1, Health::Healthy),
+        ],
+        FailureMode::FailOpen,
+    );
+    let mut config = test_config();
+    config.retry.hedge_delay = Some(Duration::from_millis(100));
+    // What a POST stuck on the silent target waits.
+    config.upstream_timeout = Duration::from_millis(800);
+    let (proxy, _cell) = start_proxy(config, table).await;
+    let client = client();
+    for _ in 0..12 {
+        let started = std::time::Instant::now();
+        let answer = get(&client, proxy.local_addr(), "shop.test", "/")
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cluster.as_deref(), Some("beta"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered after {:?}",
+            started.elapsed()
+        );
+    }
+    // Every attempt on the silent target was a first attempt hedged to beta, or a hedge
+    // (when beta was slow to answer) that beta's answer beat; each had a connection of its
+    // own, since none came back to the pool.
+    let to_alpha = silent.connections.load(Ordering::SeqCst);
+    assert!(to_alpha > 0, "no GET went to the silent target");
+    assert_eq!(
+        metric(&proxy.metrics_text(), "meridian_proxy_hedges_total", ""),
+        to_alpha as f64,
+    );
+    // The losing attempts were cancelled: their connections are closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while silent.open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} connections to the silent target are still open",
+            silent.open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A POST without the marker is sent once, never hedged: the one that lands on the
+    // silent target waits for the upstream timeout.
+    let before = silent.connections.load(Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let answer = send(
+            &client,
+            proxy.local_addr(),
+            "POST",
+            "shop.test",
+            "/p",
+            &[],
+            "x",
+        )
+        .await
+        .unwrap();
+        statuses.push(answer.status.as_u16());
+    }
+    let to_alpha = silent.connections.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 504).count(),
+        to_alpha,
+        "{statuses:?}"
+    );
+    assert_eq!(b.hits("POST /p"), 6 - to_alpha, "{statuses:?}");
+}
+
+/// A per-try timeout moves a GET stuck on a silent target to another one, and the silent
+/// target's timeouts eject it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_moves_a_get_off_a_silent_target() {
+    let silent = Sink::start().await;
+    let b = Upstream::start("beta").await;
+    let table = table_of(
+        1,
+        &[
+            ("alpha", silent.addr, 1, Health::Healthy),
+            ("beta", b.addr, 1, Health::Healthy),
+        ],
+        FailureMode::FailOpen,
+    );
+    let mut config = test_config();
+    config.retry.per_try_timeout = Some(Duration::from_millis(150));
+    let (proxy, _cell) = start_proxy(config, table).await;
+    let client = client();
+    for _ in 0..12 {
+        let answer = get(&client, proxy.local_addr(), "shop.test", "/")
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cluster.as_deref(), Some("beta"));
+    }
+    let metrics = proxy.metrics_text();
+    assert!(silent.connections.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "meridian_proxy_ejections_total",
+            "target=\"alpha\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "meridian_proxy_retry_budget_exhausted_total", ""),
+        0.0
+    );
+}

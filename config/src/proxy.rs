@@ -52,6 +52,15 @@ fn default_upstream_body_timeout() -> Duration {
 fn default_tunnel_idle_timeout() -> Duration {
     Duration::from_secs(300)
 }
+fn default_upstream_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_upstream_keepalive() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_upstream_user_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 /// The proxy process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,9 +103,30 @@ pub struct ProxyConfig {
     /// Time to open a connection to an upstream ingress endpoint.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Time for one attempt to get the upstream's response head.
+    /// Time for one attempt to get the upstream's response head (see also
+    /// `retry.per_try_timeout`, which cuts an attempt shorter when the request may go again).
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// A kept-alive upstream connection unused for this long is closed instead of reused:
+    /// the older an idle connection, the likelier its upstream has closed it or gone away
+    /// unseen. Cost: an endpoint that sees a request less often than this pays a new TCP
+    /// connection (one round trip) for it.
+    #[serde(default = "default_upstream_idle_timeout", with = "humantime_serde")]
+    pub upstream_idle_timeout: Duration,
+    /// TCP keepalive on upstream connections: a connection silent for this long is probed,
+    /// and closed when three probes (a third of this apart) go unanswered, so a pooled
+    /// connection to a host that vanished is noticed before a request is put on it. `0s`
+    /// turns it off. Cost: one small packet each way per probe on an idle connection.
+    #[serde(default = "default_upstream_keepalive", with = "humantime_serde")]
+    pub upstream_keepalive: Duration,
+    /// TCP_USER_TIMEOUT on upstream connections (Linux): a connection whose sent bytes stay
+    /// unacknowledged this long is closed, so a request written into a silently dropping
+    /// network fails (and, when it may, goes to another target) instead of waiting for
+    /// `upstream_timeout`. `0s` leaves the kernel's default (about 15 minutes). Cost: a
+    /// network stall longer than this cuts the connections through it, answers in progress
+    /// included.
+    #[serde(default = "default_upstream_user_timeout", with = "humantime_serde")]
+    pub upstream_user_timeout: Duration,
     /// A client connection with no request in flight and no byte moving for this long is
     /// closed gracefully (HTTP/2 with GOAWAY); one still stuck a period later (a client
     /// that stopped reading its response) is closed at once. Each open connection holds
@@ -203,6 +233,9 @@ impl Default for ProxyConfig {
             body_timeout: default_body_timeout(),
             connect_timeout: default_connect_timeout(),
             upstream_timeout: default_upstream_timeout(),
+            upstream_idle_timeout: default_upstream_idle_timeout(),
+            upstream_keepalive: default_upstream_keepalive(),
+            upstream_user_timeout: default_upstream_user_timeout(),
             shutdown_grace: default_shutdown_grace(),
             idle_timeout: default_idle_timeout(),
             upstream_body_timeout: default_upstream_body_timeout(),
@@ -226,14 +259,41 @@ fn default_max_attempts() -> u32 {
 fn default_budget_ratio() -> f64 {
     0.2
 }
-fn default_budget_min_concurrent() -> u32 {
-    3
+fn default_budget_burst() -> u32 {
+    100
+}
+fn default_budget_min_per_second() -> u32 {
+    10
 }
 fn default_retry_header() -> String {
     "x-meridian-retryable".to_string()
 }
 
 /// When a request is tried again on another target.
+///
+/// A request that may go again (idempotent, or carrying the retry marker, with a body that
+/// fits the replay buffer) moves to another target when an attempt fails; one that may not
+/// is tried again only when nothing of it was sent (the connection could not be opened).
+///
+/// Retries come in two kinds. Those that add no load to a struggling upstream are free:
+/// the failed attempt sent nothing (connect failure), or its target is ejected (its
+/// traffic moves to the other targets anyway). All others (a retry status, a timeout, a
+/// connection broken after the request was written, on a target still in service) and
+/// every hedge spend a token from the retry budget, a bucket that each request fills by
+/// `budget_ratio` tokens and that refills by `budget_min_per_second` tokens a second
+/// whatever the traffic, up to `budget_burst` tokens; it starts full. So a burst of failures
+/// in flight on one dying target is absorbed, while the load the proxy adds when every
+/// target fails stays bounded:
+///
+/// - **per request**: at most `max_attempts` attempts (hedges included), always;
+/// - **over any span of T seconds**: budgeted retries and hedges at most
+///   `budget_burst + budget_ratio × requests + budget_min_per_second × T`; free retries add
+///   no attempt that reached an upstream for a failed connect, and at most one per request
+///   in flight on a target at the moment it is ejected (at most `outlier.max_ejected_share`
+///   of the targets are ejected at once).
+///
+/// With the defaults, when every cluster answers 503 the upstreams see at most 3 attempts
+/// per request, and after the first 100 retries about 1.2 attempts per request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -241,15 +301,50 @@ pub struct RetryConfig {
     /// always do).
     #[serde(default = "default_retry_statuses")]
     pub on_status: Vec<StatusCode>,
-    /// Attempts per request, the first included.
+    /// Attempts per request, the first and any hedge included: the hard bound on how much
+    /// load one request can put on the upstreams.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// Retries in flight may be at most this share of the requests in flight…
+    /// Tokens each request adds to the retry budget, 0.0 to 1.0: the share of extra
+    /// attempts budgeted retries may add over time (0.2: at most 20 % more).
     #[serde(default = "default_budget_ratio")]
     pub budget_ratio: f64,
-    /// …but this many concurrent retries are always allowed.
-    #[serde(default = "default_budget_min_concurrent")]
-    pub budget_min_concurrent: u32,
+    /// Tokens the retry budget holds at most: how many budgeted retries a burst of
+    /// failures may spend at once. Cost: when every target fails at once, up to this many
+    /// extra attempts reach them before the ratio holds.
+    #[serde(default = "default_budget_burst")]
+    pub budget_burst: u32,
+    /// Tokens added to the retry budget each second whatever the traffic, so a quiet proxy
+    /// can still retry. Cost: up to this many extra attempts a second when every target
+    /// fails.
+    #[serde(default = "default_budget_min_per_second")]
+    pub budget_min_per_second: u32,
+    /// For a request that may go again, an attempt with no response head after this long is
+    /// given up (its connection closed) and the request moves to another target; the last
+    /// attempt still waits `upstream_timeout`. This is what keeps a request written to a
+    /// silent upstream (one that accepts and never answers, or a network that drops
+    /// packets) from failing or waiting for `upstream_timeout`. Set it above the slowest
+    /// normal time to a response head (its p99.9). Cost: a slower answer is cut and asked
+    /// of another target (more load, a budgeted retry), and its target's failure streak
+    /// grows toward ejection. Off when absent.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    /// Hedging: a request that may go again (and whose body is buffered) with no response
+    /// head after this long is also sent to another target; the first answer wins and the
+    /// other attempt is cancelled (its connection closed). Cuts the tail latency a slow or
+    /// silent target causes to about this delay. Cost: every request slower than this is
+    /// sent twice (each hedge is an attempt and spends a budget token), so set it near the
+    /// p95–p99 time to a response head. Off when absent.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hedge_delay: Option<Duration>,
     /// A request header (value `true` or `1`) that marks a non-idempotent request, such as
     /// a POST, as safe to replay. The proxy removes it before forwarding.
     #[serde(default = "default_retry_header")]
@@ -262,7 +357,10 @@ impl Default for RetryConfig {
             on_status: default_retry_statuses(),
             max_attempts: default_max_attempts(),
             budget_ratio: default_budget_ratio(),
-            budget_min_concurrent: default_budget_min_concurrent(),
+            budget_burst: default_budget_burst(),
+            budget_min_per_second: default_budget_min_per_second(),
+            per_try_timeout: None,
+            hedge_delay: None,
             retryable_header: default_retry_header(),
         }
     }
@@ -385,6 +483,15 @@ impl ProxyConfig {
             ("proxy.idle_timeout", self.idle_timeout),
             ("proxy.upstream_body_timeout", self.upstream_body_timeout),
             ("proxy.tunnel_idle_timeout", self.tunnel_idle_timeout),
+            ("proxy.upstream_idle_timeout", self.upstream_idle_timeout),
+            (
+                "proxy.retry.per_try_timeout",
+                self.retry.per_try_timeout.unwrap_or(Duration::MAX),
+            ),
+            (
+                "proxy.retry.hedge_delay",
+                self.retry.hedge_delay.unwrap_or(Duration::MAX),
+            ),
         ] {
             if timeout.is_zero() {
                 add(path, "must be longer than zero".to_string());

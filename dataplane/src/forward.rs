@@ -1,9 +1,10 @@
 //! The request path: refuse bad framing, route by host, pick a target, forward, and fail
-//! over to another target when an attempt fails and the request may be replayed.
+//! over to another target when an attempt fails and the request may be replayed (under the
+//! retry budget, see `retry`), or hedge a slow replayable one on a second target.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,8 @@ use crate::framing::FramingWatch;
 use crate::headers::{self, Refusal};
 use crate::idle::{self, Activity, Tracked};
 use crate::metrics::{Metrics, class_index};
-use crate::pool::{Endpoint, Pooled, SendError};
+use crate::pool::{ConnOptions, Endpoint, Pooled, SendError};
+use crate::retry::{self, RetryBudget};
 use crate::state::{AppRuntime, Registry, TableRuntime};
 use crate::upload::{ClientFault, Upload, UploadState};
 
@@ -48,8 +50,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) access_log: Option<AccessLog>,
     spread: AtomicU64,
-    active: AtomicUsize,
-    retrying: AtomicUsize,
+    budget: RetryBudget,
+    conn_options: ConnOptions,
     pub(crate) draining: AtomicBool,
     epoch: Instant,
     retry_header: HeaderName,
@@ -73,6 +75,8 @@ impl Shared {
                 .map(Affinity::Header),
             None => None,
         };
+        let budget = RetryBudget::new(&config.retry);
+        let conn_options = ConnOptions::from_config(&config);
         Shared {
             retry_statuses: config.retry.on_status.iter().map(|s| s.0).collect(),
             config,
@@ -82,8 +86,8 @@ impl Shared {
             metrics,
             access_log,
             spread: AtomicU64::new(0),
-            active: AtomicUsize::new(0),
-            retrying: AtomicUsize::new(0),
+            budget,
+            conn_options,
             draining: AtomicBool::new(false),
             epoch: Instant::now(),
             retry_header,
@@ -116,18 +120,11 @@ impl Shared {
         let newer = current
             .as_ref()
             .is_none_or(|rt| table.version() >= rt.table.version());
-        let rt = Arc::new(registry.build(table.clone(), &self.metrics, newer));
+        let rt = Arc::new(registry.build(table.clone(), &self.metrics, self.conn_options, newer));
         if newer {
             self.runtime.store(Some(rt.clone()));
         }
         rt
-    }
-
-    fn retry_allowed(&self) -> bool {
-        let active = self.active.load(Ordering::Relaxed) as f64;
-        let budget = (active * self.config.retry.budget_ratio)
-            .max(f64::from(self.config.retry.budget_min_concurrent));
-        (self.retrying.load(Ordering::Relaxed) as f64) < budget
     }
 
     fn affinity_key(&self, headers: &http::HeaderMap) -> Option<u64> {
@@ -155,22 +152,6 @@ fn fnv(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// Counts a value up for as long as it lives.
-struct CountGuard<'a>(&'a AtomicUsize);
-
-impl<'a> CountGuard<'a> {
-    fn new(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        CountGuard(counter)
-    }
-}
-
-impl Drop for CountGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Counts a target's requests in flight for as long as it lives.
 struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
 
@@ -191,7 +172,6 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _request = activity.request();
     let started = Instant::now();
-    let _active = CountGuard::new(&shared.active);
     shared.metrics.active_requests.inc();
     // Kept for the log line of a request refused before forwarding (none when not logging).
     let request_line = shared
@@ -549,13 +529,14 @@ async fn try_targets(
     body: &mut RequestBody,
 ) -> Tries {
     let app_rt = targets.app_rt;
+    let max_attempts = shared.config.retry.max_attempts;
+    shared.budget.deposit();
     let mut tried = TargetSet::EMPTY;
     let mut tries = Tries {
         outcome: Ok(None),
         attempts: 0,
         upstream_time: Duration::ZERO,
     };
-    let mut retry_guard = None;
     loop {
         let now = shared.now_ms();
         let target = match choose(shared, targets, tried, now) {
@@ -575,71 +556,233 @@ async fn try_targets(
         };
         tries.attempts += 1;
         tried.insert(target);
-        let state = &app_rt.targets[target];
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight(&state.in_flight);
 
-        let may_retry = tries.attempts < shared.config.retry.max_attempts && body.replay.is_some();
-        let sent = Instant::now();
-        let result = send(
-            shared,
-            app_rt.endpoint(target),
-            parts,
-            request,
-            body,
-            may_retry,
-        )
-        .await;
+        let may_retry = tries.attempts < max_attempts && body.replay.is_some();
+        let hedge = match (shared.config.retry.hedge_delay, &body.replay) {
+            (Some(delay), Some(bytes)) if may_retry && request.replayable && !request.upgrading => {
+                Some((delay, bytes.clone()))
+            }
+            _ => None,
+        };
+        let (target, verdict, took) = match hedge {
+            Some((delay, bytes)) => {
+                let race = Race {
+                    shared,
+                    targets,
+                    parts,
+                    request,
+                    bytes: &bytes,
+                };
+                race.run(target, delay, &mut tried, &mut tries.attempts)
+                    .await
+            }
+            None => {
+                let state = &app_rt.targets[target];
+                state.in_flight.fetch_add(1, Ordering::Relaxed);
+                let _in_flight = InFlight(&state.in_flight);
+                let sent = Instant::now();
+                let timeout = attempt_timeout(shared, may_retry && request.replayable);
+                let result = send(
+                    shared,
+                    app_rt.endpoint(target),
+                    parts,
+                    request,
+                    body,
+                    may_retry,
+                    timeout,
+                )
+                .await;
+                let took = sent.elapsed();
+                let verdict = classify(result, &shared.retry_statuses, body.upload.as_deref());
+                (target, verdict, took)
+            }
+        };
         if !may_retry {
             body.replay = None;
         }
-        let took = sent.elapsed();
         tries.upstream_time += took;
-        let failure = match classify(result, &shared.retry_statuses, body.upload.as_deref()) {
-            Verdict::Answered(response) => {
-                state.latency.observe(took.as_secs_f64());
-                state.record_success(shared.now_ms(), &shared.config.outlier);
+        let state = &app_rt.targets[target];
+        let (failure, ejected) = match settle(shared, app_rt, target, verdict, took) {
+            Settled::Answered(response) => {
                 tries.outcome = Ok(Some((Attempt::Response(response), target)));
                 return tries;
             }
-            Verdict::ClientFault(fault) => {
+            Settled::ClientFault(fault) => {
                 // The client broke its own request: answer it, and neither blame the
                 // target nor retry.
                 tries.outcome = Err(client_fault_response(shared, fault));
                 return tries;
             }
-            Verdict::Failed(failure, err) => {
-                if let Some(err) = err {
-                    tracing::debug!(app = %state.app, target = %state.cluster, %err, "upstream attempt failed");
-                }
-                failure
-            }
+            Settled::Failed(failure, ejected) => (failure, ejected),
         };
-        state.latency.observe(took.as_secs_f64());
-        app_rt.record_failure(target, shared.now_ms(), &shared.config.outlier);
         // A request may go again after a failure when nothing of it was sent, or when it
-        // is idempotent or marked; and the retry budget must have room (a request already
-        // retrying keeps its place in it).
-        let replayable = matches!(failure, Attempt::Connect) || request.replayable;
-        let can_retry =
-            may_retry && replayable && (retry_guard.is_some() || shared.retry_allowed());
-        if may_retry && replayable && !can_retry {
-            shared.metrics.budget_exhausted.inc();
-        }
+        // is idempotent or marked, while it has attempts left. A retry that adds load to a
+        // struggling upstream spends a token of the retry budget; one after an attempt that
+        // sent nothing, or away from a target now ejected, is free (see `retry`).
+        let sent_nothing = matches!(failure, Attempt::Connect);
+        let may_go_again = tries.attempts < max_attempts
+            && body.replay.is_some()
+            && (sent_nothing || request.replayable);
         tries.outcome = Ok(Some((failure, target)));
-        if !can_retry {
+        if !may_go_again {
+            return tries;
+        }
+        if retry::is_budgeted(sent_nothing, ejected) && !shared.budget.withdraw(shared.now_ms()) {
+            shared.metrics.budget_exhausted.inc();
             return tries;
         }
         state.retries.inc();
-        if retry_guard.is_none() {
-            retry_guard = Some(CountGuard::new(&shared.retrying));
+    }
+}
+
+/// The time an attempt has for its response head: the per-try timeout when the request
+/// may go to another target after it, else the upstream timeout.
+fn attempt_timeout(shared: &Shared, may_go_again: bool) -> Duration {
+    let upstream = shared.config.upstream_timeout;
+    match shared.config.retry.per_try_timeout {
+        Some(per_try) if may_go_again => per_try.min(upstream),
+        _ => upstream,
+    }
+}
+
+/// What an attempt's verdict came to, once counted against its target.
+enum Settled {
+    Answered(Response<Pooled>),
+    ClientFault(ClientFault),
+    /// The failure, and whether its target is ejected now.
+    Failed(Attempt, bool),
+}
+
+/// Counts an attempt's verdict against its target: latency, success or failure (which may
+/// eject it).
+fn settle(
+    shared: &Shared,
+    app_rt: &AppRuntime,
+    target: usize,
+    verdict: Verdict,
+    took: Duration,
+) -> Settled {
+    let state = &app_rt.targets[target];
+    match verdict {
+        Verdict::Answered(response) => {
+            state.latency.observe(took.as_secs_f64());
+            state.record_success(shared.now_ms(), &shared.config.outlier);
+            Settled::Answered(response)
+        }
+        Verdict::ClientFault(fault) => Settled::ClientFault(fault),
+        Verdict::Failed(failure, err) => {
+            if let Some(err) = err {
+                tracing::debug!(app = %state.app, target = %state.cluster, %err, "upstream attempt failed");
+            }
+            state.latency.observe(took.as_secs_f64());
+            let now = shared.now_ms();
+            let ejected =
+                app_rt.record_failure(target, now, &shared.config.outlier) || state.is_ejected(now);
+            Settled::Failed(failure, ejected)
         }
     }
 }
 
-/// One attempt on `endpoint`, bounded by the upstream timeout. A buffered body without an
-/// upgrade takes the hot path (a direct connection, the head borrowed, no copy even when a
-/// retry may follow); a streamed body or an upgrade goes through hyper.
+/// A hedged request: a buffered, replayable one whose attempts may run side by side.
+struct Race<'a> {
+    shared: &'a Shared,
+    targets: &'a Targets<'a>,
+    parts: &'a http::request::Parts,
+    request: &'a Prepared,
+    bytes: &'a Bytes,
+}
+
+impl Race<'_> {
+    /// Sends to `first`; when no answer has come after `delay`, and an attempt, a budget
+    /// token and another target are left, sends to that target too. The first answer wins
+    /// and the other attempt is dropped (its connection closed); a failure waits for the
+    /// other attempt. Returns the attempt that decided, its verdict and its time.
+    async fn run(
+        &self,
+        first: usize,
+        delay: Duration,
+        tried: &mut TargetSet,
+        attempts: &mut u32,
+    ) -> (usize, Verdict, Duration) {
+        let shared = self.shared;
+        let max_attempts = shared.config.retry.max_attempts;
+        let one = self.attempt(first, *attempts < max_attempts);
+        tokio::pin!(one);
+        tokio::select! {
+            done = &mut one => return (first, done.0, done.1),
+            () = tokio::time::sleep(delay) => {}
+        }
+        if *attempts >= max_attempts {
+            let done = one.await;
+            return (first, done.0, done.1);
+        }
+        let second = match choose(shared, self.targets, *tried, shared.now_ms()) {
+            Ok(second) if shared.budget.withdraw(shared.now_ms()) => second,
+            Ok(_) => {
+                shared.metrics.budget_exhausted.inc();
+                let done = one.await;
+                return (first, done.0, done.1);
+            }
+            Err(_) => {
+                let done = one.await;
+                return (first, done.0, done.1);
+            }
+        };
+        *attempts += 1;
+        tried.insert(second);
+        self.targets.app_rt.targets[second].hedges.inc();
+        let two = self.attempt(second, *attempts < max_attempts);
+        tokio::pin!(two);
+        let (first_won, (verdict, took)) = tokio::select! {
+            done = &mut one => (true, done),
+            done = &mut two => (false, done),
+        };
+        let target = if first_won { first } else { second };
+        let Verdict::Failed(..) = verdict else {
+            // An answer (or the client's fault): the other attempt is cancelled.
+            return (target, verdict, took);
+        };
+        // The first to finish failed: count it, and take what the other one brings.
+        let _ = settle(shared, self.targets.app_rt, target, verdict, took);
+        if first_won {
+            let (verdict, took) = two.await;
+            (second, verdict, took)
+        } else {
+            let (verdict, took) = one.await;
+            (first, verdict, took)
+        }
+    }
+
+    /// One attempt of the race on `target`, counted in its in-flight requests while it runs.
+    async fn attempt(&self, target: usize, may_go_again: bool) -> (Verdict, Duration) {
+        let shared = self.shared;
+        let state = &self.targets.app_rt.targets[target];
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&state.in_flight);
+        let sent = Instant::now();
+        let endpoint = self.targets.app_rt.endpoint(target);
+        let result = tokio::time::timeout(
+            attempt_timeout(shared, may_go_again),
+            endpoint.send_buffered(
+                &self.parts.method,
+                &self.request.path,
+                &self.parts.headers,
+                self.bytes,
+                shared.config.connect_timeout,
+                self.request.replayable,
+            ),
+        )
+        .await;
+        (
+            classify(result, &shared.retry_statuses, None),
+            sent.elapsed(),
+        )
+    }
+}
+
+/// One attempt on `endpoint`, bounded by `timeout`. A buffered body without an upgrade
+/// takes the hot path (a direct connection, the head borrowed, no copy even when a retry
+/// may follow); a streamed body or an upgrade goes through hyper.
 async fn send(
     shared: &Shared,
     endpoint: &Arc<Endpoint>,
@@ -647,8 +790,8 @@ async fn send(
     request: &Prepared,
     body: &mut RequestBody,
     may_retry: bool,
+    timeout: Duration,
 ) -> Result<Result<Response<Pooled>, SendError>, Elapsed> {
-    let timeout = shared.config.upstream_timeout;
     let connect_timeout = shared.config.connect_timeout;
     if let Some(bytes) = &body.replay
         && !request.upgrading
@@ -948,6 +1091,39 @@ mod tests {
                 .status(),
             413
         );
+    }
+
+    #[test]
+    fn the_per_try_timeout_cuts_only_attempts_that_may_be_followed() {
+        let mut config = ProxyConfig {
+            upstream_timeout: Duration::from_secs(30),
+            ..ProxyConfig::default()
+        };
+        let without = Shared::new(
+            config.clone(),
+            Arc::new(TableCell::new()),
+            Metrics::new().unwrap(),
+            None,
+        );
+        assert_eq!(attempt_timeout(&without, true), Duration::from_secs(30));
+        config.retry.per_try_timeout = Some(Duration::from_secs(2));
+        let with = Shared::new(
+            config.clone(),
+            Arc::new(TableCell::new()),
+            Metrics::new().unwrap(),
+            None,
+        );
+        assert_eq!(attempt_timeout(&with, true), Duration::from_secs(2));
+        // The last attempt, or one of a request that cannot go again, waits the full time.
+        assert_eq!(attempt_timeout(&with, false), Duration::from_secs(30));
+        config.retry.per_try_timeout = Some(Duration::from_secs(60));
+        let longer = Shared::new(
+            config,
+            Arc::new(TableCell::new()),
+            Metrics::new().unwrap(),
+            None,
+        );
+        assert_eq!(attempt_timeout(&longer, true), Duration::from_secs(30));
     }
 
     #[tokio::test]

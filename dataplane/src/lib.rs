@@ -13,10 +13,12 @@
 //! # Layout
 //!
 //! - `listener`: accepting clients (HTTP/1.1 and h2c), connection limits, draining.
-//! - `forward`: one request: framing checks, routing, target choice, retries.
+//! - `forward`: one request: framing checks, routing, target choice, retries, hedging.
+//! - `retry`: the retry budget (free and budgeted retries, the token bucket).
 //! - `headers`: framing rules, hop-by-hop headers, forwarding headers.
 //! - `framing`: follows request framing on the wire to spot what hyper folds silently.
-//! - `pool`: upstream HTTP/1.1 connections kept alive per ingress endpoint.
+//! - `pool`: upstream HTTP/1.1 connections kept alive per ingress endpoint (TCP keepalive,
+//!   TCP_USER_TIMEOUT, an idle age limit).
 //! - `h1`: the direct HTTP/1.1 client the hot path uses on pooled connections.
 //! - `state`: what traffic teaches about targets (ejections, in-flight counts), per table.
 //! - `tls`: TLS termination, certificates by SNI, reload of changed certificate files.
@@ -37,6 +39,7 @@ mod idle;
 mod listener;
 mod metrics;
 mod pool;
+mod retry;
 mod state;
 mod tls;
 mod traffic;

@@ -14,6 +14,7 @@ pub(crate) struct Metrics {
     pub(crate) registry: Registry,
     pub(crate) requests: IntCounterVec,
     pub(crate) retries: IntCounterVec,
+    pub(crate) hedges: IntCounterVec,
     pub(crate) ejections: IntCounterVec,
     pub(crate) upstream_failures: IntCounterVec,
     pub(crate) upstream_latency: HistogramVec,
@@ -44,6 +45,14 @@ impl Metrics {
             Opts::new(
                 "meridian_proxy_retries_total",
                 "Attempts retried on another target, by app and the target that failed",
+            ),
+            &["app", "target"],
+        )?;
+        let hedges = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_hedges_total",
+                "Hedged attempts (a second attempt while the first is unanswered), by app and \
+                 the target hedged to",
             ),
             &["app", "target"],
         )?;
@@ -78,7 +87,7 @@ impl Metrics {
         )?;
         let budget_exhausted = IntCounter::new(
             "meridian_proxy_retry_budget_exhausted_total",
-            "Retries not made because the retry budget was spent",
+            "Budgeted retries and hedges not made because the retry budget was spent",
         )?;
         let refused = IntCounterVec::new(
             Opts::new(
@@ -124,6 +133,7 @@ impl Metrics {
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(hedges.clone()))?;
         registry.register(Box::new(ejections.clone()))?;
         registry.register(Box::new(upstream_failures.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
@@ -140,6 +150,7 @@ impl Metrics {
             registry,
             requests,
             retries,
+            hedges,
             ejections,
             upstream_failures,
             upstream_latency,

@@ -44,9 +44,54 @@ const SWEEP_EVERY: usize = 1024;
 /// fresh connection instead.
 const KNOWN_ALIVE: Duration = Duration::from_secs(1);
 
+/// How upstream connections are opened and how long an idle one is kept.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnOptions {
+    /// A pooled connection unused for longer is closed, not reused.
+    pub(crate) idle_timeout: Duration,
+    /// TCP keepalive idle time (probes a third of it apart, three of them); zero: off.
+    pub(crate) keepalive: Duration,
+    /// TCP_USER_TIMEOUT: sent bytes unacknowledged this long close the connection; zero:
+    /// the kernel's default.
+    pub(crate) user_timeout: Duration,
+}
+
+impl ConnOptions {
+    pub(crate) fn from_config(config: &meridian_config::proxy::ProxyConfig) -> Self {
+        ConnOptions {
+            idle_timeout: config.upstream_idle_timeout,
+            keepalive: config.upstream_keepalive,
+            user_timeout: config.upstream_user_timeout,
+        }
+    }
+
+    /// Sets keepalive and the user timeout on a new connection. Failures are logged, not
+    /// fatal: the connection works without them, only a dead peer is noticed later.
+    fn apply(&self, stream: &TcpStream) {
+        let socket = socket2::SockRef::from(stream);
+        if !self.keepalive.is_zero() {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(self.keepalive)
+                .with_interval((self.keepalive / 3).max(Duration::from_secs(1)));
+            #[cfg(target_os = "linux")]
+            let keepalive = keepalive.with_retries(3);
+            if let Err(err) = socket.set_tcp_keepalive(&keepalive) {
+                tracing::debug!(%err, "could not set TCP keepalive on an upstream connection");
+            }
+        }
+        #[cfg(target_os = "linux")]
+        if !self.user_timeout.is_zero()
+            && let Err(err) = socket.set_tcp_user_timeout(Some(self.user_timeout))
+        {
+            tracing::debug!(%err, "could not set TCP_USER_TIMEOUT on an upstream connection");
+        }
+    }
+}
+
 /// One ingress endpoint and its idle connections.
 pub(crate) struct Endpoint {
     addr: SocketAddr,
+    options: ConnOptions,
     /// Idle hyper connections with when each was last used.
     idle: Mutex<Vec<(SendRequest<UpstreamBody>, Instant)>>,
     // Boxed so a connection moves between the pool and a response body as one pointer.
@@ -73,9 +118,10 @@ impl std::fmt::Display for SendError {
 }
 
 impl Endpoint {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr, options: ConnOptions) -> Self {
         Endpoint {
             addr,
+            options,
             idle: Mutex::new(Vec::new()),
             direct: Mutex::new(Vec::new()),
             puts: AtomicUsize::new(0),
@@ -83,10 +129,19 @@ impl Endpoint {
     }
 
     /// The most recently used idle connection; for a request that cannot be replayed, only
-    /// if it was used within [`KNOWN_ALIVE`] (the others are older still).
+    /// if it was used within [`KNOWN_ALIVE`] (the others are older still). When even the
+    /// most recent one has been idle past the idle timeout, all of them have: they are
+    /// closed.
     fn pop_direct(&self, replayable: bool) -> Option<Box<h1::Conn>> {
         let mut idle = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if !replayable && idle.last()?.idle_since().elapsed() > KNOWN_ALIVE {
+        let age = idle.last()?.idle_since().elapsed();
+        if age > self.options.idle_timeout {
+            let expired = std::mem::take(&mut *idle);
+            drop(idle);
+            drop(expired);
+            return None;
+        }
+        if !replayable && age > KNOWN_ALIVE {
             return None;
         }
         idle.pop()
@@ -100,7 +155,8 @@ impl Endpoint {
         // so now and then the whole list is checked and closed ones dropped.
         let puts = self.puts.fetch_add(1, Ordering::Relaxed);
         if puts % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            idle.retain(|c| !c.is_stale());
+            let limit = self.options.idle_timeout;
+            idle.retain(|c| !c.is_stale() && c.idle_since().elapsed() <= limit);
         }
         if idle.len() < MAX_IDLE {
             idle.push(conn);
@@ -119,6 +175,7 @@ impl Endpoint {
             }
         };
         let _ = stream.set_nodelay(true);
+        self.options.apply(&stream);
         Ok(stream)
     }
 
@@ -205,7 +262,14 @@ impl Endpoint {
     /// As [`Endpoint::pop_direct`], for hyper connections.
     fn pop_idle(&self, replayable: bool) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if !replayable && idle.last()?.1.elapsed() > KNOWN_ALIVE {
+        let age = idle.last()?.1.elapsed();
+        if age > self.options.idle_timeout {
+            let expired = std::mem::take(&mut *idle);
+            drop(idle);
+            drop(expired);
+            return None;
+        }
+        if !replayable && age > KNOWN_ALIVE {
             return None;
         }
         idle.pop().map(|(sender, _)| sender)
@@ -474,6 +538,14 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    fn options() -> ConnOptions {
+        ConnOptions {
+            idle_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(10),
+            user_timeout: Duration::from_secs(10),
+        }
+    }
+
     /// An upstream that answers `per_conn` requests on each connection, then closes it
     /// (though every answer claims keep-alive), counting the connections it accepted.
     async fn upstream(per_conn: usize, body: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -538,7 +610,7 @@ mod tests {
     #[tokio::test]
     async fn reuses_one_connection_for_sequential_requests() {
         let (addr, accepted) = upstream(usize::MAX, "hello").await;
-        let endpoint = Arc::new(Endpoint::new(addr));
+        let endpoint = Arc::new(Endpoint::new(addr, options()));
         for _ in 0..20 {
             assert_eq!(get(&endpoint).await.unwrap(), "hello");
         }
@@ -548,7 +620,7 @@ mod tests {
     #[tokio::test]
     async fn a_pooled_connection_the_upstream_closed_is_replaced_without_error() {
         let (addr, accepted) = upstream(1, "once").await;
-        let endpoint = Arc::new(Endpoint::new(addr));
+        let endpoint = Arc::new(Endpoint::new(addr, options()));
         for _ in 0..5 {
             assert_eq!(get(&endpoint).await.unwrap(), "once");
             // Let the upstream's close reach this side, as on an idle keep-alive connection.
@@ -603,7 +675,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_cannot_be_replayed_is_never_written_twice() {
         let (addr, heads, accepted) = dies_on_second(usize::MAX).await;
-        let endpoint = Arc::new(Endpoint::new(addr));
+        let endpoint = Arc::new(Endpoint::new(addr, options()));
         assert_eq!(request(&endpoint, Method::POST).await.unwrap(), "ok");
         // The second POST goes on the kept-alive connection; the upstream takes it and closes
         // without answering. It may have processed it: the POST fails, and is not resent.
@@ -622,7 +694,7 @@ mod tests {
     async fn a_failed_reconnect_after_a_written_attempt_is_not_a_connect_failure() {
         // One connection only: the GET's resend finds the listener gone.
         let (addr, heads, _) = dies_on_second(1).await;
-        let endpoint = Arc::new(Endpoint::new(addr));
+        let endpoint = Arc::new(Endpoint::new(addr, options()));
         assert_eq!(get(&endpoint).await.unwrap(), "ok");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let err = get(&endpoint).await.unwrap_err();
@@ -633,7 +705,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_cannot_be_replayed_skips_connections_idle_too_long() {
         let (addr, accepted) = upstream(usize::MAX, "hi").await;
-        let endpoint = Arc::new(Endpoint::new(addr));
+        let endpoint = Arc::new(Endpoint::new(addr, options()));
         assert_eq!(get(&endpoint).await.unwrap(), "hi");
         assert_eq!(request(&endpoint, Method::POST).await.unwrap(), "hi");
         assert_eq!(
@@ -654,13 +726,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_connection_past_the_idle_timeout_is_closed_not_reused() {
+        let (addr, accepted) = upstream(usize::MAX, "hi").await;
+        let endpoint = Arc::new(Endpoint::new(
+            addr,
+            ConnOptions {
+                idle_timeout: Duration::from_millis(200),
+                ..options()
+            },
+        ));
+        assert_eq!(get(&endpoint).await.unwrap(), "hi");
+        assert_eq!(get(&endpoint).await.unwrap(), "hi");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(get(&endpoint).await.unwrap(), "hi");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            endpoint.direct.lock().unwrap().len(),
+            1,
+            "the old one is gone"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn upstream_connections_carry_keepalive_and_a_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Endpoint::new(listener.local_addr().unwrap(), options());
+        let Ok(stream) = endpoint.connect_tcp(Duration::from_secs(1)).await else {
+            panic!("connect failed");
+        };
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[tokio::test]
     async fn connect_failure_is_reported_as_such() {
         let addr = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap()
             .local_addr()
             .unwrap();
-        let endpoint = Arc::new(Endpoint::new(addr));
+        let endpoint = Arc::new(Endpoint::new(addr, options()));
         let err = get(&endpoint).await.unwrap_err();
         assert!(err.starts_with("connect:"), "{err}");
     }

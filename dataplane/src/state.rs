@@ -13,7 +13,7 @@ use meridian_routing::{RoutingTable, TargetSet};
 use prometheus::{Histogram, IntCounter};
 
 use crate::metrics::{CLASSES, Metrics};
-use crate::pool::Endpoint;
+use crate::pool::{ConnOptions, Endpoint};
 
 /// One app in one cluster, as seen by this proxy. Kept across table versions (by app and
 /// cluster name) so an ejection outlives a table swap.
@@ -30,6 +30,7 @@ pub(crate) struct TargetState {
     next_endpoint: AtomicUsize,
     pub(crate) requests: [IntCounter; 5],
     pub(crate) retries: IntCounter,
+    pub(crate) hedges: IntCounter,
     pub(crate) failures: IntCounter,
     pub(crate) ejections: IntCounter,
     pub(crate) latency: Histogram,
@@ -49,6 +50,7 @@ impl TargetState {
             requests: CLASSES
                 .map(|class| metrics.requests.with_label_values(&[app, cluster, class])),
             retries: metrics.retries.with_label_values(&labels),
+            hedges: metrics.hedges.with_label_values(&labels),
             failures: metrics.upstream_failures.with_label_values(&labels),
             ejections: metrics.ejections.with_label_values(&labels),
             latency: metrics.upstream_latency.with_label_values(&labels),
@@ -159,12 +161,14 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Builds the runtime of `table`, reusing the states of targets already known. When
-    /// `prune` is set, states of targets the table no longer has are forgotten.
+    /// Builds the runtime of `table`, reusing the states of targets already known; new
+    /// endpoints open their connections with `options`. When `prune` is set, states of
+    /// targets the table no longer has are forgotten.
     pub(crate) fn build(
         &mut self,
         table: Arc<RoutingTable>,
         metrics: &Metrics,
+        options: ConnOptions,
         prune: bool,
     ) -> TableRuntime {
         let mut apps = Vec::with_capacity(table.apps().len());
@@ -191,7 +195,7 @@ impl Registry {
                                 .endpoints
                                 .get(addr)
                                 .cloned()
-                                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr)));
+                                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, options)));
                             keep_endpoints.insert(*addr, endpoint.clone());
                             endpoint
                         })

@@ -167,6 +167,8 @@ impl Upstream {
 pub struct Sink {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
+    /// Connections open now (the peer has not closed them).
+    pub open: Arc<AtomicUsize>,
     pub bytes: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -176,12 +178,14 @@ impl Sink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let bytes = Arc::new(AtomicUsize::new(0));
-        let (c, b) = (connections.clone(), bytes.clone());
+        let (c, o, b) = (connections.clone(), open.clone(), bytes.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
-                let b = b.clone();
+                o.fetch_add(1, Ordering::SeqCst);
+                let (o, b) = (o.clone(), b.clone());
                 tokio::spawn(async move {
                     use tokio::io::AsyncReadExt;
                     let mut buf = vec![0u8; 64 * 1024];
@@ -191,12 +195,14 @@ impl Sink {
                         }
                         b.fetch_add(n, Ordering::SeqCst);
                     }
+                    o.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         Sink {
             addr,
             connections,
+            open,
             bytes,
             task,
         }
