@@ -1,5 +1,6 @@
 //! The real `meridian proxy` binary: serves the config's table, and on SIGTERM turns
-//! `/readyz` 503, stops accepting, finishes the request in flight and exits 0.
+//! `/readyz` 503, keeps accepting for the drain delay, then stops accepting, tells kept-alive
+//! clients `Connection: close`, finishes the request in flight and exits 0.
 
 mod proxy_support;
 
@@ -53,6 +54,7 @@ apps:
 proxy:
   listen: 127.0.0.1:{port}
   admin_listen: 127.0.0.1:{admin_port}
+  drain_delay: 1s
   shutdown_grace: 5s
 "#,
         upstream = upstream.addr
@@ -89,21 +91,60 @@ proxy:
     assert_eq!(answer.status, 200);
     assert_eq!(answer.cluster.as_deref(), Some("alpha"));
 
-    let slow = tokio::spawn(async move { get(&client(), addr, "shop.test", "/slow/1000").await });
+    // A kept-alive connection from before the signal.
+    let (mut kept, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = || {
+        http::Request::get("/")
+            .header("host", "shop.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let first = kept.send_request(request()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("connection").is_none());
+    drop(first);
+
+    let slow = tokio::spawn(async move { get(&client(), addr, "shop.test", "/slow/2500").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let ready = get(&client(), admin, "admin", "/readyz").await.unwrap();
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("\"draining\":true"));
+    // Within the drain delay new clients are still served.
+    let during = get(&client(), addr, "shop.test", "/").await.unwrap();
+    assert_eq!(during.status, 200);
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "still accepting after SIGTERM"
+        signalled.elapsed() < Duration::from_secs(1),
+        "checked within the delay"
     );
+    // After it, the listener closes.
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(3),
+            "still accepting 3 s after SIGTERM with a 1 s drain delay"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(signalled.elapsed() >= Duration::from_millis(900));
+    // A kept-alive client is told to go on its next response.
+    let last = kept.send_request(request()).await.unwrap();
+    assert_eq!(last.status(), 200);
+    assert_eq!(
+        last.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    drop(last);
     let slow = slow.await.unwrap().unwrap();
     assert_eq!(slow.status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -43,6 +43,9 @@ fn default_upstream_timeout() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
+fn default_drain_delay() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -143,9 +146,25 @@ pub struct ProxyConfig {
     /// send pings more often than this.
     #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
     pub tunnel_idle_timeout: Duration,
-    /// On SIGTERM or shutdown, time in-flight requests get to finish.
+    /// On SIGTERM, how long the proxy keeps accepting new connections after `/readyz`
+    /// turned 503, so a load balancer's health checks (or DNS) move clients away before
+    /// the listener closes: set it above the balancer's check interval times its unhealthy
+    /// threshold. Costs that much more time per restart; a Ctrl-C (SIGINT) skips it, and
+    /// a handover to a new process (`handover_socket`) ends it at once.
+    #[serde(default = "default_drain_delay", with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// After the drain delay, time in-flight requests get to finish (the drain timeout);
+    /// connections still open then are closed.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A Unix socket path for seamless restarts (binary upgrade, config reload) of
+    /// `meridian proxy`: a proxy starting with it first asks the proxy running there for
+    /// its listening sockets and serves on those same sockets (no connection is refused or
+    /// reset: the kernel's accept queue is shared), then offers its own there; the old
+    /// proxy stops accepting and drains. When nobody answers on it the proxy binds its
+    /// listeners itself. No handover when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_socket: Option<PathBuf>,
     /// Per-request failover.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -236,7 +255,9 @@ impl Default for ProxyConfig {
             upstream_idle_timeout: default_upstream_idle_timeout(),
             upstream_keepalive: default_upstream_keepalive(),
             upstream_user_timeout: default_upstream_user_timeout(),
+            drain_delay: default_drain_delay(),
             shutdown_grace: default_shutdown_grace(),
+            handover_socket: None,
             idle_timeout: default_idle_timeout(),
             upstream_body_timeout: default_upstream_body_timeout(),
             tunnel_idle_timeout: default_tunnel_idle_timeout(),

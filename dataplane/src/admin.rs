@@ -15,9 +15,27 @@ use tokio::net::TcpListener;
 
 use crate::forward::Shared;
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Serves until `handed_over` turns true: the next process answers on this listener then
+/// (it shares the socket), and a draining proxy's 503 must not reach the health checks.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut handed_over: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut watching = true;
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            changed = handed_over.wait_for(|done| *done), if watching => {
+                if changed.is_ok() {
+                    return;
+                }
+                // The sender went without a handover: there will be none.
+                watching = false;
+                continue;
+            }
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(err) => {
                 // Out of file descriptors and the like: back off rather than spin.

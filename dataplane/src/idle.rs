@@ -22,6 +22,8 @@ pub(crate) struct Activity {
     requests: AtomicU32,
     /// True once a request head arrived.
     requested: AtomicBool,
+    /// True once an HTTP/2 request arrived (the connection speaks HTTP/2).
+    h2: AtomicBool,
 }
 
 impl Activity {
@@ -32,6 +34,17 @@ impl Activity {
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self)
+    }
+
+    /// The connection carries HTTP/2.
+    pub(crate) fn mark_h2(&self) {
+        if !self.h2.load(Ordering::Relaxed) {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
     }
 
     fn busy_marker(&self) -> Option<u64> {

@@ -13,6 +13,7 @@
 //! # Layout
 //!
 //! - `listener`: accepting clients (HTTP/1.1 and h2c), connection limits, draining.
+//! - `handover`: passing the listening sockets to a new proxy process (seamless restart).
 //! - `forward`: one request: framing checks, routing, target choice, retries, hedging.
 //! - `retry`: the retry budget (free and budgeted retries, the token bucket).
 //! - `headers`: framing rules, hop-by-hop headers, forwarding headers.
@@ -34,6 +35,7 @@ mod error;
 mod forward;
 mod framing;
 mod h1;
+mod handover;
 mod headers;
 mod idle;
 mod listener;
@@ -46,8 +48,9 @@ mod traffic;
 mod upload;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use meridian_config::proxy::ProxyConfig;
@@ -72,11 +75,18 @@ pub struct RunningProxy {
     admin_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    /// True once the proxy stops accepting.
+    stop: Arc<watch::Sender<bool>>,
+    /// Set with `stop`, read on every HTTP/1.1 response (cheaper than the watch).
+    closing: Arc<AtomicBool>,
+    /// True once a new process serves the listening sockets (see `handover`).
+    handed_over: watch::Receiver<bool>,
     server: Option<JoinHandle<()>>,
     admin: JoinHandle<()>,
     /// Reloads changed TLS certificates.
     reload: Option<JoinHandle<()>>,
+    /// Offers the listening sockets to a new process, when `handover_socket` is set.
+    offer: Option<JoinHandle<()>>,
 }
 
 /// What `/readyz` reports.
@@ -117,10 +127,25 @@ impl Proxy {
                     .collect(),
             ));
         }
-        let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
+        // A proxy already running at the handover socket gives its listening sockets; the
+        // ones it does not have (or that the config moved) are bound here.
+        let mut inherited = match &config.handover_socket {
+            Some(path) => handover::Inherited::ask(path)
                 .await
-                .map_err(|source| Error::Bind { what, addr, source })
+                .unwrap_or_else(|err| {
+                    tracing::warn!(path = %path.display(), %err, "no listening sockets from the handover socket; binding them");
+                    handover::Inherited::default()
+                }),
+            None => handover::Inherited::default(),
+        };
+        let mut bind = async |what: &'static str, addr: SocketAddr| match inherited.take(what, addr)
+        {
+            Some(listener) => Ok(listener),
+            None => {
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { what, addr, source })
+            }
         };
         let listener = bind("proxy", config.listen).await?;
         let admin_listener = bind("admin", config.admin_listen).await?;
@@ -145,12 +170,57 @@ impl Proxy {
             .as_ref()
             .map(|log| access::AccessLog::open(log, &metrics))
             .transpose()?;
+        // Duplicates of the listening sockets, to offer to the next process.
+        let mut offered = Vec::new();
+        if config.handover_socket.is_some() {
+            let mut dup = |role, addr, fd: std::os::fd::BorrowedFd<'_>| {
+                fd.try_clone_to_owned()
+                    .map(|fd| offered.push((role, addr, fd)))
+                    .map_err(|source| Error::Bind {
+                        what: role,
+                        addr,
+                        source,
+                    })
+            };
+            dup("proxy", addr, listener.as_fd())?;
+            dup("admin", admin_addr, admin_listener.as_fd())?;
+            if let (Some((tls_listener, _)), Some(tls_addr)) = (&tls, tls_addr) {
+                dup("tls", tls_addr, tls_listener.as_fd())?;
+            }
+        }
+        let handover_path = config.handover_socket.clone();
         let shared = Arc::new(Shared::new(config, cell, metrics, access_log));
         let (stop, stop_rx) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let closing = Arc::new(AtomicBool::new(false));
+        let (handed_over_tx, handed_over) = watch::channel(false);
         let reload = reload.map(tokio::spawn);
-        let server = tokio::spawn(listener::serve(listener, tls, shared.clone(), stop_rx));
-        let admin = tokio::spawn(admin::serve(admin_listener, shared.clone()));
+        let server = tokio::spawn(listener::serve(
+            listener,
+            tls,
+            shared.clone(),
+            stop_rx,
+            closing.clone(),
+        ));
+        let admin = tokio::spawn(admin::serve(
+            admin_listener,
+            shared.clone(),
+            handed_over.clone(),
+        ));
         tracing::info!(%addr, %admin_addr, ?tls_addr, "proxy listening");
+        // Served here now: the previous process may stop accepting.
+        inherited.ready();
+        let offer = handover_path.map(|path| {
+            let (shared, stop, closing) = (shared.clone(), stop.clone(), closing.clone());
+            tokio::spawn(handover::offer(path, offered, move || {
+                // The next process accepts from the same sockets: stop at once (no drain
+                // delay, nobody needs to move away) and let the connections finish.
+                shared.draining.store(true, Ordering::Relaxed);
+                shared.metrics.draining.set(1);
+                stop_accepting(&closing, &stop);
+                let _ = handed_over_tx.send(true);
+            }))
+        });
         Ok(RunningProxy {
             addr,
             admin_addr,
@@ -158,8 +228,11 @@ impl Proxy {
             reload,
             shared,
             stop,
+            closing,
+            handed_over,
             server: Some(server),
             admin,
+            offer,
         })
     }
 }
@@ -196,17 +269,52 @@ impl RunningProxy {
         Arc::new(move || traffic::samples(&shared.metrics.registry))
     }
 
-    /// Begins a graceful shutdown: `/readyz` turns 503, the listener stops accepting, and
-    /// connections close once their requests in flight are answered.
+    /// Begins a graceful shutdown without the drain delay: `/readyz` turns 503, the
+    /// listener stops accepting, and connections close once their requests in flight are
+    /// answered.
     pub fn begin_drain(&self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         self.shared.metrics.draining.set(1);
-        let _ = self.stop.send(true);
+        if let Some(offer) = &self.offer {
+            offer.abort();
+        }
+        stop_accepting(&self.closing, &self.stop);
     }
 
-    /// Shuts down gracefully: drains, waits for in-flight requests (at most the configured
-    /// grace period), then closes the admin listener.
-    pub async fn shutdown(mut self) {
+    /// Resolves once a new process serves the listening sockets (a handover through
+    /// `handover_socket`); this proxy has stopped accepting then, and its owner should
+    /// call [`RunningProxy::shutdown`] to finish what is in flight. Never resolves
+    /// without a handover.
+    pub async fn handed_over(&self) {
+        handed_over(self.handed_over.clone()).await;
+    }
+
+    /// Shuts down gracefully: `/readyz` turns 503, the listener keeps accepting for the
+    /// configured drain delay (cut short by a handover), then stops; in-flight requests
+    /// get at most the grace period; then the admin listener closes.
+    pub async fn shutdown(self) {
+        let delay = self.shared.config.drain_delay;
+        self.shutdown_after(delay).await;
+    }
+
+    /// As [`RunningProxy::shutdown`], with no drain delay (an operator's Ctrl-C).
+    pub async fn shutdown_now(self) {
+        self.shutdown_after(Duration::ZERO).await;
+    }
+
+    async fn shutdown_after(mut self, delay: Duration) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.metrics.draining.set(1);
+        if !delay.is_zero() && !*self.stop.borrow() {
+            tracing::info!(
+                ?delay,
+                "draining: /readyz answers 503; accepting for the drain delay"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = handed_over(self.handed_over.clone()) => {}
+            }
+        }
         self.begin_drain();
         if let Some(server) = self.server.take() {
             let _ = server.await;
@@ -218,12 +326,29 @@ impl RunningProxy {
     }
 }
 
+/// Stops accepting: HTTP/1.1 responses from now on carry `Connection: close`, and the
+/// listener closes (see `listener::serve`).
+fn stop_accepting(closing: &AtomicBool, stop: &watch::Sender<bool>) {
+    closing.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
+}
+
+/// Resolves once `handed_over` turns true; never when its sender goes without.
+async fn handed_over(mut handed_over: watch::Receiver<bool>) {
+    if handed_over.wait_for(|done| *done).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 impl Drop for RunningProxy {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         self.admin.abort();
         if let Some(reload) = &self.reload {
             reload.abort();
+        }
+        if let Some(offer) = &self.offer {
+            offer.abort();
         }
     }
 }

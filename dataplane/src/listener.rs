@@ -3,7 +3,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use http::{HeaderValue, StatusCode, Version, header};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -38,13 +41,21 @@ pub(crate) fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// After the proxy stops accepting, an HTTP/1.1 connection idle this long (at most the
+/// idle timeout) is closed. A busy client gets `Connection: close` on its next response
+/// instead, which cannot race a request it is sending; one quiet this long is most likely
+/// between bursts, and an idle close is the race every keep-alive client handles.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// Serves clients on the plain listener (and the TLS one, if any) until `stop` turns
-/// true, then lets in-flight requests finish for up to the shutdown grace period.
+/// true, then lets in-flight requests finish for up to the shutdown grace period. From
+/// `closing` on, HTTP/1.1 responses carry `Connection: close`.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<(TcpListener, TlsAcceptor)>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    closing: Arc<AtomicBool>,
 ) {
     let builder = builder(&shared);
     let max_connections = u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX);
@@ -69,7 +80,7 @@ pub(crate) async fn serve(
             Err(err) => {
                 // EMFILE and friends: back off briefly rather than spin.
                 tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -79,16 +90,18 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         let builder = builder.clone();
         let stop = stop.clone();
+        let closing = closing.clone();
         tokio::spawn(async move {
+            let end = Ending { stop, closing };
             match acceptor {
-                None => serve_connection(stream, peer, "http", &builder, shared, stop).await,
+                None => serve_connection(stream, peer, "http", &builder, shared, end).await,
                 Some(acceptor) => {
                     // The handshake is bounded like a request head: a slow client must not
                     // hold a connection slot.
                     let timeout = shared.config.header_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            serve_connection(tls, peer, "https", &builder, shared, stop).await;
+                            serve_connection(tls, peer, "https", &builder, shared, end).await;
                         }
                         Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -111,17 +124,25 @@ pub(crate) async fn serve(
     }
 }
 
+/// How a connection learns that the proxy stopped accepting.
+struct Ending {
+    stop: watch::Receiver<bool>,
+    closing: Arc<AtomicBool>,
+}
+
 /// Serves one client connection until it closes. It is closed at once when it completes
 /// no request head within the header timeout, and gracefully (after the response in
-/// flight; GOAWAY on HTTP/2) when it sits idle or the proxy stops; one still idle a period
-/// after that (a client that stopped reading a response) is closed at once.
+/// flight; GOAWAY on HTTP/2) when it sits idle; one still idle a period after that (a
+/// client that stopped reading a response) is closed at once. When the proxy stops
+/// accepting, HTTP/2 gets GOAWAY at once; HTTP/1.1 gets `Connection: close` on its next
+/// response, or is closed once idle for [`DRAIN_IDLE`].
 async fn serve_connection<T>(
     io: T,
     peer: SocketAddr,
     proto: &'static str,
     builder: &auto::Builder<TokioExecutor>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    end: Ending,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -133,16 +154,37 @@ async fn serve_connection<T>(
     ));
     let forwarded = Arc::new(ForwardedFor::new(peer.ip(), proto));
     let (header_timeout, idle_timeout) = (shared.config.header_timeout, shared.config.idle_timeout);
+    let drain_idle = idle_timeout.min(DRAIN_IDLE);
     let watched = activity.clone();
-    let service = service_fn(move |req| {
-        handle(
+    let Ending { mut stop, closing } = end;
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let version = req.version();
+        if version == Version::HTTP_2 {
+            activity.mark_h2();
+        }
+        let closing = closing.clone();
+        let response = handle(
             shared.clone(),
             req,
             peer,
             framing.clone(),
             forwarded.clone(),
             activity.clone(),
-        )
+        );
+        async move {
+            let mut response = response.await?;
+            // Stopping: this client learns it on this response, and reconnects to
+            // whichever process (or, behind a balancer, proxy) accepts now.
+            if closing.load(Ordering::Relaxed)
+                && version < Version::HTTP_2
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
@@ -172,7 +214,11 @@ async fn serve_connection<T>(
             },
             _ = stopped(&mut stop), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                if watched.is_h2() {
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    quiet.set(idle::watch(&watched, header_timeout, drain_idle));
+                }
             }
         }
     };

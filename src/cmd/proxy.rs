@@ -133,6 +133,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
+        // SIGTERM (a service manager, Kubernetes) drains with the drain delay, so a load
+        // balancer moves clients away first; an operator's Ctrl-C does not wait for one.
+        let mut delay = true;
         let result = tokio::select! {
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining");
@@ -140,12 +143,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupt: draining");
+                delay = false;
+                Ok(())
+            }
+            () = proxy.handed_over() => {
+                tracing::info!("a new proxy process took the listening sockets: draining");
                 Ok(())
             }
             // `follow` returns only on a fatal error (a bad URL, a refused token).
             result = follow => result.context("following the controller"),
         };
-        proxy.shutdown().await;
+        if delay {
+            proxy.shutdown().await;
+        } else {
+            proxy.shutdown_now().await;
+        }
         tracing::info!("proxy stopped");
         result
     })

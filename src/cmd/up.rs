@@ -63,6 +63,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.proxy_admin_listen {
         c.proxy.admin_listen = addr;
     }
+    if let Some(path) = c.proxy.handover_socket.take() {
+        // The controller and DNS server in this process cannot hand over their sockets.
+        tracing::warn!(path = %path.display(), "proxy.handover_socket applies to `meridian proxy` only; ignored by `up`");
+    }
     if let Some(addr) = args.dns_listen {
         c.dns.listen = addr;
     }
@@ -194,12 +198,23 @@ async fn serve(loaded: LoadedConfig, args: Args, data_dir: PathBuf) -> anyhow::R
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    let delay = tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: shutting down");
+            true
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupt: shutting down");
+            false
+        }
+    };
+    // The proxy first, so requests in flight finish while the table is still served; on
+    // SIGTERM after its drain delay (load balancers move clients away), on Ctrl-C at once.
+    if delay {
+        proxy.shutdown().await;
+    } else {
+        proxy.shutdown_now().await;
     }
-    // The proxy first, so requests in flight finish while the table is still served.
-    proxy.shutdown().await;
     dns.shutdown();
     controller.shutdown().await;
     if let Some(stand_ins) = stand_ins {

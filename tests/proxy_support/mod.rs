@@ -289,6 +289,7 @@ pub fn test_config() -> ProxyConfig {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         connect_timeout: Duration::from_millis(500),
         upstream_timeout: Duration::from_secs(5),
+        drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
         ..ProxyConfig::default()
     }
