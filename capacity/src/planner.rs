@@ -184,6 +184,23 @@ pub struct Plan {
     pub cost_per_hour_after: f64,
     /// Clusters whose cost is unknown (counted as 0).
     pub unknown_cost: Vec<String>,
+    /// Per cluster, over every app whose replicas are known: replicas and cost per hour
+    /// now and as planned.
+    pub clusters: BTreeMap<String, ClusterPlan>,
+}
+
+/// One cluster's replicas and cost, now and as planned.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPlan {
+    /// Replicas now.
+    pub replicas_before: u64,
+    /// Replicas as planned.
+    pub replicas_after: u64,
+    /// Cost per hour now; `None` when the cluster's cost is unknown.
+    pub cost_per_hour_before: Option<f64>,
+    /// Cost per hour as planned; `None` when the cluster's cost is unknown.
+    pub cost_per_hour_after: Option<f64>,
 }
 
 /// Plans a scenario (see the module doc).
@@ -222,6 +239,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
     let mut demand: BTreeMap<String, Resources> = BTreeMap::new();
     let mut unknown_cost = std::collections::BTreeSet::new();
     let (mut before, mut after) = (0.0, 0.0);
+    let mut per_cluster: BTreeMap<String, ClusterPlan> = BTreeMap::new();
     for app in &input.apps {
         let what = format!("app {:?}", app.name);
         if let Some(target) = app.target_rps_per_replica {
@@ -335,11 +353,18 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
             let d = demand.entry(c.name.clone()).or_default();
             d.cpu_millis += placed * app.per_replica.cpu_millis;
             d.memory_bytes += placed * app.per_replica.memory_bytes;
-            let now = f64::from(app.replicas.get(&c.name).copied().unwrap_or(0));
+            let now = app.replicas.get(&c.name).copied().unwrap_or(0);
+            let cluster = per_cluster.entry(c.name.clone()).or_default();
+            cluster.replicas_before += u64::from(now);
+            cluster.replicas_after += placed;
             match c.cost_per_replica_hour {
                 Some(cost) => {
-                    before += now * cost;
+                    before += f64::from(now) * cost;
                     after += placed as f64 * cost;
+                    cluster.cost_per_hour_before =
+                        Some(cluster.cost_per_hour_before.unwrap_or(0.0) + f64::from(now) * cost);
+                    cluster.cost_per_hour_after =
+                        Some(cluster.cost_per_hour_after.unwrap_or(0.0) + placed as f64 * cost);
                 }
                 None => {
                     unknown_cost.insert(c.name.clone());
@@ -388,6 +413,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CapacityError> {
         cost_per_hour_before: before,
         cost_per_hour_after: after,
         unknown_cost: unknown_cost.into_iter().collect(),
+        clusters: per_cluster,
     })
 }
 
@@ -507,6 +533,16 @@ mod tests {
         assert!((p.cost_per_hour_before - 0.9).abs() < 1e-9);
         assert!((p.cost_per_hour_after - 0.9).abs() < 1e-9);
         assert_eq!(p.unknown_cost, vec!["onprem".to_owned()]);
+        // Per cluster: the same totals, and unknown cost stays unknown rather than 0.
+        let known: f64 = p
+            .clusters
+            .values()
+            .filter_map(|c| c.cost_per_hour_after)
+            .sum();
+        assert!((known - p.cost_per_hour_after).abs() < 1e-9);
+        assert_eq!(p.clusters["onprem"].cost_per_hour_after, None);
+        assert_eq!(p.clusters["onprem"].replicas_after, 10);
+        assert_eq!(p.clusters["aws-eu"].replicas_before, 10);
         // 10 replicas of 1 core on 4-core machines: 3 machines.
         assert_eq!(p.nodes["aws-eu"].machines_needed, 3);
     }

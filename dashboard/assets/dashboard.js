@@ -395,6 +395,73 @@ async function refreshCharts() {
   window.meridianCharts = { app: charts.app, timeline: tl, plots: charts.plots };
 }
 
+// Cost and capacity: the planner's what-if (GET /api/v1/plan), grouped by cloud.
+const plans = { clusters: [], ran: false };
+const money = (x) => (x === null || x === undefined ? "unknown" : x.toFixed(3));
+
+function scenarioOptions(clusters) {
+  const names = clusters.map((c) => c.name).join();
+  if (names === plans.clusters.map((c) => c.name).join()) return;
+  plans.clusters = clusters;
+  const select = $("#plan-scenario");
+  const chosen = select.value;
+  select.replaceChildren(el("option", { value: "now" }, "nothing changes (now)"),
+    ...clusters.map((c) => el("option", { value: `fail:${c.name}` }, `${c.name} fails`)),
+    ...clusters.map((c) => el("option", { value: `drain:${c.name}` }, `${c.name} is drained`)),
+    ...[1.5, 2, 3].map((f) => el("option", { value: `peak:${f}` }, `traffic peaks ×${f}`)));
+  if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+}
+
+async function runPlan() {
+  const scenario = $("#plan-scenario").value;
+  let plan;
+  try {
+    plan = await api(`/api/v1/plan?scenario=${enc(scenario)}`);
+  } catch (err) {
+    $("#plan-summary").textContent = `The planner could not answer: ${err.message}`;
+    return;
+  }
+  plans.ran = true;
+  const delta = plan.costPerHourAfter - plan.costPerHourBefore;
+  const sign = delta > 0 ? "+" : delta < 0 ? "−" : "±";
+  $("#plan-summary").replaceChildren(
+    el("span", { class: "pill " + (plan.sufficient ? "ok" : "bad"), "data-sufficient": String(plan.sufficient) },
+      plan.sufficient ? "capacity sufficient" : "capacity short"),
+    ` cost/h ${money(plan.costPerHourBefore)} now → ${money(plan.costPerHourAfter)} planned (${sign}${Math.abs(delta).toFixed(3)})`,
+    plan.unknownCost.length ? ` · cost unknown for ${plan.unknownCost.join(", ")}` : "");
+  const byProvider = new Map();
+  for (const c of plans.clusters) {
+    if (!byProvider.has(c.provider)) byProvider.set(c.provider, []);
+    byProvider.get(c.provider).push(c);
+  }
+  const rows = [];
+  for (const [provider, clusters] of [...byProvider.entries()].sort()) {
+    const sum = { rb: 0, ra: 0, cb: 0, ca: 0, unknown: false };
+    for (const c of clusters) {
+      const p = plan.clusters[c.name] || { replicasBefore: 0, replicasAfter: 0, costPerHourBefore: null, costPerHourAfter: null };
+      const n = plan.nodes[c.name];
+      sum.rb += p.replicasBefore; sum.ra += p.replicasAfter;
+      if (p.costPerHourBefore === null) sum.unknown = true;
+      sum.cb += p.costPerHourBefore || 0; sum.ca += p.costPerHourAfter || 0;
+      const changed = p.replicasAfter !== p.replicasBefore;
+      rows.push(el("tr", { "data-cluster": c.name, "data-cost-after": p.costPerHourAfter === null ? "" : p.costPerHourAfter.toFixed(4) },
+        el("td", {}, provider), el("td", {}, c.name),
+        el("td", { class: changed ? "changed" : "" }, `${p.replicasBefore} → ${p.replicasAfter}`),
+        el("td", { class: changed ? "changed" : "" }, `${money(p.costPerHourBefore)} → ${money(p.costPerHourAfter)}`),
+        el("td", {}, n ? `${n.machinesNow} / ${n.machinesNeeded} / ${n.maxMachines}${n.machinesNeeded > n.maxMachines ? " (short)" : ""}` : "—")));
+    }
+    rows.push(el("tr", { class: "subtotal", "data-provider": provider },
+      el("td", {}, el("strong", {}, provider)), el("td", { class: "muted" }, "all clusters"),
+      el("td", {}, `${sum.rb} → ${sum.ra}`),
+      el("td", {}, `${sum.cb.toFixed(3)} → ${sum.ca.toFixed(3)}${sum.unknown ? " (some unknown)" : ""}`), el("td", {})));
+  }
+  $("#plan-clusters tbody").replaceChildren(...rows);
+  const short = plan.apps.filter((a) => a.replicaShortfall > 0 || a.missingRps > 1e-6);
+  $("#plan-short").replaceChildren(...(short.length
+    ? short.map((a) => el("li", { class: "bad" }, `${a.app}: ${a.replicaShortfall} replicas short, ${a.missingRps.toFixed(1)} requests/s without capacity`))
+    : [el("li", { class: "muted" }, "No app is short of replicas or capacity in this plan.")]));
+}
+
 async function refresh() {
   let status;
   try {
@@ -409,6 +476,8 @@ async function refresh() {
   $("#updated").textContent = `computed ${fmtTime(status.generated_at_ms)} · refreshed ${new Date().toLocaleTimeString()}`;
   try { state.demo = await api("/api/v1/demo/clusters"); } catch (_) { state.demo = null; }
   renderClusters(status);
+  scenarioOptions(status.clusters);
+  if (!plans.ran) await runPlan();
   renderApps(status);
   try { renderMembers(await api("/api/v1/inventory")); } catch (_) { renderMembers([]); }
   try { renderHistory(await api("/api/v1/history?limit=20")); } catch (err) { banner(`History: ${err.message}`); }
@@ -437,6 +506,10 @@ $("#explain-form").addEventListener("submit", async (event) => {
   } catch (err) {
     $("#explain-result").textContent = err.message;
   }
+});
+$("#plan-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  runPlan();
 });
 $("#chart-app").addEventListener("change", (event) => {
   charts.app = event.target.value;

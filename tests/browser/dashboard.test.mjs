@@ -129,6 +129,17 @@ test("dashboard lists the demo clusters and a drain click moves weights and traf
   for (const cluster of ["aws-eu-west-1", "gcp-europe-west3", "aws-us-east-1"]) {
     await page.locator(`#clusters tr[data-cluster="${cluster}"]`).waitFor({ timeout: 10000 });
   }
+  // The planner's what-if from the page: if aws-eu-west-1 failed, its replicas and cost
+  // would move to the others, grouped by cloud.
+  await page.locator("#plan-scenario").selectOption("fail:aws-eu-west-1");
+  await page.locator("#plan-form button[type=submit]").click();
+  await until("the plan for a failed aws-eu-west-1", async () =>
+    (await page.locator('#plan-clusters tr[data-cluster="aws-eu-west-1"]').getAttribute("data-cost-after", { timeout: 1000 })) === "0.0000");
+  const gcp = Number(await page.locator('#plan-clusters tr[data-cluster="gcp-europe-west3"]').getAttribute("data-cost-after"));
+  assert.ok(gcp > 0, "the surviving cloud carries the cost");
+  assert.equal(await page.locator('#plan-clusters tr.subtotal').count(), 2, "one subtotal per cloud (aws, gcp)");
+  assert.match(await page.locator("#plan-summary").innerText(), /cost\/h [0-9.]+ now → [0-9.]+ planned/);
+
   // Live traffic: the proxy reports what it sends to each target; the page shows the rate.
   let flowing = true;
   const flow = async () => {
