@@ -311,6 +311,32 @@ fn operator_output_speaks_in_the_configs_units_and_says_when_it_is_empty() {
         assert!(!epoch_ms(&text), "{command} shows an epoch number: {text}");
         assert!(text.contains(" s ago)"), "{command} shows no age: {text}");
     }
+    // A recovering target's slow-start percentage is the share of its weight it gets, the
+    // same number the effective column shows (a slow start begins at a floor, not at 0).
+    let out = Command::new(BIN)
+        .args(["demo", "--controller", &format!("http://{}", up.controller)])
+        .args(["recover", "gcp-europe-west3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = meridian(&["status"], up.controller);
+        let gcp = row(&text, "gcp-europe-west3");
+        if gcp[3] == "slow-start" {
+            let weight: f64 = gcp[1].parse().unwrap();
+            let effective: f64 = gcp[2].parse().unwrap();
+            let percent: f64 = gcp[4].trim_end_matches('%').parse().unwrap();
+            assert!(
+                (percent - effective / weight * 100.0).abs() <= 1.0,
+                "slow-start {percent}% of weight {weight} but effective {effective}: {text}"
+            );
+            assert!(text.contains("the percentage of its weight"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slow start seen: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let dir2 = TempDir::new("newcomer-check");
     let one = dir2.0.join("one.yaml");
     std::fs::write(

@@ -64,9 +64,10 @@ const fmtTime = (ms) => (ms ? `${new Date(ms).toLocaleTimeString()} (${fmtAgo(ms
 const pct = (x) => (x * 100).toFixed(1) + "%";
 const enc = encodeURIComponent;
 
-function healthPill(health, progress) {
+// During a drain or slow start: the percentage of its weight the target gets now.
+function healthPill(health, weightPercent) {
   const cls = health === "healthy" ? "ok" : health === "unhealthy" || health === "drained" ? "bad" : "warn";
-  const suffix = progress !== null && progress !== undefined && health !== "healthy" ? ` ${Math.round(progress * 100)}%` : "";
+  const suffix = weightPercent !== null && weightPercent !== undefined && health !== "drained" ? ` ${Math.round(weightPercent)}% weight` : "";
   return el("span", { class: "pill " + cls, "data-health": health }, health + suffix);
 }
 
@@ -135,7 +136,7 @@ function renderApps(status) {
       const input = el("input", { class: "weight", type: "number", min: 0, max: 10000, value: t.weight, "aria-label": `weight of ${t.cluster}` });
       return el("tr", { "data-app": app.name, "data-target": t.cluster },
         el("td", {}, t.cluster), el("td", {}, t.tier),
-        el("td", {}, healthPill(t.health, t.progress)),
+        el("td", {}, healthPill(t.health, t.weight_percent)),
         el("td", { "data-weight": t.weight }, t.weight, t.weight_override !== null && t.weight_override !== undefined ? el("span", { class: "muted" }, ` (config ${t.configured_weight})`) : null),
         el("td", { "data-share": share.toFixed(4) }, el("span", { class: "bar", style: `width:${Math.round(share * 80)}px` }), " ", pct(share)),
         el("td", { "data-traffic-share": totalRps > 0 && t.traffic ? (t.traffic.requests_per_second / totalRps).toFixed(4) : "" },

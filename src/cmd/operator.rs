@@ -185,8 +185,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                     Some(_) => format!("{}*", t.weight),
                     None => t.weight.to_string(),
                 };
-                let health = match t.progress {
-                    Some(p) => format!("{} {:.0}%", t.health, p * 100.0),
+                // The share of its weight it gets now, which the effective column shows
+                // too (a slow start's progress would not match it: it starts at a floor).
+                let health = match t.weight_percent {
+                    Some(p) => format!("{} {p:.0}%", t.health),
                     None => t.health.clone(),
                 };
                 let votes: Vec<String> = t
@@ -212,6 +214,14 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             .any(|t| t.weight_override.is_some());
         if overridden {
             println!("\n(* weight set by an operator)");
+        }
+        if status
+            .apps
+            .iter()
+            .flat_map(|a| &a.targets)
+            .any(|t| t.weight_percent.is_some())
+        {
+            println!("(draining and slow-start: the percentage of its weight the target gets now)");
         }
         Ok(())
     })

@@ -71,6 +71,9 @@ pub struct TargetView {
     pub health: String,
     /// Progress of a drain or slow start, 0 to 1.
     pub progress: Option<f64>,
+    /// During a drain or slow start, the percentage of its weight the target gets now (a
+    /// slow start begins at a floor, so this is not the progress).
+    pub weight_percent: Option<f64>,
     /// When an active drain of this target (or its cluster) began.
     pub drain_started_at_ms: Option<u64>,
     /// The verdict and its votes.
@@ -184,6 +187,11 @@ pub(crate) fn status_view(shared: &Shared) -> ApiResult<StatusView> {
                             }
                             _ => None,
                         },
+                        weight_percent: matches!(
+                            t.health,
+                            Health::Draining { .. } | Health::SlowStart { .. }
+                        )
+                        .then(|| t.health.weight_factor() * 100.0),
                         drain_started_at_ms: drains
                             .iter()
                             .filter_map(|k| st.overrides.drains.get(k).copied())
