@@ -47,6 +47,8 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Make a stand-in cluster of `meridian up --demo` fail or recover.
     Demo(cmd::demo::Args),
+    /// Create a small CA and certificates for mutual TLS between controller, proxies and DNS.
+    Certs(cmd::certs::Args),
     /// Print the CustomResourceDefinitions (Kubernetes mode) as YAML.
     Crds(cmd::crds::Args),
     /// Run the authoritative GeoDNS server (UDP and TCP) for the config's zones.
@@ -78,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(args) => cmd::operator::audit(args),
         Command::Plan(args) => cmd::plan::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Certs(args) => cmd::certs::run(args),
         Command::Crds(args) => cmd::crds::run(args),
         Command::Dns(args) => cmd::dns::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),

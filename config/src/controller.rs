@@ -36,6 +36,11 @@ pub struct ControllerConfig {
     /// Address of the API, dashboard, metrics and watch stream.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// A second listener in plain HTTP serving only `/livez`, `/readyz` and `/metrics` (no
+    /// API, tokens or tables), for health checks and scrapers that hold no client
+    /// certificate when `tls` asks for one; none when unset. Allowed on any address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     /// Directory of the embedded store (overrides, audit log, failover history, last table),
     /// relative to the config file. Unset: state lives in memory and is lost on exit.
     #[serde(default)]
@@ -70,6 +75,38 @@ pub struct ControllerConfig {
     /// vote (2 of 3 in that example). Without subscribers, keep it on.
     #[serde(default = "default_true")]
     pub own_probe_votes: bool,
+    /// TLS on the controller's port (the API, the watch stream, reports, the dashboard).
+    /// Without it the port speaks plain HTTP, which is allowed on a loopback address only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ControllerTlsConfig>,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The controller's certificate, and the CA its clients' certificates must chain to. The
+/// file names are cert-manager's (`tls.crt`, `tls.key`, `ca.crt`); `meridian certs` writes
+/// such files for a deployment without Kubernetes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerTlsConfig {
+    /// PEM certificate chain the controller presents, leaf first (relative to the config
+    /// file).
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// PEM CA certificate(s). When set, every client must present a certificate that
+    /// chains to one of them (mutual TLS): a connection without one is refused in the
+    /// handshake. A certificate's names (subject CN and DNS names) are the vantages its
+    /// holder may report as; without a bearer token it authenticates as role subscriber.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// How often the three files are checked for changes; changed files are loaded without
+    /// a restart and serve every new connection (files that fail to load keep the previous
+    /// ones in force).
+    #[serde(default = "default_tls_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 fn default_true() -> bool {
@@ -80,6 +117,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             listen: default_listen(),
+            admin_listen: None,
             data_dir: None,
             tokens: Vec::new(),
             heartbeat: default_heartbeat(),
@@ -89,8 +127,23 @@ impl Default for ControllerConfig {
             hold_down: default_hold_down(),
             hold_down_max: default_hold_down_max(),
             own_probe_votes: true,
+            tls: None,
         }
     }
+}
+
+/// Why the controller may not listen on `listen` without TLS: plain HTTP carries tokens,
+/// reports and tables in clear text, so it is kept to loopback (one host, `meridian up`,
+/// tests). `None` when the address is fine.
+pub fn plain_http_problem(listen: SocketAddr, tls: bool) -> Option<String> {
+    if tls || listen.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "{listen} is not a loopback address, and plain HTTP is allowed on loopback only: \
+         configure controller.tls (certificates: `meridian certs`, or a cert-manager Secret) \
+         or listen on 127.0.0.1"
+    ))
 }
 
 /// What a token may do.
@@ -207,6 +260,17 @@ impl ControllerConfig {
                 }
                 (None, Some(_)) => {}
             }
+        }
+        if let Some(problem) = plain_http_problem(self.listen, self.tls.is_some()) {
+            out.push(("controller.listen".into(), problem));
+        }
+        if let Some(tls) = &self.tls
+            && tls.reload_interval < Duration::from_millis(100)
+        {
+            out.push((
+                "controller.tls.reload_interval".into(),
+                "must be at least 100ms".into(),
+            ));
         }
         if self.heartbeat < Duration::from_millis(10) {
             out.push((

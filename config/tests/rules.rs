@@ -53,6 +53,10 @@ const CASES: &[(&str, &str)] = &[
         "controller-token.yaml:13:44: controller.tokens[0].sha256: must be 64 hexadecimal digits (the SHA-256 of the token)",
     ),
     (
+        "controller-plain-http.yaml",
+        "controller-plain-http.yaml:12:11: controller.listen: 0.0.0.0:8090 is not a loopback address, and plain HTTP is allowed on loopback only: configure controller.tls (certificates: `meridian certs`, or a cert-manager Secret) or listen on 127.0.0.1",
+    ),
+    (
         "controller-vantage-twice.yaml",
         r#"controller-vantage-twice.yaml:14:67: controller.tokens[1].vantages[0]: vantage "edge" is already named by token "edge-a""#,
     ),

@@ -3,6 +3,7 @@
 use http::Method;
 use meridian_subscriber::Error;
 use meridian_subscriber::http::ControllerClient;
+use meridian_subscriber::tls::ClientTls;
 use serde::de::DeserializeOwned;
 
 use crate::api::{ChangeResponse, StatusView, WeightRequest};
@@ -40,6 +41,14 @@ impl ApiClient {
     pub fn new(base: &str, token: Option<String>) -> Result<Self, Error> {
         Ok(Self {
             http: ControllerClient::new(base, token)?,
+        })
+    }
+
+    /// A client of the controller at `base` (`http://` or `https://host:port`), with the
+    /// CA and client certificate of `tls`.
+    pub fn with_tls(base: &str, token: Option<String>, tls: &ClientTls) -> Result<Self, Error> {
+        Ok(Self {
+            http: ControllerClient::with_tls(base, token, tls)?,
         })
     }
 

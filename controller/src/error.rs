@@ -59,6 +59,9 @@ pub enum Error {
         /// The system's error.
         error: std::io::Error,
     },
+    /// The TLS files of `controller.tls` cannot be used.
+    #[error("controller TLS: {0}")]
+    Tls(String),
     /// Setting up metrics failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

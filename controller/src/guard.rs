@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use crate::Shared;
 use crate::api::auth::{OPERATORS, authorize};
 use crate::api::error::ApiError;
+use crate::tls::{Caller, Peer};
 
 fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD)
@@ -29,24 +30,29 @@ fn is_write(method: &Method) -> bool {
 /// every loopback name.
 pub(crate) fn own_origins(addr: SocketAddr, advertise_url: &str) -> Vec<String> {
     let port = addr.port();
-    let mut origins = vec![
-        format!("http://{addr}"),
-        format!("http://localhost:{port}"),
-        format!("http://127.0.0.1:{port}"),
-        format!("http://[::1]:{port}"),
-        advertise_url.trim_end_matches('/').to_string(),
-    ];
+    let mut origins = vec![advertise_url.trim_end_matches('/').to_string()];
+    for scheme in ["http", "https"] {
+        origins.extend([
+            format!("{scheme}://{addr}"),
+            format!("{scheme}://localhost:{port}"),
+            format!("{scheme}://127.0.0.1:{port}"),
+            format!("{scheme}://[::1]:{port}"),
+        ]);
+    }
     origins.sort();
     origins.dedup();
     origins
 }
 
 /// Whether a write may proceed: `open` when no token is configured, `peer` the TCP peer
-/// (unknown when the router is served without connection info).
+/// (unknown when the router is served without connection info), `certified` when it
+/// presented a verified client certificate (mutual TLS: only holders of the configured
+/// CA's certificates reach the port, so they may write from anywhere, as from loopback).
 pub(crate) fn check_write(
     headers: &HeaderMap,
     open: bool,
     peer: Option<SocketAddr>,
+    certified: bool,
     origins: &[String],
 ) -> Result<(), ApiError> {
     let json = headers
@@ -65,10 +71,10 @@ pub(crate) fn check_write(
     }
     let forbidden = |why: String| Err(ApiError::new(StatusCode::FORBIDDEN, why));
     // On a dual-stack listener an IPv4 client shows as ::ffff:127.0.0.1.
-    if !peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
+    if !certified && !peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
         let from = peer.map_or("an unknown peer".into(), |p| p.ip().to_string());
         return forbidden(format!(
-            "no controller.tokens are configured, so writes are accepted from loopback only, not from {from}"
+            "no controller.tokens are configured, so writes are accepted from loopback (or a client certificate of controller.tls.client_ca) only, not from {from}"
         ));
     }
     if let Some(site) = headers.get("sec-fetch-site") {
@@ -97,14 +103,12 @@ pub(crate) async fn guard_writes(
     next: Next,
 ) -> Response {
     if is_write(request.method()) {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
+        let peer = request.extensions().get::<ConnectInfo<Peer>>();
         if let Err(err) = check_write(
             request.headers(),
             shared.tokens.is_open(),
-            peer,
+            peer.map(|p| p.0.addr),
+            peer.is_some_and(|p| p.0.cert_names.is_some()),
             &shared.origins,
         ) {
             return err.into_response();
@@ -119,10 +123,12 @@ pub(crate) async fn operator_writes(
     request: Request,
     next: Next,
 ) -> Response {
-    if is_write(request.method())
-        && let Err(err) = authorize(&shared, request.headers(), OPERATORS)
-    {
-        return err.into_response();
+    if is_write(request.method()) {
+        let (parts, body) = request.into_parts();
+        if let Err(err) = authorize(&shared, &Caller::of(&parts), OPERATORS) {
+            return err.into_response();
+        }
+        return next.run(Request::from_parts(parts, body)).await;
     }
     next.run(request).await
 }
@@ -146,7 +152,7 @@ mod tests {
         let local = Some("127.0.0.1:5555".parse().unwrap());
         let json = ("content-type", "application/json; charset=utf-8");
         let status = |h: &[(&'static str, &str)], open, peer| {
-            check_write(&headers(h), open, peer, &origins).map_err(|e| e.status())
+            check_write(&headers(h), open, peer, false, &origins).map_err(|e| e.status())
         };
         assert_eq!(status(&[json], true, local), Ok(()));
         assert_eq!(
@@ -179,6 +185,11 @@ mod tests {
         let remote = Some("192.0.2.7:5555".parse().unwrap());
         assert_eq!(status(&[json], true, remote), Err(StatusCode::FORBIDDEN));
         assert_eq!(status(&[json], true, None), Err(StatusCode::FORBIDDEN));
+        // A verified client certificate may write from anywhere, still not cross-site.
+        let json_headers = headers(&[json]);
+        assert!(check_write(&json_headers, true, remote, true, &origins).is_ok());
+        let evil = headers(&[json, ("origin", "https://evil.example")]);
+        assert!(check_write(&evil, true, remote, true, &origins).is_err());
         // With tokens, a bearer token (which no browser adds by itself) decides.
         assert_eq!(
             status(&[json, ("origin", "http://evil.example")], false, remote),

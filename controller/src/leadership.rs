@@ -14,7 +14,7 @@ use axum::http::Method;
 use meridian_routing::RoutingTable;
 use meridian_subscriber::TableCell;
 use meridian_subscriber::http::ControllerClient;
-use meridian_subscriber::watch::{WatchConfig, follow};
+use meridian_subscriber::watch::{WatchConfig, follow_with};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -99,14 +99,19 @@ async fn mirror_from(shared: &Arc<Shared>, leader: &str, token: Option<String>) 
         cell.store(table);
     }
     let mut stored = cell.subscribe();
-    let client = ControllerClient::new(leader, token.clone());
+    let client = ControllerClient::with_tls(leader, token.clone(), &shared.peer_tls);
     let config = WatchConfig {
         controller: leader.to_string(),
         token,
         state_dir: None,
         subscriber: format!("controller {}", shared.leadership.borrow().identity),
     };
-    let follow = follow(config, cell.clone());
+    let follow = async {
+        match ControllerClient::with_tls(leader, config.token.clone(), &shared.peer_tls) {
+            Ok(watch) => follow_with(watch, config, cell.clone()).await,
+            Err(err) => Err(err),
+        }
+    };
     tokio::pin!(follow);
     // Set while the latest table could not be made durable: it is tried again then, even if
     // the leader sends nothing newer.

@@ -38,6 +38,7 @@ pub mod plan;
 pub mod publish;
 pub mod store;
 pub mod timeline;
+pub mod tls;
 pub mod traffic;
 pub mod verdict;
 
@@ -163,6 +164,8 @@ pub(crate) struct Shared {
     pub(crate) publisher: Publisher,
     pub(crate) metrics: Metrics,
     pub(crate) tokens: api::Tokens,
+    /// How this replica reaches another over TLS (empty without `controller.tls`).
+    pub(crate) peer_tls: meridian_subscriber::tls::ClientTls,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Whether this replica leads; only the leader computes, changes and writes.
     pub(crate) leadership: watch::Sender<leadership::Leadership>,
@@ -597,6 +600,8 @@ pub struct Controller;
 #[derive(Debug)]
 pub struct RunningController {
     addr: SocketAddr,
+    /// `https` with `controller.tls`, else `http`.
+    scheme: &'static str,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     own_probe: Option<Arc<OwnProbe>>,
@@ -687,6 +692,24 @@ impl Controller {
         }
         let metrics = Metrics::new()?;
         let listen = options.listen.unwrap_or(section.listen);
+        let admin_listen = section.admin_listen;
+        if let Some(message) =
+            meridian_config::controller::plain_http_problem(listen, section.tls.is_some())
+        {
+            return Err(Error::Config {
+                file,
+                path: "controller.listen".into(),
+                message,
+            });
+        }
+        let server_tls = match &section.tls {
+            Some(tls) => Some(tls::ServerTls::load(tls, &base)?),
+            None => {
+                warn!(%listen, "controller.tls is not set: plain HTTP, fit for loopback only");
+                None
+            }
+        };
+        let scheme = if server_tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|error| Error::Bind {
@@ -700,7 +723,7 @@ impl Controller {
         let identity = options
             .advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
         let origins = guard::own_origins(addr, &identity);
         let kubernetes = options.kubernetes.clone();
         let leadership = match &kubernetes {
@@ -731,6 +754,10 @@ impl Controller {
             publisher: Publisher::default(),
             metrics,
             tokens,
+            peer_tls: server_tls
+                .as_ref()
+                .map(|t| t.peer_client())
+                .unwrap_or_default(),
             shutdown: watch::channel(false).0,
             wake: Notify::new(),
             leadership: watch::channel(leadership).0,
@@ -766,18 +793,51 @@ impl Controller {
             guard::guard_writes,
         ));
         let mut stop = shared.shutdown.subscribe();
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(err) = serve.await {
-                error!(error = %err, "controller HTTP server failed");
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let app = router.into_make_service_with_connect_info::<tls::Peer>();
+        match &server_tls {
+            Some(server_tls) => {
+                let listener = server_tls
+                    .listener(listener)
+                    .map_err(|error| Error::Bind { addr, error })?;
+                tasks.push(tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                    if let Err(err) = serve.await {
+                        error!(error = %err, "controller HTTPS server failed");
+                    }
+                }));
+                let (reload, mut stop) = (server_tls.clone(), shared.shutdown.subscribe());
+                tasks.push(tokio::spawn(async move {
+                    tokio::select! {
+                        () = reload.reload() => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                }));
             }
-        }));
+            None => tasks.push(tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(err) = serve.await {
+                    error!(error = %err, "controller HTTP server failed");
+                }
+            })),
+        }
+        if let Some(admin) = admin_listen {
+            let listener = tokio::net::TcpListener::bind(admin)
+                .await
+                .map_err(|error| Error::Bind { addr: admin, error })?;
+            let router = api::admin_router(shared.clone());
+            let mut stop = shared.shutdown.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+                if let Err(err) = serve.await {
+                    error!(error = %err, "controller admin server failed");
+                }
+            }));
+        }
         let loop_shared = shared.clone();
         let tick = options.tick;
         let mut stop = shared.shutdown.subscribe();
@@ -827,9 +887,10 @@ impl Controller {
                 k,
             )));
         }
-        info!(%addr, "controller listening");
+        info!(%addr, scheme, "controller listening");
         Ok(RunningController {
             addr,
+            scheme,
             shared,
             tasks,
             own_probe,
@@ -843,9 +904,9 @@ impl RunningController {
         self.addr
     }
 
-    /// The base URL of the API, `http://ADDR`.
+    /// The base URL of the API, `http://ADDR` (`https://ADDR` with `controller.tls`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The table being published.

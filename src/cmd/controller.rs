@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("starting the controller")?;
         // One line on stdout that scripts and tests can wait for.
-        println!("controller listening on http://{}", controller.addr());
+        println!("controller listening on {}", controller.url());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {

@@ -17,6 +17,8 @@ pub struct Args {
     /// Bearer token with the operator role, when the controller has tokens (or env MERIDIAN_TOKEN).
     #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: super::TlsArgs,
     #[command(subcommand)]
     action: Action,
 }
@@ -45,7 +47,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client = ControllerClient::new(&args.controller, args.token.clone())?;
+        let client = ControllerClient::with_tls(
+            &args.controller,
+            args.token.clone(),
+            &args.tls.client_tls(),
+        )?;
         let (cluster, mode) = match &args.action {
             Action::Fail { cluster, http_503: true } => (cluster, "http-503"),
             Action::Fail { cluster, http_503: false } => (cluster, "down"),

@@ -55,33 +55,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cell.store(Arc::new(super::static_table(&loaded)?));
         }
         let server = DnsServer::start(&loaded, cell.clone())?;
-        if let Some(controller) = args.follow.controller {
+        if let Some(controller) = args.follow.controller.clone() {
             let token = super::read_token(args.follow.token_file.as_deref())?;
             let subscriber = format!("dns@{}", loaded.config.dns.listen);
-            let name = args
-                .follow
-                .vantage
-                .clone()
-                .unwrap_or_else(|| subscriber.clone());
+            let name = args.follow.vantage_name(subscriber.clone());
+            // Two clients, so a long watch stream and the reports never wait on each other.
+            let (watch_client, report_client) = (
+                args.follow.client(token.clone())?,
+                args.follow.client(token.clone())?,
+            );
             let region = args.follow.region.clone();
             let watch = meridian_subscriber::watch::WatchConfig {
-                controller: controller.clone(),
-                token: token.clone(),
+                controller,
+                token,
                 state_dir: args.follow.state_dir.clone(),
                 subscriber,
             };
             let follow_cell = cell.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(err) = meridian_subscriber::watch::follow(watch, follow_cell).await {
+                if let Err(err) =
+                    meridian_subscriber::watch::follow_with(watch_client, watch, follow_cell).await
+                {
                     tracing::error!(error = %err, "dns: following the controller failed");
                 }
             }));
             // The DNS server is a vantage too: it runs the probes the controller assigns.
             let answers = server.answer_source();
             tasks.push(tokio::spawn(async move {
-                let result = meridian_subscriber::report::probe_and_report_counters(
-                    &controller,
-                    token,
+                let result = meridian_subscriber::report::probe_and_report_with(
+                    report_client,
                     name,
                     region,
                     meridian_subscriber::report::Counters {

@@ -1,5 +1,6 @@
 //! One module per subcommand: argument types and the call into the owning crate.
 
+pub mod certs;
 pub mod check;
 pub mod controller;
 pub mod crds;
@@ -109,4 +110,69 @@ pub struct FollowArgs {
     /// Region of this vantage, when the controller cannot tell it from the address.
     #[arg(long, requires = "controller")]
     pub region: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+impl FollowArgs {
+    /// A client of the controller (`--controller` must be set), with the TLS files.
+    pub fn client(
+        &self,
+        token: Option<String>,
+    ) -> anyhow::Result<meridian_subscriber::http::ControllerClient> {
+        use anyhow::Context;
+        let controller = self.controller.as_deref().unwrap_or_default();
+        meridian_subscriber::http::ControllerClient::with_tls(
+            controller,
+            token,
+            &self.tls.client_tls(),
+        )
+        .with_context(|| format!("the controller {controller}"))
+    }
+
+    /// The vantage name: `--vantage`, else the client certificate's name (the one the
+    /// controller lets it report as), else `fallback`.
+    pub fn vantage_name(&self, fallback: String) -> String {
+        self.vantage
+            .clone()
+            .or_else(|| self.tls.certificate_name())
+            .unwrap_or(fallback)
+    }
+}
+
+/// TLS towards an `https://` controller.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// Directory with the controller's CA (`ca.crt`) and, when the controller asks for a
+    /// client certificate, this part's certificate and key (`tls.crt`, `tls.key`): the
+    /// layout of a cert-manager Secret and of `meridian certs`. Re-read when the files
+    /// change.
+    #[arg(long, env = "MERIDIAN_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files in `--tls-dir`; a missing `tls.crt` means no client certificate.
+    pub fn client_tls(&self) -> meridian_subscriber::tls::ClientTls {
+        let Some(dir) = &self.tls_dir else {
+            return Default::default();
+        };
+        let cert = dir.join("tls.crt");
+        let with_cert = cert.exists() || dir.join("tls.key").exists();
+        meridian_subscriber::tls::ClientTls {
+            ca: Some(dir.join("ca.crt")),
+            cert: with_cert.then_some(cert),
+            key: with_cert.then(|| dir.join("tls.key")),
+        }
+    }
+
+    /// The first name of the client certificate, unless it is a pattern (`proxy-*`).
+    pub fn certificate_name(&self) -> Option<String> {
+        use rustls_pki_types::pem::PemObject;
+        let cert = self.client_tls().cert?;
+        let der = rustls_pki_types::CertificateDer::from_pem_file(cert).ok()?;
+        meridian_controller::tls::certificate_names(&der)
+            .into_iter()
+            .find(|name| !name.ends_with('*'))
+    }
 }

@@ -22,6 +22,8 @@ pub struct Api {
     /// Print the API's JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    tls: super::TlsArgs,
 }
 
 impl Api {
@@ -32,7 +34,11 @@ impl Api {
                 .ok()
                 .filter(|t| !t.is_empty()),
         };
-        Ok(ApiClient::new(&self.controller, token)?)
+        Ok(ApiClient::with_tls(
+            &self.controller,
+            token,
+            &self.tls.client_tls(),
+        )?)
     }
 }
 

@@ -31,8 +31,7 @@ pub struct Args {
 
 /// Where and as what the proxy probes and reports as a vantage.
 struct Vantage {
-    controller: String,
-    token: Option<String>,
+    client: meridian_subscriber::http::ControllerClient,
     name: String,
     region: Option<String>,
 }
@@ -61,17 +60,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // arrives the proxy answers 503 and /readyz says not ready.
         Some(controller) => {
             let token = super::read_token(args.follow.token_file.as_deref())?;
+            // Two clients, so a long watch stream and the reports never wait on each other.
             let vantage = Vantage {
-                controller: controller.clone(),
-                token: token.clone(),
+                client: args.follow.client(token.clone())?,
                 name: args
                     .follow
-                    .vantage
-                    .clone()
-                    .unwrap_or_else(|| format!("proxy@{}", config.listen)),
+                    .vantage_name(format!("proxy@{}", config.listen)),
                 region: args.follow.region.clone(),
             };
             Some((
+                args.follow.client(token.clone())?,
                 WatchConfig {
                     controller: controller.clone(),
                     token,
@@ -106,16 +104,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("installing the SIGTERM handler")?;
         let follow = async {
             match watch {
-                Some((watch, vantage)) => {
+                Some((client, watch, vantage)) => {
                     let traffic = proxy.traffic_source();
                     // Probing is secondary to serving: if it stops (a refused token), the
                     // proxy keeps serving and says so in the log.
                     tokio::spawn(async move {
                         let name = vantage.name.clone();
                         // The traffic it sends each target is reported with the probes.
-                        if let Err(err) = meridian_subscriber::report::probe_and_report_counters(
-                            &vantage.controller,
-                            vantage.token,
+                        if let Err(err) = meridian_subscriber::report::probe_and_report_with(
+                            vantage.client,
                             vantage.name,
                             vantage.region,
                             meridian_subscriber::report::Counters {
@@ -128,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             tracing::error!(vantage = %name, error = %err, "stopped probing as a vantage");
                         }
                     });
-                    meridian_subscriber::watch::follow(watch, cell).await
+                    meridian_subscriber::watch::follow_with(client, watch, cell).await
                 }
                 None => std::future::pending().await,
             }

@@ -73,6 +73,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.controller_listen {
         c.controller.listen = addr;
     }
+    // One process on one host: its parts talk over loopback, where plain HTTP is allowed;
+    // TLS between the parts is for a split deployment.
+    if c.controller.tls.take().is_some() {
+        tracing::warn!(
+            "meridian up ignores controller.tls: its controller serves plain HTTP on loopback"
+        );
+        if let Some(problem) =
+            meridian_config::controller::plain_http_problem(c.controller.listen, false)
+        {
+            anyhow::bail!("controller.listen (or --controller-listen): {problem}");
+        }
+    }
     let mut args = args;
     if args.token.is_none() && !c.controller.tokens.is_empty() {
         args.token = Some(in_process_credential(&mut c.controller));

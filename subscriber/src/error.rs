@@ -39,6 +39,9 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// The TLS files towards the controller cannot be used (a missing CA, a bad key).
+    #[error("controller TLS: {0}")]
+    Tls(String),
     /// A table failed decoding or validation.
     #[error("routing table from {source_name}: {error}")]
     Table {
@@ -70,6 +73,9 @@ pub enum Error {
 impl Error {
     /// True when retrying the same request cannot succeed (the controller refused the token).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Refused { .. } | Error::BadUrl { .. })
+        matches!(
+            self,
+            Error::Refused { .. } | Error::BadUrl { .. } | Error::Tls(_)
+        )
     }
 }

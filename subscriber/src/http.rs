@@ -1,14 +1,21 @@
 //! The small HTTP/1.1 client subscribers and vantages use to reach the controller.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::error::Error;
+use crate::tls::{ClientTls, ReloadingClientConfig};
 
 /// How long a request may wait for the controller's response head, and a `call` for the
 /// whole body: a controller that accepts a connection and then stalls must not hang a
@@ -22,33 +29,93 @@ pub struct ControllerClient {
     base: String,
     token: Option<String>,
     timeout: std::time::Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+}
+
+/// Opens connections to the controller: plain TCP for `http://`, TLS with the current
+/// client config (reloaded when its files change) for `https://`.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    http: HttpConnector,
+    tls: Option<Arc<ReloadingClientConfig>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        match &self.tls {
+            Some(tls) => {
+                // A fresh connector per connection is cheap (two Arcs) and picks up a
+                // reloaded certificate.
+                let mut https = HttpsConnector::from((self.http.clone(), tls.current()));
+                https.enforce_https();
+                Box::pin(async move { https.call(uri).await })
+            }
+            None => {
+                let mut http = self.http.clone();
+                Box::pin(async move {
+                    let io = http.call(uri).await?;
+                    Ok(MaybeHttpsStream::Http(io))
+                })
+            }
+        }
+    }
 }
 
 impl ControllerClient {
-    /// A client for `base` (`http://host:port`, no path). Only plain HTTP is spoken: the
-    /// controller's port is meant for loopback or a private network.
+    /// A client for `base` (`http://host:port`, no path) over plain HTTP: fit for a
+    /// controller on loopback (the only place it serves plain HTTP).
     pub fn new(base: &str, token: Option<String>) -> Result<Self, Error> {
+        Self::with_tls(base, token, &ClientTls::default())
+    }
+
+    /// A client for `base`, `http://host:port` or `https://host:port` (no path). Over
+    /// `https://` the controller's certificate is checked against `tls.ca`, and the client
+    /// certificate in `tls` (if any) is presented; both are read again when they change.
+    pub fn with_tls(base: &str, token: Option<String>, tls: &ClientTls) -> Result<Self, Error> {
         let base = base.trim_end_matches('/').to_string();
         let uri: Uri = base.parse().map_err(|e| Error::BadUrl {
             url: base.clone(),
             reason: format!("{e}"),
         })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(Error::BadUrl {
-                url: base,
-                reason: "only http:// is supported".into(),
-            });
-        }
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(Arc::new(ReloadingClientConfig::new(tls.clone())?)),
+            Some("http") if tls.is_empty() => None,
+            Some("http") => {
+                return Err(Error::BadUrl {
+                    url: base,
+                    reason: "a CA or client certificate is given, so the URL must be https://"
+                        .into(),
+                });
+            }
+            _ => {
+                return Err(Error::BadUrl {
+                    url: base,
+                    reason: "only http:// (loopback) and https:// are supported".into(),
+                });
+            }
+        };
         if uri.authority().is_none() || uri.path().len() > 1 {
             return Err(Error::BadUrl {
                 url: base,
-                reason: "expected http://host:port with no path".into(),
+                reason: "expected http(s)://host:port with no path".into(),
             });
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        // The TLS layer above it handles https:// URLs.
+        http.enforce_http(false);
+        let client =
+            Client::builder(TokioExecutor::new()).build(Connector { http, tls });
         Ok(Self {
             base,
             token,
@@ -75,9 +142,23 @@ impl ControllerClient {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<http::Response<Incoming>, Error> {
+        self.send_with(method, path_and_query, body, None).await
+    }
+
+    /// As [`send`](Self::send), with one more header.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        extra: Option<(&'static str, http::HeaderValue)>,
+    ) -> Result<http::Response<Incoming>, Error> {
         let url = format!("{}{}", self.base, path_and_query);
         let write = !matches!(method, Method::GET | Method::HEAD);
         let mut builder = Request::builder().method(method).uri(&url);
+        if let Some((name, value)) = extra {
+            builder = builder.header(name, value);
+        }
         if let Some(token) = &self.token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -18,6 +18,7 @@
 //! - [`probe`]: HTTP, HTTPS and TCP probes, rise/fall state, the probe runner of a vantage.
 //! - [`report`]: the wire shapes a vantage reports in, and the client that sends them.
 //! - [`http`]: the small HTTP client both use to reach the controller.
+//! - [`tls`]: the controller's CA and the client certificate, reloaded when they change.
 
 mod cell;
 mod error;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod persist;
 pub mod probe;
 pub mod report;
+pub mod tls;
 pub mod watch;
 
 pub use cell::TableCell;

@@ -143,6 +143,17 @@ pub async fn probe_and_report_counters(
     counters: Counters,
 ) -> Result<(), Error> {
     let client = ControllerClient::new(controller, token)?;
+    probe_and_report_with(client, vantage, region, counters).await
+}
+
+/// As [`probe_and_report_counters`], through `client` (which may speak TLS, see
+/// [`ControllerClient::with_tls`]).
+pub async fn probe_and_report_with(
+    client: ControllerClient,
+    vantage: String,
+    region: Option<String>,
+    counters: Counters,
+) -> Result<(), Error> {
     let tls = TlsConnectors::new(&[]);
     let latest: Arc<Mutex<BTreeMap<(String, String), Observation>>> = Arc::default();
     let mut running: Option<(ProbeAssignment, Prober)> = None;

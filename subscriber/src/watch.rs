@@ -51,6 +51,16 @@ const MAX_LINE: usize = 256 * 1024 * 1024;
 /// controller refusing the token (401/403).
 pub async fn follow(config: WatchConfig, cell: Arc<TableCell>) -> Result<(), Error> {
     let client = ControllerClient::new(&config.controller, config.token.clone())?;
+    follow_with(client, config, cell).await
+}
+
+/// As [`follow`], through `client` (which may speak TLS, see
+/// [`ControllerClient::with_tls`]); `config.controller` and `config.token` are not used.
+pub async fn follow_with(
+    client: ControllerClient,
+    config: WatchConfig,
+    cell: Arc<TableCell>,
+) -> Result<(), Error> {
     if let Some(dir) = &config.state_dir {
         match persist::load(dir) {
             Ok(Some(table)) if table.version() > cell.version() => {

@@ -1,16 +1,18 @@
 //! Who a request comes from and what it may do: bearer tokens (kept as SHA-256 digests),
-//! the principal a token names, and the roles each kind of route needs.
+//! client certificates (mutual TLS, see `crate::tls`), the principal they name, and the
+//! roles each kind of route needs.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use meridian_config::controller::{ControllerConfig, Role};
 use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, ApiResult};
 use crate::Shared;
 use crate::error::Error;
+use crate::tls::Caller;
 
 /// Who made a request, from its token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,17 +23,46 @@ pub struct Principal {
     pub role: Role,
     /// The vantages it may report as; `None` (an open API, no tokens) for any.
     pub vantages: Option<Vec<String>>,
+    /// The names of the client certificate it presented (mutual TLS): it may report only
+    /// as one of these too, whatever its token allows.
+    pub certificate: Option<Vec<String>>,
+}
+
+/// Whether `vantage` is one of `allowed` (a name ending in `*` matches a prefix).
+fn names_vantage(allowed: &[String], vantage: &str) -> bool {
+    allowed.iter().any(|v| match v.strip_suffix('*') {
+        Some(prefix) => vantage.starts_with(prefix),
+        None => v == vantage,
+    })
 }
 
 impl Principal {
-    /// Whether it may report probe results as `vantage`.
+    /// Whether it may report probe results as `vantage`: its token and its certificate
+    /// (each when there is one) must both name it.
     pub fn may_speak_for(&self, vantage: &str) -> bool {
-        self.vantages.as_ref().is_none_or(|allowed| {
-            allowed.iter().any(|v| match v.strip_suffix('*') {
-                Some(prefix) => vantage.starts_with(prefix),
-                None => v == vantage,
-            })
-        })
+        self.vantages
+            .as_ref()
+            .is_none_or(|allowed| names_vantage(allowed, vantage))
+            && self
+                .certificate
+                .as_ref()
+                .is_none_or(|allowed| names_vantage(allowed, vantage))
+    }
+
+    /// Why it may not report as `vantage`, for the 403.
+    pub(crate) fn refusal(&self, vantage: &str) -> String {
+        match &self.certificate {
+            Some(names) if !names_vantage(names, vantage) => format!(
+                "the client certificate of {:?} names {}, not {vantage:?}",
+                self.name,
+                names.join(", ")
+            ),
+            _ => format!(
+                "token {:?} may report as {}, not as {vantage:?} (controller.tokens[].vantages)",
+                self.name,
+                self.vantages.as_deref().unwrap_or_default().join(", ")
+            ),
+        }
     }
 }
 
@@ -83,6 +114,7 @@ impl Tokens {
                     name: token.name.clone(),
                     role: token.role,
                     vantages: Some(token.allowed_vantages()),
+                    certificate: None,
                 },
             );
         }
@@ -94,26 +126,45 @@ impl Tokens {
         self.by_digest.is_empty()
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    /// Who calls: a bearer token sets the role; a verified client certificate binds the
+    /// vantages and, without a token, authenticates as role subscriber.
+    fn authenticate(&self, caller: &Caller) -> Result<Principal, ApiError> {
+        let certificate = caller.certificate_names();
+        let cert_name = certificate.as_ref().and_then(|names| names.first().cloned());
         if self.is_open() {
             return Ok(Principal {
-                name: "anonymous".into(),
+                name: cert_name.unwrap_or_else(|| "anonymous".into()),
                 role: Role::Operator,
                 vantages: None,
+                certificate,
             });
         }
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        let Some(value) = caller.get(header::AUTHORIZATION) else {
+            return match cert_name {
+                Some(name) => Ok(Principal {
+                    name,
+                    role: Role::Subscriber,
+                    vantages: None,
+                    certificate,
+                }),
+                None => Err(ApiError::unauthorized(
+                    "missing Authorization: Bearer token (or a client certificate)",
+                )),
+            };
+        };
         let token = value
-            .strip_prefix("Bearer ")
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        self.by_digest
+        let mut principal = self
+            .by_digest
             .get(&digest)
             .cloned()
-            .ok_or_else(|| ApiError::unauthorized("unknown token"))
+            .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+        principal.certificate = certificate;
+        Ok(principal)
     }
 }
 
@@ -122,12 +173,8 @@ pub(crate) const WATCHERS: &[Role] = &[Role::ReadOnly, Role::Operator, Role::Sub
 pub(crate) const VANTAGES: &[Role] = &[Role::Subscriber, Role::Operator];
 pub(crate) const OPERATORS: &[Role] = &[Role::Operator];
 
-pub(crate) fn authorize(
-    shared: &Shared,
-    headers: &HeaderMap,
-    roles: &[Role],
-) -> ApiResult<Principal> {
-    let principal = shared.tokens.authenticate(headers)?;
+pub(crate) fn authorize(shared: &Shared, caller: &Caller, roles: &[Role]) -> ApiResult<Principal> {
+    let principal = shared.tokens.authenticate(caller)?;
     if !roles.contains(&principal.role) {
         let allowed: Vec<&str> = roles.iter().map(Role::name).collect();
         return Err(ApiError::new(

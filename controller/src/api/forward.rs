@@ -1,18 +1,21 @@
 //! On a follower, writes go to the leader: the middleware that forwards every API write
-//! (operator changes, vantage reports) with the caller's own token.
+//! (operator changes, vantage reports) with the caller's own token and the names of its
+//! client certificate, over TLS with the controller's own certificate when it has one.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use meridian_subscriber::http::ControllerClient;
+use meridian_subscriber::tls::ClientTls;
 
 use super::error::ApiError;
 use crate::Shared;
+use crate::tls::{Caller, FORWARDED_NAMES};
 
 /// Largest request body a follower forwards (operator changes and reports are small).
 const MAX_FORWARD_BODY: usize = 4 * 1024 * 1024;
@@ -36,7 +39,9 @@ pub(crate) async fn forward_writes(
         )
         .into_response();
     };
-    forward(leader, request).await.unwrap_or_else(|message| {
+    forward(leader, &shared.peer_tls, request)
+        .await
+        .unwrap_or_else(|message| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!(
@@ -47,8 +52,15 @@ pub(crate) async fn forward_writes(
     })
 }
 
-async fn forward(leader: &str, request: Request) -> Result<Response, String> {
+async fn forward(leader: &str, tls: &ClientTls, request: Request) -> Result<Response, String> {
     let (parts, body) = request.into_parts();
+    // So do the names of the caller's client certificate, which the leader cannot see: it
+    // takes them from a replica (one presenting the controller's own certificate) only.
+    let names = Caller::of(&parts)
+        .peer
+        .and_then(|peer| peer.cert_names)
+        .and_then(|names| serde_json::to_string(&names[..]).ok())
+        .and_then(|json| HeaderValue::from_str(&json).ok());
     // The caller's own token travels on: the leader authorizes it, not this replica.
     let token = parts
         .headers
@@ -63,12 +75,13 @@ async fn forward(leader: &str, request: Request) -> Result<Response, String> {
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |p| p.as_str());
-    let client = ControllerClient::new(leader, token).map_err(|e| e.to_string())?;
+    let client = ControllerClient::with_tls(leader, token, tls).map_err(|e| e.to_string())?;
     let response = client
-        .send(
+        .send_with(
             parts.method,
             path,
             (!body.is_empty()).then(|| body.to_vec()),
+            names.map(|names| (FORWARDED_NAMES, names)),
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -96,6 +96,16 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 
+/// The admin listener's router (`controller.admin_listen`): health and metrics alone, for
+/// probes and scrapers without a client certificate.
+pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
 /// The controller's router.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     if shared.tokens.is_open() {

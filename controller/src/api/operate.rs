@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use tracing::info;
 
 use super::auth::{OPERATORS, Principal, authorize};
 use super::error::{ApiError, ApiResult, parse_body};
 use super::views::{ChangeResponse, WeightRequest};
 use crate::Shared;
+use crate::tls::Caller;
 use crate::compute::{Scope, target_key};
 use crate::store::AuditEntry;
 
@@ -96,7 +97,7 @@ async fn apply_change(
     security(("bearer" = [])))]
 pub(crate) async fn set_weight(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     UrlPath((app, cluster)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> ApiResult<axum::Json<ChangeResponse>> {
@@ -137,7 +138,7 @@ pub(crate) async fn set_weight(
     security(("bearer" = [])))]
 pub(crate) async fn reset_weight(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     UrlPath((app, cluster)): UrlPath<(String, String)>,
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;
@@ -208,7 +209,7 @@ pub(crate) async fn drain_change(
     security(("bearer" = [])))]
 pub(crate) async fn drain_cluster(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     UrlPath(cluster): UrlPath<String>,
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;
@@ -225,7 +226,7 @@ pub(crate) async fn drain_cluster(
     security(("bearer" = [])))]
 pub(crate) async fn undrain_cluster(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     UrlPath(cluster): UrlPath<String>,
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;
@@ -242,7 +243,7 @@ pub(crate) async fn undrain_cluster(
     security(("bearer" = [])))]
 pub(crate) async fn drain_target(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     UrlPath((app, cluster)): UrlPath<(String, String)>,
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;
@@ -259,7 +260,7 @@ pub(crate) async fn drain_target(
     security(("bearer" = [])))]
 pub(crate) async fn undrain_target(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     UrlPath((app, cluster)): UrlPath<(String, String)>,
 ) -> ApiResult<axum::Json<ChangeResponse>> {
     let who = authorize(&shared, &headers, OPERATORS)?;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meridian_capacity::{CapacityError, Scenario};
 use meridian_routing::{Client, Pick, wire};
@@ -16,6 +16,7 @@ use super::error::{ApiError, ApiResult, limit, parse_query_u64};
 use super::views::{AppView, StatusView, current_table, status_view};
 use crate::plan::{observed, parse_scenario, plan_input};
 use crate::store::{AuditEntry, HistoryEntry};
+use crate::tls::Caller;
 use crate::{Shared, now_ms};
 
 type Ctx = State<Arc<Shared>>;
@@ -26,7 +27,7 @@ type Ctx = State<Arc<Shared>>;
     security(("bearer" = [])))]
 pub(crate) async fn status(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
 ) -> ApiResult<axum::Json<StatusView>> {
     authorize(&shared, &headers, READERS)?;
     status_view(&shared).map(axum::Json)
@@ -39,7 +40,7 @@ pub(crate) async fn status(
     security(("bearer" = [])))]
 pub(crate) async fn app_status(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     UrlPath(app): UrlPath<String>,
 ) -> ApiResult<axum::Json<AppView>> {
     authorize(&shared, &headers, READERS)?;
@@ -55,7 +56,7 @@ pub(crate) async fn app_status(
 #[utoipa::path(get, path = "/api/v1/table", tag = "read",
     responses((status = 200, description = "The table in the wire format (JSON)")),
     security(("bearer" = [])))]
-pub(crate) async fn table(State(shared): Ctx, headers: HeaderMap) -> ApiResult<Response> {
+pub(crate) async fn table(State(shared): Ctx, headers: Caller) -> ApiResult<Response> {
     authorize(&shared, &headers, WATCHERS)?;
     let table = current_table(&shared)?;
     Ok((
@@ -74,7 +75,7 @@ pub(crate) async fn table(State(shared): Ctx, headers: HeaderMap) -> ApiResult<R
     security(("bearer" = [])))]
 pub(crate) async fn explain(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     authorize(&shared, &headers, READERS)?;
@@ -122,7 +123,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     security(("bearer" = [])))]
 pub(crate) async fn history(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<axum::Json<Vec<HistoryEntry>>> {
     authorize(&shared, &headers, READERS)?;
@@ -170,7 +171,7 @@ pub(crate) async fn timeline(
     security(("bearer" = [])))]
 pub(crate) async fn audit(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<axum::Json<Vec<AuditEntry>>> {
     authorize(&shared, &headers, READERS)?;
@@ -189,7 +190,7 @@ pub(crate) async fn audit(
     security(("bearer" = [])))]
 pub(crate) async fn overrides(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
 ) -> ApiResult<axum::Json<crate::compute::Overrides>> {
     authorize(&shared, &headers, WATCHERS)?;
     Ok(axum::Json(shared.state().overrides.clone()))
@@ -201,7 +202,7 @@ pub(crate) async fn overrides(
     security(("bearer" = [])))]
 pub(crate) async fn leader(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
 ) -> ApiResult<axum::Json<crate::leadership::Leadership>> {
     authorize(&shared, &headers, WATCHERS)?;
     Ok(axum::Json(shared.leadership.borrow().clone()))
@@ -213,7 +214,7 @@ pub(crate) async fn leader(
 #[utoipa::path(get, path = "/api/v1/inventory", tag = "read",
     responses((status = 200, description = "MemberView per cluster", body = Object)),
     security(("bearer" = [])))]
-pub(crate) async fn inventory(State(shared): Ctx, headers: HeaderMap) -> ApiResult<Response> {
+pub(crate) async fn inventory(State(shared): Ctx, headers: Caller) -> ApiResult<Response> {
     authorize(&shared, &headers, READERS)?;
     let members = shared
         .members
@@ -231,7 +232,7 @@ pub(crate) async fn inventory(State(shared): Ctx, headers: HeaderMap) -> ApiResu
     security(("bearer" = [])))]
 pub(crate) async fn capacity(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
 ) -> ApiResult<axum::Json<Vec<crate::capacity::AppCapacity>>> {
     authorize(&shared, &headers, READERS)?;
     let capacity = shared
@@ -252,7 +253,7 @@ pub(crate) async fn capacity(
     security(("bearer" = [])))]
 pub(crate) async fn plan(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    headers: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers, READERS)?;

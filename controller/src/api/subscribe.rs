@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use meridian_subscriber::report::{ProbeAssignment, VantageReport};
 use tracing::warn;
@@ -14,6 +14,7 @@ use tracing::warn;
 use super::auth::{VANTAGES, WATCHERS, authorize};
 use super::error::{ApiError, ApiResult, parse_body, parse_query_u64};
 use super::views::ReportResponse;
+use crate::tls::Caller;
 use crate::{Shared, now_ms};
 
 type Ctx = State<Arc<Shared>>;
@@ -27,7 +28,7 @@ type Ctx = State<Arc<Shared>>;
     security(("bearer" = [])))]
 pub(crate) async fn watch(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let who = authorize(&shared, &headers, WATCHERS)?;
@@ -73,7 +74,7 @@ pub(crate) async fn watch(
     security(("bearer" = [])))]
 pub(crate) async fn probes(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
 ) -> ApiResult<axum::Json<ProbeAssignment>> {
     authorize(&shared, &headers, VANTAGES)?;
     let inputs = shared.inputs();
@@ -90,7 +91,7 @@ pub(crate) async fn probes(
     security(("bearer" = [])))]
 pub(crate) async fn reports(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     body: Bytes,
 ) -> ApiResult<axum::Json<ReportResponse>> {
     let who = authorize(&shared, &headers, VANTAGES)?;
@@ -102,19 +103,15 @@ pub(crate) async fn reports(
             .inc()
     };
     let report: VantageReport = parse_body(&body).inspect_err(|_| refused("invalid"))?;
-    // A credential votes only as the vantages it names: one token cannot add voters.
+    // A credential votes only as the vantages it names (token and client certificate):
+    // one credential cannot add voters.
     if !who.may_speak_for(&report.vantage) {
         refused("forbidden-vantage");
-        warn!(token = %who.name, vantage = %report.vantage, "refused a report for a vantage the token does not name");
+        warn!(caller = %who.name, vantage = %report.vantage, "refused a report for a vantage its credential does not name");
         return Err(ApiError::field(
             StatusCode::FORBIDDEN,
             "vantage",
-            format!(
-                "token {:?} may report as {}, not as {:?} (controller.tokens[].vantages)",
-                who.name,
-                who.vantages.as_deref().unwrap_or_default().join(", "),
-                report.vantage
-            ),
+            who.refusal(&report.vantage),
         ));
     }
     // Check the whole report before recording any of it, so a bad report changes nothing.

@@ -51,7 +51,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "meridian.controllerURL" -}}
-{{- printf "http://%s-controller.%s.svc:%d" (include "meridian.fullname" .) .Release.Namespace (int .Values.controller.port) -}}
+{{- printf "https://%s-controller.%s.svc:%d" (include "meridian.fullname" .) .Release.Namespace (int .Values.controller.port) -}}
+{{- end -}}
+
+{{/*
+The Secret holding a component's certificate (tls.crt, tls.key, ca.crt): the one named in
+`tls.<component>Secret`, else the one the chart generates; call with
+(dict "root" $ "component" "proxy").
+*/}}
+{{- define "meridian.tlsSecret" -}}
+{{- $given := get .root.Values.tls (printf "%sSecret" .component) -}}
+{{- default (printf "%s-%s-tls" (include "meridian.fullname" .root) .component) $given -}}
 {{- end -}}
 
 {{/*
@@ -62,6 +72,8 @@ set from the chart's ports, so the Services, probes and processes cannot disagre
 {{- $c := deepCopy .Values.config -}}
 {{- $controller := default (dict) $c.controller -}}
 {{- $_ := set $controller "listen" (printf "0.0.0.0:%d" (int .Values.controller.port)) -}}
+{{- $_ := set $controller "admin_listen" (printf "0.0.0.0:%d" (int .Values.controller.adminPort)) -}}
+{{- $_ := set $controller "tls" (dict "cert" "/etc/meridian-tls/tls.crt" "key" "/etc/meridian-tls/tls.key" "client_ca" "/etc/meridian-tls/ca.crt") -}}
 {{- $_ := set $c "controller" $controller -}}
 {{- $proxy := default (dict) $c.proxy -}}
 {{- $_ := set $proxy "listen" (printf "0.0.0.0:%d" (int .Values.proxy.port)) -}}
@@ -158,6 +170,10 @@ spec:
             - --region
             - {{ $v.region | quote }}
             {{- end }}
+            # The controller's CA, and this part's client certificate: its name is the
+            # vantage pattern the pod name falls under.
+            - --tls-dir
+            - /etc/meridian-tls
             {{- if $root.Values.auth.subscriberTokenSecret }}
             - --token-file
             - /etc/meridian-token/token
@@ -192,6 +208,9 @@ spec:
               readOnly: true
             - name: state
               mountPath: /var/lib/meridian
+            - name: tls
+              mountPath: /etc/meridian-tls
+              readOnly: true
             {{- if $root.Values.auth.subscriberTokenSecret }}
             - name: token
               mountPath: /etc/meridian-token
@@ -205,6 +224,11 @@ spec:
         # process serves it while the controller is unreachable.
         - name: state
           emptyDir: {}
+        # Mounted as a directory (no subPath), so a renewed certificate reaches the files
+        # and the process reloads it without a restart.
+        - name: tls
+          secret:
+            secretName: {{ include "meridian.tlsSecret" (dict "root" $root "component" .component) }}
         {{- if $root.Values.auth.subscriberTokenSecret }}
         - name: token
           secret:
