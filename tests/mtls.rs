@@ -142,8 +142,8 @@ async fn poll<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Op
 /// A client certificate signed by the CA in `certs`, valid until `not_after`.
 fn sign_client(certs: &Path, name: &str, not_after: (i32, u8, u8), out: &Path) {
     let ca_pem = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap())
-        .unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap()).unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
     let mut params = rcgen::CertificateParams::default();
     params
@@ -386,12 +386,11 @@ async fn certificates_reload_without_a_restart() {
         for cert in rustls_pki_types::CertificateDer::pem_file_iter(&trust).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
-        let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(
-            certs_dir.join("proxy-a/tls.crt"),
-        )
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+        let chain: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_file_iter(certs_dir.join("proxy-a/tls.crt"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
         let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs_dir.join("proxy-a/tls.key"))
             .unwrap();
         let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -411,16 +410,12 @@ async fn certificates_reload_without_a_restart() {
     };
     use rustls_pki_types::pem::PemObject;
     let first = served().await;
-    let renewed = certs(
-        &certs_dir,
-        &["--controller-name", "127.0.0.1", "--force"],
-    );
+    let renewed = certs(&certs_dir, &["--controller-name", "127.0.0.1", "--force"]);
     assert!(renewed.status.success(), "{renewed:?}");
-    let on_disk = rustls_pki_types::CertificateDer::from_pem_file(
-        certs_dir.join("controller/tls.crt"),
-    )
-    .unwrap()
-    .to_vec();
+    let on_disk =
+        rustls_pki_types::CertificateDer::from_pem_file(certs_dir.join("controller/tls.crt"))
+            .unwrap()
+            .to_vec();
     assert_ne!(first, on_disk);
     poll(
         "the controller to serve its renewed certificate",
@@ -453,7 +448,10 @@ fn bad_tls_setups_are_refused_at_start_with_a_clear_error() {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let missing = run(text.replace("controller/tls.key", "controller/nope.key"), &[]);
+    let missing = run(
+        text.replace("controller/tls.key", "controller/nope.key"),
+        &[],
+    );
     assert!(
         missing.contains("controller.tls.key") && missing.contains("nope.key"),
         "{missing}"
@@ -470,7 +468,10 @@ fn bad_tls_setups_are_refused_at_start_with_a_clear_error() {
         "{err}"
     );
     let err = run(plain, &["--listen", "0.0.0.0:0"]);
-    assert!(err.contains("plain HTTP is allowed on loopback only"), "{err}");
+    assert!(
+        err.contains("plain HTTP is allowed on loopback only"),
+        "{err}"
+    );
     // A subscriber whose TLS directory holds no CA says so.
     let out = Command::new(BIN)
         .args(["proxy", "-c"])

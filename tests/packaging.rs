@@ -361,6 +361,47 @@ fn chart_config_passes_meridian_check_and_matches_the_ports() {
     );
 }
 
+#[test]
+fn chart_speaks_mutual_tls_with_given_or_generated_secrets() {
+    let generated = render(&[]).unwrap();
+    for secret in [
+        "rel-meridian-ca",
+        "rel-meridian-controller-tls",
+        "rel-meridian-proxy-tls",
+        "rel-meridian-dns-tls",
+    ] {
+        assert!(
+            generated.contains(&format!("  name: {secret}\n")),
+            "{secret}"
+        );
+    }
+    let config = configmap_config(&generated);
+    assert!(
+        config.contains("client_ca: /etc/meridian-tls/ca.crt"),
+        "{config}"
+    );
+    assert!(config.contains("admin_listen: 0.0.0.0:9090"), "{config}");
+    assert!(generated.contains("- https://rel-meridian-controller.meridian.svc:8090"));
+    assert!(generated.contains("- --tls-dir\n"), "{generated}");
+    // Secrets named in the values are mounted, and none is generated.
+    let given = render(&[
+        "--set",
+        "tls.controllerSecret=ctl-cert",
+        "--set",
+        "tls.proxySecret=proxy-cert",
+        "--set",
+        "tls.dnsSecret=dns-cert",
+    ])
+    .unwrap();
+    for secret in ["ctl-cert", "proxy-cert", "dns-cert"] {
+        assert!(
+            given.contains(&format!("secretName: {secret}\n")),
+            "{secret}"
+        );
+    }
+    assert!(!given.contains("\nkind: Secret\n"), "{given}");
+}
+
 /// `--flags` of a command line, each checked against `meridian SUBCOMMAND --help`.
 fn assert_flags_exist(subcommand: &str, args: &[&str], origin: &str) {
     let help = Command::new(BIN)

@@ -709,7 +709,11 @@ impl Controller {
                 None
             }
         };
-        let scheme = if server_tls.is_some() { "https" } else { "http" };
+        let scheme = if server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|error| Error::Bind {

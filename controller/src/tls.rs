@@ -113,10 +113,7 @@ impl std::ops::Deref for Caller {
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Caller::of(parts))
     }
 }
@@ -351,7 +348,9 @@ async fn accept_loop(
                     let _ = tx.send((conn, peer)).await;
                 }
                 // A client without a valid certificate ends here, refused in the handshake.
-                Ok(Err(err)) => warn!(peer = %addr, error = %err, "controller: TLS handshake refused"),
+                Ok(Err(err)) => {
+                    warn!(peer = %addr, error = %err, "controller: TLS handshake refused")
+                }
                 Err(_) => debug!(peer = %addr, "controller: TLS handshake timed out"),
             }
         });
@@ -391,8 +390,7 @@ mod tests {
 
     #[test]
     fn certificate_names_are_the_common_name_and_dns_names() {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["proxy-eu-1.meridian".into()]).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["proxy-eu-1.meridian".into()]).unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "proxy-eu-1");

@@ -63,9 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // Two clients, so a long watch stream and the reports never wait on each other.
             let vantage = Vantage {
                 client: args.follow.client(token.clone())?,
-                name: args
-                    .follow
-                    .vantage_name(format!("proxy@{}", config.listen)),
+                name: args.follow.vantage_name(format!("proxy@{}", config.listen)),
                 region: args.follow.region.clone(),
             };
             Some((

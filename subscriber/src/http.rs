@@ -114,8 +114,7 @@ impl ControllerClient {
         http.set_nodelay(true);
         // The TLS layer above it handles https:// URLs.
         http.enforce_http(false);
-        let client =
-            Client::builder(TokioExecutor::new()).build(Connector { http, tls });
+        let client = Client::builder(TokioExecutor::new()).build(Connector { http, tls });
         Ok(Self {
             base,
             token,

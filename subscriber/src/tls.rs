@@ -59,9 +59,9 @@ impl ClientTls {
         };
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certs(ca, "the controller CA")? {
-            roots.add(cert).map_err(|e| {
-                tls_error(format!("the controller CA {}: {e}", ca.display()))
-            })?;
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(format!("the controller CA {}: {e}", ca.display())))?;
         }
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

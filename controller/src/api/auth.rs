@@ -130,7 +130,9 @@ impl Tokens {
     /// vantages and, without a token, authenticates as role subscriber.
     fn authenticate(&self, caller: &Caller) -> Result<Principal, ApiError> {
         let certificate = caller.certificate_names();
-        let cert_name = certificate.as_ref().and_then(|names| names.first().cloned());
+        let cert_name = certificate
+            .as_ref()
+            .and_then(|names| names.first().cloned());
         if self.is_open() {
             return Ok(Principal {
                 name: cert_name.unwrap_or_else(|| "anonymous".into()),

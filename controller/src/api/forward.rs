@@ -42,14 +42,14 @@ pub(crate) async fn forward_writes(
     forward(leader, &shared.peer_tls, request)
         .await
         .unwrap_or_else(|message| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "this replica is a follower and could not reach the leader {leader}: {message}"
-            ),
-        )
-        .into_response()
-    })
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "this replica is a follower and could not reach the leader {leader}: {message}"
+                ),
+            )
+            .into_response()
+        })
 }
 
 async fn forward(leader: &str, tls: &ClientTls, request: Request) -> Result<Response, String> {

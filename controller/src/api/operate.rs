@@ -12,9 +12,9 @@ use super::auth::{OPERATORS, Principal, authorize};
 use super::error::{ApiError, ApiResult, parse_body};
 use super::views::{ChangeResponse, WeightRequest};
 use crate::Shared;
-use crate::tls::Caller;
 use crate::compute::{Scope, target_key};
 use crate::store::AuditEntry;
+use crate::tls::Caller;
 
 type Ctx = State<Arc<Shared>>;
 
