@@ -171,7 +171,10 @@ fn digest(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-fn config(own_probe_votes: bool) -> String {
+/// The drill's config; the controller serves mutual TLS with the certificates in `certs`
+/// (off loopback it may not speak plain HTTP).
+fn config(own_probe_votes: bool, certs: &Path) -> String {
+    let certs = certs.display();
     let clusters: String = CLUSTERS
         .iter()
         .enumerate()
@@ -208,6 +211,10 @@ apps:
 controller:
   listen: {CONTROLLER}:8090
   own_probe_votes: {own_probe_votes}
+  tls:
+    cert: {certs}/controller/tls.crt
+    key: {certs}/controller/tls.key
+    client_ca: {certs}/ca.crt
   tokens:
 {tokens}    - {{ name: ops, role: operator, sha256: "{}" }}
 "#,
@@ -223,7 +230,21 @@ fn drill(mode: &str, probe: bool) {
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
-    let config = file("drill.yaml", &config(!probe));
+    // A certificate per part: the controller's for its bridge address, one per vantage
+    // (its name is the vantage it may report as) and the operator's.
+    let certs = dir.0.join("certs");
+    let made = Command::new(BIN)
+        .args(["certs", "--dir", certs.to_str().unwrap()])
+        .args(["--controller-name", CONTROLLER])
+        .args([
+            "--client", "edge-1", "--client", "edge-2", "--client", "edge-3",
+        ])
+        .args(["--client", "operator"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "meridian certs: {made:?}");
+    let tls_dir = |part: &str| certs.join(part).to_str().unwrap().to_string();
+    let config = file("drill.yaml", &config(!probe, &certs));
     let ops = file("ops.token", "ops-secret");
     let log = |name: &str| dir.0.join(format!("{name}.log"));
 
@@ -272,7 +293,7 @@ fn drill(mode: &str, probe: bool) {
         args.push("--no-probe");
     }
     parts.push(spawn(&controller_ns, &args, log("controller")));
-    let url = format!("http://{CONTROLLER}:8090");
+    let url = format!("https://{CONTROLLER}:8090");
     for (i, (ns, addr)) in vantage_ns.iter().zip(VANTAGES).enumerate() {
         let name = format!("edge-{}", i + 1);
         let token = file(&format!("{name}.token"), &format!("{name}-secret"));
@@ -292,6 +313,8 @@ fn drill(mode: &str, probe: bool) {
                 &url,
                 "--token-file",
                 &token,
+                "--tls-dir",
+                &tls_dir(&name),
                 "--vantage",
                 &name,
                 "--region",
@@ -306,6 +329,7 @@ fn drill(mode: &str, probe: bool) {
         let out = Command::new("ip")
             .args(["netns", "exec", &controller_ns, BIN, command])
             .args(["--controller", &url, "--token-file", &ops, "--json"])
+            .args(["--tls-dir", &tls_dir("operator")])
             .output()
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()

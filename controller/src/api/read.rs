@@ -144,7 +144,7 @@ pub(crate) async fn history(
     security(("bearer" = [])))]
 pub(crate) async fn timeline(
     State(shared): Ctx,
-    headers: HeaderMap,
+    headers: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<axum::Json<crate::timeline::TimelineView>> {
     authorize(&shared, &headers, READERS)?;
