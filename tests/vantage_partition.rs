@@ -376,7 +376,25 @@ fn drill(mode: &str, probe: bool) {
             })
         },
     );
-    let version = steady["table_version"].as_u64().unwrap();
+    // The first round-trip times enter the table a little after the votes (a `latency`
+    // version): wait until the version holds still for 1.5 s before cutting anything.
+    let mut version = steady["table_version"].as_u64().unwrap();
+    let settle_deadline = Instant::now() + Duration::from_secs(20);
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            Instant::now() < settle_deadline,
+            "{mode}: the table version never held still (at {version})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let now = api("status").expect("status")["table_version"]
+            .as_u64()
+            .unwrap();
+        if now != version {
+            version = now;
+            still_since = Instant::now();
+        }
+    }
 
     // One vantage loses its path to c1: its vote turns, and nothing moves.
     cut(&vantage_ns[0], CLUSTERS[0]);
