@@ -287,10 +287,11 @@ fn operator_output_speaks_in_the_configs_units_and_says_when_it_is_empty() {
     assert!(out.status.success(), "{out:?}");
     let (ok, _) = meridian(&["drain", "aws-us-east-1"], up.controller);
     assert!(ok);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let history = loop {
         let (_, text) = meridian(&["history"], up.controller);
-        if text.contains("gcp-europe-west3") {
+        // The failure judged, not only the first verdict: the recovery below must follow it.
+        if text.contains("shop/gcp-europe-west3 → unhealthy") {
             break text;
         }
         assert!(
@@ -319,7 +320,7 @@ fn operator_output_speaks_in_the_configs_units_and_says_when_it_is_empty() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, text) = meridian(&["status"], up.controller);
         let gcp = row(&text, "gcp-europe-west3");

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::store::{AuditEntry, HistoryEntry};
+use crate::store::{AuditEntry, HistoryEntry, MEMBER_EVENT_APP};
 
 /// (step, points) per tier, finest first: 15 min at 2 s, 1 h at 15 s, 6 h at 60 s.
 pub const TIERS: [(u64, usize); 3] = [(2_000, 450), (15_000, 240), (60_000, 360)];
@@ -245,8 +245,8 @@ pub fn events(history: &[HistoryEntry], audit: &[AuditEntry], from_ms: u64) -> V
         .iter()
         .filter(|h| h.change.at_ms >= from_ms)
         .map(|h| {
-            // App "*": the member cluster as a whole (its API server), not one target.
-            let member = h.change.app == "*";
+            // The member cluster as a whole (its API server), not one target.
+            let member = h.change.app == MEMBER_EVENT_APP;
             TimelineEvent {
                 at_ms: h.change.at_ms,
                 kind: if member { "member" } else { "verdict" }.into(),
@@ -609,7 +609,7 @@ mod tests {
         };
         let history = [
             change("shop", true, 300),
-            change("*", false, 200),
+            change(MEMBER_EVENT_APP, false, 200),
             change("shop", false, 50),
         ];
         let audit = [audit("target:shop/us", 250), audit("cluster:eu", 100)];
