@@ -242,7 +242,11 @@ async fn chart_renders_objects_a_real_api_server_accepts() {
         if let Some(at) = at {
             assert_eq!(
                 args[at + 1..at + 3],
-                ["--advertise-url", "http://$(POD_IP):8090"],
+                // Replicas reach each other by name over mutual TLS (the peers Service).
+                [
+                    "--advertise-url",
+                    "https://$(POD_NAME).rel-meridian-controller-peers.$(POD_NAMESPACE).svc:8090"
+                ],
                 "{ns}"
             );
         }
