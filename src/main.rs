@@ -49,6 +49,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Create a small CA and certificates for mutual TLS between controller, proxies and DNS.
     Certs(cmd::certs::Args),
+    /// DNSSEC keys: `keygen` a zone's signing key, print the `ds` record for the parent.
+    Dnssec(cmd::dnssec::Args),
     /// Print the CustomResourceDefinitions (Kubernetes mode) as YAML.
     Crds(cmd::crds::Args),
     /// Run the authoritative GeoDNS server (UDP and TCP) for the config's zones.
@@ -82,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::Crds(args) => cmd::crds::run(args),
+        Command::Dnssec(args) => cmd::dnssec::run(args),
         Command::Dns(args) => cmd::dns::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
     };

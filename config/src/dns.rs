@@ -3,6 +3,7 @@
 //! admin (health, metrics) listener.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -119,5 +120,71 @@ impl Default for DnsConfig {
             admin_listen: None,
             axfr_allow: Vec::new(),
         }
+    }
+}
+
+fn default_validity() -> Duration {
+    Duration::from_secs(14 * 86_400)
+}
+fn default_jitter() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_inception_offset() -> Duration {
+    Duration::from_secs(3_600)
+}
+
+/// A zone's online signing (`zones[].dnssec`): every answer, GSLB answers included, is
+/// signed when a routing table arrives; denial of existence is compact (RFC 9824).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnssecConfig {
+    /// The zone's keys (made by `meridian dnssec keygen`), relative to the config file. One
+    /// key with flags 257 is a combined signing key; a 257 and a 256 are a KSK and a ZSK.
+    pub keys: Vec<DnssecKeyConfig>,
+    /// How long a signature is valid from the moment it is made.
+    #[serde(default = "default_validity", with = "humantime_serde")]
+    pub validity: Duration,
+    /// Up to this much is added at random to each server's expiration, so servers and
+    /// zones do not all re-sign at the same moment.
+    #[serde(default = "default_jitter", with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Signatures are dated this far in the past, for validators whose clock is behind.
+    #[serde(default = "default_inception_offset", with = "humantime_serde")]
+    pub inception_offset: Duration,
+}
+
+/// One key of a zone and, for a rollover, the routing-table versions at which it enters
+/// and leaves: every DNS server switches at the same version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnssecKeyConfig {
+    /// The key file, relative to the config file.
+    pub file: PathBuf,
+    /// The DNSKEY is published from this table version on (always when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_from_version: Option<u64>,
+    /// The key signs from this table version on (always when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_from_version: Option<u64>,
+    /// The key no longer signs from this table version on (it stays published).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_from_version: Option<u64>,
+    /// The DNSKEY is withdrawn from this table version on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_from_version: Option<u64>,
+}
+
+impl DnssecKeyConfig {
+    /// Whether the DNSKEY is published at table `version`.
+    pub fn published_at(&self, version: u64) -> bool {
+        self.publish_from_version.is_none_or(|v| version >= v)
+            && self.remove_from_version.is_none_or(|v| version < v)
+    }
+
+    /// Whether the key signs at table `version`.
+    pub fn active_at(&self, version: u64) -> bool {
+        self.published_at(version)
+            && self.active_from_version.is_none_or(|v| version >= v)
+            && self.inactive_from_version.is_none_or(|v| version < v)
     }
 }

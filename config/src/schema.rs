@@ -294,6 +294,9 @@ pub struct ZoneConfig {
     /// Static records.
     #[serde(default)]
     pub records: Vec<RecordConfig>,
+    /// Online DNSSEC signing of everything the zone answers; unsigned when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnssec: Option<crate::dns::DnssecConfig>,
 }
 
 fn default_refresh() -> u32 {

@@ -169,6 +169,9 @@ fn zones(config: &Config, p: &mut Problems) {
                 );
             }
         }
+        if let Some(dnssec) = &zone.dnssec {
+            dnssec_section(dnssec, &format!("{path}.dnssec"), p);
+        }
         // Per owner name, the types present, for CNAME exclusivity.
         let mut types: HashMap<String, Vec<(usize, RecordType)>> = HashMap::new();
         let mut delegations = Vec::new();
@@ -605,5 +608,46 @@ fn capacity(config: &Config, p: &mut Problems) {
                 }
             }
         }
+    }
+}
+
+/// A zone's signing section: at least one key, each key's versions in order, and a
+/// validity long enough for resolvers to cache what they validated.
+fn dnssec_section(dnssec: &crate::dns::DnssecConfig, path: &str, p: &mut Problems) {
+    if dnssec.keys.is_empty() {
+        p.add(
+            format!("{path}.keys"),
+            "a signed zone needs at least one key",
+        );
+    }
+    for (k, key) in dnssec.keys.iter().enumerate() {
+        let steps = [
+            ("publish_from_version", key.publish_from_version),
+            ("active_from_version", key.active_from_version),
+            ("inactive_from_version", key.inactive_from_version),
+            ("remove_from_version", key.remove_from_version),
+        ];
+        let mut last: Option<(&str, u64)> = None;
+        for (field, version) in steps {
+            let Some(version) = version else { continue };
+            if let Some((before, at)) = last
+                && version < at
+            {
+                p.add(
+                    format!("{path}.keys[{k}].{field}"),
+                    format!("{version} comes before {before} ({at})"),
+                );
+            }
+            last = Some((field, version));
+        }
+    }
+    if dnssec.validity < Duration::from_secs(3_600) {
+        p.add(
+            format!("{path}.validity"),
+            "must be at least 1h (signatures are made when a table arrives and renewed at a quarter of it)",
+        );
+    }
+    if dnssec.jitter >= dnssec.validity {
+        p.add(format!("{path}.jitter"), "must be shorter than validity");
     }
 }

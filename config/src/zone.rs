@@ -250,6 +250,7 @@ mod tests {
             soa: serde_norway::from_str("{mname: ns1.demo.test, rname: h.demo.test}").unwrap(),
             ns: vec![],
             records: vec![],
+            dnssec: None,
         };
         let owner = |name: &str| {
             zone.owner(&RecordConfig {

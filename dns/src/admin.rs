@@ -15,9 +15,14 @@ use crate::answer::Handler;
 
 pub(crate) fn render(handler: &Handler, cell: &TableCell) -> String {
     let table = cell.load();
-    handler
+    let mut out = handler
         .metrics
-        .render(table.as_deref(), cell.staleness().map(|d| d.as_secs_f64()))
+        .render(table.as_deref(), cell.staleness().map(|d| d.as_secs_f64()));
+    out.push_str(&format!(
+        "# HELP meridian_dns_dnssec_cache_entries Signatures of GSLB answers and denials held (signed ahead and since).\n# TYPE meridian_dns_dnssec_cache_entries gauge\nmeridian_dns_dnssec_cache_entries {}\n",
+        handler.signature_cache_entries()
+    ));
+    out
 }
 
 pub(crate) fn serve(

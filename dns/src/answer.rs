@@ -26,10 +26,11 @@ use meridian_routing::{
 use meridian_subscriber::TableCell;
 
 use crate::axfr::AxfrAcl;
+use crate::dnssec::{self, ZoneSigner, dtype};
 use crate::geo::{GeoDb, is_routable};
 use crate::metrics::Metrics;
 use crate::rrl::{Rrl, RrlAction};
-use crate::snapshot::{Node, Snapshot, Zones};
+use crate::snapshot::{Node, Snapshot, Zones, node_types};
 use crate::wire::{
     self, Ecs, HEADER_LEN, MAX_NAME, OUR_UDP_PAYLOAD, Outcome, Query, flag, pointer, put_u16,
     put_u32, rcode, rtype, set_u16, suffix_offsets, zone_offset,
@@ -52,11 +53,30 @@ pub enum Transport {
     Tcp,
 }
 
-/// Per-worker state: the weighted-pick counter, the parsed query and the current snapshot.
+/// Per-worker state: the weighted-pick counter, the parsed query, the current snapshot and
+/// reused buffers for signature lookups.
 pub struct Worker {
     counter: u64,
     query: Box<Query>,
     snapshot: Arc<Snapshot>,
+    scratch: Scratch,
+}
+
+/// Buffers reused for every signed answer, so a lookup of a cached signature allocates
+/// nothing.
+#[derive(Default)]
+struct Scratch {
+    key: Vec<u8>,
+    rdata: Vec<u8>,
+}
+
+/// Whether and how an answer carries DNSSEC records: set when the query has DO and the
+/// zone answering is signed.
+struct Signing<'a> {
+    dnssec_ok: bool,
+    scratch: &'a mut Scratch,
+    /// Signatures made while answering (a cache miss).
+    made: u64,
 }
 
 impl Worker {
@@ -77,6 +97,10 @@ impl Worker {
                 edns: None,
             }),
             snapshot,
+            scratch: Scratch {
+                key: Vec::with_capacity(512),
+                rdata: Vec::with_capacity(512),
+            },
         }
     }
 }
@@ -189,17 +213,40 @@ impl Handler {
         metrics: Arc<Metrics>,
         rrl: Option<Rrl>,
     ) -> Self {
-        let snapshot = Arc::new(Snapshot::build(&zones, cell.load(), &metrics));
-        Handler {
+        // A stand-in until the handler exists to build (and sign ahead) the real one.
+        let snapshot = Snapshot::build(&Zones::empty(), None, &metrics);
+        let mut handler = Handler {
             zones,
             geo,
             cell,
             max_answers: max_answers.max(1),
-            current: Mutex::new(snapshot),
+            current: Mutex::new(Arc::new(snapshot)),
             metrics,
             rrl,
             axfr: AxfrAcl::default(),
+        };
+        let snapshot = handler.build_snapshot(handler.cell.load());
+        handler.current = Mutex::new(Arc::new(snapshot));
+        handler
+    }
+
+    /// The snapshot of `table`, with its signatures (static RRsets, denials, the GSLB
+    /// answers the table can give) made now; counts what signing cost.
+    fn build_snapshot(&self, table: Option<Arc<RoutingTable>>) -> Snapshot {
+        let mut snapshot = Snapshot::build(&self.zones, table, &self.metrics);
+        if snapshot.resign_at.is_some() {
+            self.presign(&mut snapshot);
+            let (made, took) = snapshot.signed;
+            self.metrics
+                .dnssec_signed(made, took, snapshot.sigs.presigned.len());
+            tracing::debug!(
+                version = snapshot.table.as_ref().map_or(0, |t| t.version()),
+                signatures = made,
+                micros = took.as_micros() as u64,
+                "dnssec: snapshot signed"
+            );
         }
+        snapshot
     }
 
     /// Allows zone transfers (AXFR over TCP) to these networks.
@@ -233,8 +280,10 @@ impl Handler {
             (None, None) => true,
             _ => false,
         };
+        let fresh = |s: &Snapshot| s.resign_at.is_none_or(|at| unix_now() < at);
         if let Some(held) = held
             && same(held)
+            && fresh(held)
         {
             return held.clone();
         }
@@ -248,10 +297,15 @@ impl Handler {
                 self.current.lock().unwrap_or_else(|e| e.into_inner())
             }
         };
-        if !same(&current) {
-            *current = Arc::new(Snapshot::build(&self.zones, table, &self.metrics));
+        if !same(&current) || !fresh(&current) {
+            *current = Arc::new(self.build_snapshot(table));
         }
         current.clone()
+    }
+
+    /// Signatures of GSLB answers and denials the current snapshot holds.
+    pub(crate) fn signature_cache_entries(&self) -> usize {
+        self.current.lock().map_or(0, |current| current.sigs.len())
     }
 
     /// Brings the worker's snapshot up to the cell's table.
@@ -278,6 +332,7 @@ impl Handler {
             counter,
             query,
             snapshot,
+            scratch,
         } = worker;
         let outcome = wire::parse_into(packet, query);
         let q = &**query;
@@ -319,7 +374,16 @@ impl Handler {
         if ecs.is_some() {
             m.ecs_seen.fetch_add(1, Ordering::Relaxed);
         }
-        let sections = self.resolve(snap, q, src, ecs, counter, out);
+        let mut signing = Signing {
+            dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
+            scratch,
+            made: 0,
+        };
+        let sections = self.resolve(snap, q, src, ecs, counter, &mut signing, out);
+        if signing.made > 0 {
+            m.dnssec_inline_signatures
+                .fetch_add(signing.made, Ordering::Relaxed);
+        }
         let Sections {
             rcode: rc,
             aa,
@@ -387,6 +451,10 @@ impl Handler {
         Action::Send
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the query's parts and the worker's state, each used on some path"
+    )]
     fn resolve(
         &self,
         snap: &Snapshot,
@@ -394,6 +462,7 @@ impl Handler {
         src: IpAddr,
         ecs: Option<Ecs>,
         counter: &mut u64,
+        sg: &mut Signing<'_>,
         out: &mut Vec<u8>,
     ) -> Sections {
         let name = q.name();
@@ -436,7 +505,7 @@ impl Handler {
                 }
                 Found::Cut(cut) => {
                     if s.an == 0 {
-                        self.referral(snap, cut, owner, owner_at, &mut s, out);
+                        self.referral(snap, cut, owner, owner_at, sg, &mut s, out);
                     }
                     break;
                 }
@@ -454,14 +523,24 @@ impl Handler {
                             .and_then(|host| table.app_for_host(host))
                         {
                             self.app_answer(
-                                snap, table, app, zone, q, src, ecs, counter, owner, owner_at,
+                                snap, table, app, zone, q, src, ecs, counter, owner, owner_at, sg,
                                 &mut s, out,
                             );
                             break;
                         }
                     }
                     s.rcode = rcode::NXDOMAIN;
-                    negative(snap, zone, owner, owner_at, None, &mut s, out);
+                    negative(
+                        snap,
+                        zone,
+                        owner,
+                        owner_at,
+                        None,
+                        Denial::NxName,
+                        sg,
+                        &mut s,
+                        out,
+                    );
                     break;
                 }
                 Found::Node(node) => {
@@ -469,9 +548,12 @@ impl Handler {
                         let cut_data = &snap.cuts[cut as usize];
                         if q.qtype == rtype::DS && *cut_data.name == *owner {
                             // DS lives on the parent side of the cut: ours to answer (NODATA).
-                            negative(snap, node.zone, owner, owner_at, None, &mut s, out);
+                            let denial = Denial::NoData(node, rtype::DS);
+                            negative(
+                                snap, node.zone, owner, owner_at, None, denial, sg, &mut s, out,
+                            );
                         } else if s.an == 0 {
-                            self.referral(snap, cut as usize, owner, owner_at, &mut s, out);
+                            self.referral(snap, cut as usize, owner, owner_at, sg, &mut s, out);
                         }
                         break;
                     }
@@ -479,6 +561,9 @@ impl Handler {
                         let rr_at = out.len();
                         write_rr(out, owner_at, &rr.body);
                         s.an += 1;
+                        if sg.dnssec_ok {
+                            s.an += write_sigs(out, owner_at, &node.cname_sigs);
+                        }
                         if matches!(q.qtype, rtype::CNAME | rtype::ANY)
                             || chain[..=step].contains(&&target[..])
                         {
@@ -493,7 +578,7 @@ impl Handler {
                         if let (Some(app), Some(table)) = (node.app, &snap.table) {
                             self.app_answer(
                                 snap, table, app, node.zone, q, src, ecs, counter, owner, owner_at,
-                                &mut s, out,
+                                sg, &mut s, out,
                             );
                         } else if let Some(set) = node.rrsets.first() {
                             // One whole RRset: a partial one would be cached as complete.
@@ -501,8 +586,14 @@ impl Handler {
                                 write_rr(out, owner_at, &rr.body);
                                 s.an += 1;
                             }
+                            if sg.dnssec_ok {
+                                s.an += write_sigs(out, owner_at, &set.sigs);
+                            }
                         } else {
-                            negative(snap, node.zone, owner, owner_at, None, &mut s, out);
+                            let denial = Denial::NoData(node, q.qtype);
+                            negative(
+                                snap, node.zone, owner, owner_at, None, denial, sg, &mut s, out,
+                            );
                         }
                         break;
                     }
@@ -517,13 +608,19 @@ impl Handler {
                                 }
                             }
                         }
+                        if sg.dnssec_ok {
+                            s.an += write_sigs(out, owner_at, &set.sigs);
+                        }
                     } else if let (Some(app), Some(table)) = (node.app, &snap.table) {
                         self.app_answer(
-                            snap, table, app, node.zone, q, src, ecs, counter, owner, owner_at,
+                            snap, table, app, node.zone, q, src, ecs, counter, owner, owner_at, sg,
                             &mut s, out,
                         );
                     } else {
-                        negative(snap, node.zone, owner, owner_at, None, &mut s, out);
+                        let denial = Denial::NoData(node, q.qtype);
+                        negative(
+                            snap, node.zone, owner, owner_at, None, denial, sg, &mut s, out,
+                        );
                     }
                     break;
                 }
@@ -549,16 +646,22 @@ impl Handler {
         Found::Refused
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the query's position in the response and the worker's signing state"
+    )]
     fn referral(
         &self,
         snap: &Snapshot,
         cut: usize,
         owner: &[u8],
         owner_at: usize,
+        sg: &mut Signing<'_>,
         s: &mut Sections,
         out: &mut Vec<u8>,
     ) {
         let cut = &snap.cuts[cut];
+        let cut_node = snap.names.get(&cut.name);
         s.aa = false;
         let cut_at = zone_offset(owner, &cut.name).map(|off| owner_at + off);
         let mut glue = Additional::new();
@@ -576,6 +679,22 @@ impl Handler {
             for extra in &rr.additional {
                 glue.push(name_at, extra);
             }
+        }
+        // A signed parent proves the delegation insecure: the cut's NSEC shows NS, no DS.
+        if let (true, Some(at), Some(node)) = (sg.dnssec_ok, cut_at, cut_node)
+            && let Some(zone) = snap.zones.get(usize::from(node.zone))
+            && let Some(signer) = &zone.signer
+        {
+            s.ns += write_nsec(
+                snap,
+                signer,
+                &cut.name,
+                at,
+                Denial::NoData(node, rtype::DS),
+                zone.negative_ttl,
+                sg,
+                out,
+            );
         }
         s.additional_at = out.len();
         s.ar += glue.write(out);
@@ -598,15 +717,18 @@ impl Handler {
         counter: &mut u64,
         owner: &[u8],
         owner_at: usize,
+        sg: &mut Signing<'_>,
         s: &mut Sections,
         out: &mut Vec<u8>,
     ) {
         let app = table.app(app_id);
+        let node = snap.names.get(owner);
         let want = match q.qtype {
             rtype::A | rtype::ANY => rtype::A,
             rtype::AAAA => rtype::AAAA,
             _ => {
-                negative(snap, zone, owner, owner_at, None, s, out);
+                let denial = node.map_or(Denial::AppName(q.qtype), |n| Denial::NoData(n, q.qtype));
+                negative(snap, zone, owner, owner_at, None, denial, sg, s, out);
                 return;
             }
         };
@@ -621,19 +743,117 @@ impl Handler {
                 0,
             )
         };
+        let picked = self.pick(table, app_id, &client, counter, want);
+        if picked.fail_closed {
+            self.metrics.fail_closed.fetch_add(1, Ordering::Relaxed);
+            let denial = node.map_or(Denial::AppName(want), |n| Denial::NoData(n, want));
+            negative(
+                snap,
+                zone,
+                owner,
+                owner_at,
+                Some(app.dns_ttl),
+                denial,
+                sg,
+                s,
+                out,
+            );
+            return;
+        }
+        let count = picked.count;
+        let mut rdatas: [&[u8]; 8] = [&[]; 8];
+        let mut octets = [[0u8; 16]; 8];
+        for ((ip, octets), &target) in picked.addrs[..count]
+            .iter()
+            .zip(&mut octets)
+            .zip(&picked.targets)
+        {
+            let Some(ip) = ip else { continue };
+            let len = match ip {
+                IpAddr::V4(v4) => {
+                    octets[..4].copy_from_slice(&v4.octets());
+                    4
+                }
+                IpAddr::V6(v6) => {
+                    *octets = v6.octets();
+                    16
+                }
+            };
+            out.extend_from_slice(&pointer(owner_at));
+            put_u16(out, want);
+            put_u16(out, 1);
+            put_u32(out, app.dns_ttl);
+            put_u16(out, len as u16);
+            out.extend_from_slice(&octets[..len]);
+            if let Some(counter) = snap
+                .answers
+                .get(app_id.0 as usize)
+                .and_then(|a| a.get(target))
+            {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if picked.location_dependent {
+            s.scope = scope;
+        }
+        if count == 0 {
+            let denial = node.map_or(Denial::AppName(want), |n| Denial::NoData(n, want));
+            negative(snap, zone, owner, owner_at, None, denial, sg, s, out);
+            return;
+        }
+        s.an += count as u16;
+        if sg.dnssec_ok
+            && let Some(signer) = snap
+                .zones
+                .get(usize::from(zone))
+                .and_then(|z| z.signer.as_ref())
+        {
+            let len = if want == rtype::A { 4 } else { 16 };
+            for (rdata, octets) in rdatas.iter_mut().zip(&octets).take(count) {
+                *rdata = &octets[..len];
+            }
+            let rdatas = &mut rdatas[..count];
+            rdatas.sort_unstable();
+            dnssec::cache_key(want, owner, app.dns_ttl, rdatas, &mut sg.scratch.key);
+            let mut made = false;
+            let sigs = snap.sigs.get_or_sign(&sg.scratch.key, &mut made, || {
+                signer.sign_rrset(owner, want, app.dns_ttl, rdatas)
+            });
+            if made {
+                sg.made += sigs.len() as u64;
+            }
+            s.an += write_sigs(out, owner_at, &sigs);
+        }
+    }
+
+    /// The addresses of `want`'s family an answer for `app_id` gives this client: targets
+    /// in selection order while the rule that chose the first still holds, at most
+    /// `max_answers` addresses, each once. Shared by the answers and the pre-signing of
+    /// the answers a table can give.
+    fn pick(
+        &self,
+        table: &RoutingTable,
+        app_id: AppId,
+        client: &Client,
+        counter: &mut u64,
+        want: u16,
+    ) -> Picked {
+        let mut picked = Picked {
+            addrs: [None; 8],
+            targets: [0; 8],
+            count: 0,
+            location_dependent: false,
+            fail_closed: false,
+        };
         let mut exclude = TargetSet::EMPTY;
         let mut first: Option<Reason> = None;
-        let mut written: [Option<IpAddr>; 8] = [None; 8];
-        let mut count = 0;
-        let mut location_dependent = false;
-        let max = self.max_answers.min(written.len());
-        while count < max {
-            let choice = match table.select(app_id, &client, Pick::Spread(*counter), exclude) {
+        let max = self.max_answers.min(picked.addrs.len());
+        while picked.count < max {
+            let choice = match table.select(app_id, client, Pick::Spread(*counter), exclude) {
                 Ok(choice) => choice,
                 Err(NoTarget::FailClosed) => {
-                    self.metrics.fail_closed.fetch_add(1, Ordering::Relaxed);
-                    negative(snap, zone, owner, owner_at, Some(app.dns_ttl), s, out);
-                    return;
+                    picked.fail_closed = true;
+                    return picked;
                 }
                 Err(NoTarget::AllExcluded) => break,
             };
@@ -645,52 +865,97 @@ impl Handler {
             } else {
                 first = Some(choice.reason);
             }
-            location_dependent |= choice.location_dependent;
+            picked.location_dependent |= choice.location_dependent;
             exclude.insert(choice.target);
             let cluster = table.target_cluster(app_id, choice.target);
             for endpoint in &cluster.endpoints {
                 let ip = endpoint.ip();
-                if count >= max || written[..count].contains(&Some(ip)) {
+                let count = picked.count;
+                if count >= max || picked.addrs[..count].contains(&Some(ip)) {
                     continue;
                 }
-                match (want, ip) {
-                    (rtype::A, IpAddr::V4(v4)) => {
-                        out.extend_from_slice(&pointer(owner_at));
-                        put_u16(out, rtype::A);
-                        put_u16(out, 1);
-                        put_u32(out, app.dns_ttl);
-                        put_u16(out, 4);
-                        out.extend_from_slice(&v4.octets());
-                    }
-                    (rtype::AAAA, IpAddr::V6(v6)) => {
-                        out.extend_from_slice(&pointer(owner_at));
-                        put_u16(out, rtype::AAAA);
-                        put_u16(out, 1);
-                        put_u32(out, app.dns_ttl);
-                        put_u16(out, 16);
-                        out.extend_from_slice(&v6.octets());
-                    }
-                    _ => continue,
+                if !matches!(
+                    (want, ip),
+                    (rtype::A, IpAddr::V4(_)) | (rtype::AAAA, IpAddr::V6(_))
+                ) {
+                    continue;
                 }
-                written[count] = Some(ip);
-                count += 1;
-                if let Some(counter) = snap
-                    .answers
-                    .get(app_id.0 as usize)
-                    .and_then(|a| a.get(choice.target))
-                {
-                    counter.fetch_add(1, Ordering::Relaxed);
+                picked.addrs[count] = Some(ip);
+                picked.targets[count] = choice.target;
+                picked.count += 1;
+            }
+        }
+        picked
+    }
+
+    /// Signs, with the snapshot, the GSLB answers the table can give: per app name, per
+    /// client region (for the policies that look at it), per draw of the weighted pick,
+    /// for A and AAAA. What a query then asks for is found without a lock or a signature.
+    pub(crate) fn presign(&self, snap: &mut Snapshot) {
+        let Some(table) = snap.table.clone() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut made = 0u64;
+        let mut key = Vec::new();
+        let mut regions: Vec<Option<RegionId>> = vec![None];
+        regions.extend((0..table.regions().len()).map(|r| Some(RegionId(r as u16))));
+        for (owner, node) in &snap.names {
+            let (Some(app_id), Some(signer)) = (
+                node.app,
+                snap.zones
+                    .get(usize::from(node.zone))
+                    .and_then(|z| z.signer.as_ref()),
+            ) else {
+                continue;
+            };
+            let app = table.app(app_id);
+            let by_region = matches!(app.policy, Policy::Geo | Policy::Latency);
+            let draws = if self.max_answers > 1 || app.targets.len() > 1 {
+                PRESIGN_DRAWS
+            } else {
+                1
+            };
+            for region in regions
+                .iter()
+                .take(if by_region { regions.len() } else { 1 })
+            {
+                let client = Client {
+                    addr: IpAddr::from([0, 0, 0, 0]),
+                    region: *region,
+                };
+                for draw in 0..draws {
+                    for want in [rtype::A, rtype::AAAA] {
+                        let mut counter = draw;
+                        let picked = self.pick(&table, app_id, &client, &mut counter, want);
+                        if picked.fail_closed || picked.count == 0 {
+                            continue;
+                        }
+                        let mut octets: Vec<Vec<u8>> = picked.addrs[..picked.count]
+                            .iter()
+                            .flatten()
+                            .map(|ip| match ip {
+                                IpAddr::V4(v4) => v4.octets().to_vec(),
+                                IpAddr::V6(v6) => v6.octets().to_vec(),
+                            })
+                            .collect();
+                        octets.sort_unstable();
+                        let rdatas: Vec<&[u8]> = octets.iter().map(Vec::as_slice).collect();
+                        dnssec::cache_key(want, owner, app.dns_ttl, &rdatas, &mut key);
+                        if snap.sigs.presigned.contains_key(key.as_slice()) {
+                            continue;
+                        }
+                        let sigs = signer.sign_rrset(owner, want, app.dns_ttl, &rdatas);
+                        made += sigs.len() as u64;
+                        snap.sigs
+                            .presigned
+                            .insert(key.as_slice().into(), sigs.into());
+                    }
                 }
             }
         }
-        if location_dependent {
-            s.scope = scope;
-        }
-        if count == 0 {
-            negative(snap, zone, owner, owner_at, None, s, out);
-        } else {
-            s.an += count as u16;
-        }
+        snap.signed.0 += made;
+        snap.signed.1 += started.elapsed();
     }
 
     /// The client's address and region, and the ECS scope an answer chosen by them carries
@@ -739,6 +1004,13 @@ impl Handler {
     }
 }
 
+/// Seconds since the Unix epoch (the signatures' clock).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn same_rule(first: Reason, next: Reason) -> bool {
     match (first, next) {
         (Reason::Tier { tier: a }, Reason::Tier { tier: b }) => a == b,
@@ -753,24 +1025,127 @@ enum Found<'a> {
     Refused,
 }
 
+/// What a negative answer denies, for its NSEC in a signed zone.
+#[derive(Clone, Copy)]
+enum Denial<'a> {
+    /// The name does not exist (NXNAME in the bitmap; the rcode becomes NOERROR, RFC 9824).
+    NxName,
+    /// The name exists; this type is not there.
+    NoData(&'a Node, u16),
+    /// A wildcard app's name (no node of its own): A and AAAA, less this type.
+    AppName(u16),
+}
+
+/// How many draws of the weighted pick are signed ahead per app and region.
+const PRESIGN_DRAWS: u64 = 32;
+
+/// The addresses one answer gives.
+struct Picked {
+    addrs: [Option<IpAddr>; 8],
+    /// The target of each address (for the answer counters).
+    targets: [usize; 8],
+    count: usize,
+    location_dependent: bool,
+    fail_closed: bool,
+}
+
+/// Writes RRSIGs owned by the name at `owner_at`; returns how many.
+fn write_sigs(out: &mut Vec<u8>, owner_at: usize, sigs: &[Box<[u8]>]) -> u16 {
+    for sig in sigs {
+        write_rr(out, owner_at, sig);
+    }
+    sigs.len() as u16
+}
+
+/// Writes the compact-denial NSEC at `owner` (pointed to by `owner_at`) and its RRSIGs;
+/// returns how many records.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the zone's signer and TTL, the owner twice (name and position), the denial"
+)]
+fn write_nsec(
+    snap: &Snapshot,
+    signer: &ZoneSigner,
+    owner: &[u8],
+    owner_at: usize,
+    denial: Denial<'_>,
+    ttl: u32,
+    sg: &mut Signing<'_>,
+    out: &mut Vec<u8>,
+) -> u16 {
+    let mut types = [0u16; 20];
+    let n = match denial {
+        Denial::NxName => {
+            types[0] = dtype::NXNAME;
+            1
+        }
+        Denial::NoData(node, except) => node_types(node, except, &mut types),
+        Denial::AppName(except) => {
+            let mut n = 0;
+            for t in [rtype::A, rtype::AAAA] {
+                if t != except {
+                    types[n] = t;
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+    let Scratch { key, rdata } = &mut *sg.scratch;
+    rdata.clear();
+    if !dnssec::nsec_rdata(owner, &types[..n], rdata) {
+        return 0;
+    }
+    dnssec::cache_key(dtype::NSEC, owner, ttl, &[rdata], key);
+    let mut made = false;
+    let sigs = snap.sigs.get_or_sign(key, &mut made, || {
+        signer.sign_rrset(owner, dtype::NSEC, ttl, &[rdata])
+    });
+    if made {
+        sg.made += sigs.len() as u64;
+    }
+    out.extend_from_slice(&pointer(owner_at));
+    put_u16(out, dtype::NSEC);
+    put_u16(out, 1);
+    put_u32(out, ttl);
+    put_u16(out, rdata.len() as u16);
+    out.extend_from_slice(rdata);
+    1 + write_sigs(out, owner_at, &sigs)
+}
+
 /// NXDOMAIN / NODATA authority: the zone's SOA, owner pointed into `owner` when the apex is
-/// a suffix of it. `cap` lowers the TTL (fail-closed answers).
+/// a suffix of it. `cap` lowers the TTL (fail-closed answers). With DO in a signed zone,
+/// the SOA's RRSIGs and the NSEC proving `denial` follow, and a name that does not exist
+/// is answered NOERROR (compact denial, RFC 9824).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the zone, the owner twice (name and position), the TTL cap, the denial"
+)]
 fn negative(
     snap: &Snapshot,
     zone: u16,
     owner: &[u8],
     owner_at: usize,
     cap: Option<u32>,
+    denial: Denial<'_>,
+    sg: &mut Signing<'_>,
     s: &mut Sections,
     out: &mut Vec<u8>,
 ) {
     let Some(zone) = snap.zones.get(usize::from(zone)) else {
         return;
     };
-    match zone_offset(owner, &zone.apex) {
-        Some(off) => out.extend_from_slice(&pointer(owner_at + off)),
-        None => out.extend_from_slice(&zone.apex),
-    }
+    let soa_at = match zone_offset(owner, &zone.apex) {
+        Some(off) => {
+            out.extend_from_slice(&pointer(owner_at + off));
+            owner_at + off
+        }
+        None => {
+            let at = out.len();
+            out.extend_from_slice(&zone.apex);
+            at
+        }
+    };
     let ttl_at = out.len() + 4;
     out.extend_from_slice(&zone.negative_soa);
     if let Some(cap) = cap {
@@ -778,6 +1153,25 @@ fn negative(
         out[ttl_at..ttl_at + 4].copy_from_slice(&ttl.to_be_bytes());
     }
     s.ns += 1;
+    if let (true, Some(signer)) = (sg.dnssec_ok, &zone.signer)
+        && soa_at < 0x4000
+        && owner_at < 0x4000
+    {
+        s.ns += write_sigs(out, soa_at, &zone.soa_sigs);
+        s.ns += write_nsec(
+            snap,
+            signer,
+            owner,
+            owner_at,
+            denial,
+            zone.negative_ttl,
+            sg,
+            out,
+        );
+        if matches!(denial, Denial::NxName) && s.rcode == rcode::NXDOMAIN {
+            s.rcode = rcode::NOERROR;
+        }
+    }
 }
 
 /// Appends an OPT record: our payload size, the upper bits of an extended rcode, the DO

@@ -20,11 +20,13 @@
 //! - `tcp`: the slow path (pipelined, idle timeout).
 //! - `rrl`: response rate limiting with slip.
 //! - `axfr`: zone transfer to the configured secondaries.
+//! - `dnssec`: keys, RRSIGs of the pre-rendered RRsets, compact denial, the signature cache.
 //! - `metrics`, `admin`: counters and the `/livez`, `/readyz`, `/metrics` listener.
 
 mod admin;
 pub mod answer;
 pub mod axfr;
+pub mod dnssec;
 mod error;
 pub mod geo;
 pub mod metrics;
@@ -70,8 +72,8 @@ impl DnsServer {
     pub fn start(config: &LoadedConfig, cell: Arc<TableCell>) -> Result<RunningDns, DnsError> {
         let c = &config.config;
         let dns = &c.dns;
-        let zones = snapshot::Zones::from_config(&c.zones)?;
         let base = config.file.parent().unwrap_or(std::path::Path::new("."));
+        let zones = snapshot::Zones::from_config_in(&c.zones, base)?;
         let geo = geo::GeoDb::open(base, &c.geo.databases)?;
         let metrics = Arc::new(Metrics::default());
         let rrl = (dns.rrl.rate > 0)

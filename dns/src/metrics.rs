@@ -57,6 +57,16 @@ pub struct Metrics {
     pub tcp_refused: AtomicU64,
     /// TCP connections closed because a query did not arrive whole in time.
     pub tcp_timed_out: AtomicU64,
+    /// DNSSEC signatures made when tables arrived (and at re-signing).
+    pub dnssec_table_signatures: AtomicU64,
+    /// DNSSEC signatures made while answering (an answer nobody signed ahead).
+    pub dnssec_inline_signatures: AtomicU64,
+    /// Microseconds the last table's signing took.
+    pub dnssec_last_table_micros: AtomicU64,
+    /// Microseconds spent signing tables, in all.
+    pub dnssec_table_micros: AtomicU64,
+    /// Signatures of GSLB answers and denials made ahead for the current table.
+    pub dnssec_presigned: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -73,11 +83,29 @@ impl Default for Metrics {
             fail_closed: AtomicU64::new(0),
             tcp_refused: AtomicU64::new(0),
             tcp_timed_out: AtomicU64::new(0),
+            dnssec_table_signatures: AtomicU64::new(0),
+            dnssec_inline_signatures: AtomicU64::new(0),
+            dnssec_last_table_micros: AtomicU64::new(0),
+            dnssec_table_micros: AtomicU64::new(0),
+            dnssec_presigned: AtomicU64::new(0),
         }
     }
 }
 
 impl Metrics {
+    /// Records the signing of one table: signatures made, time taken, entries signed ahead.
+    pub(crate) fn dnssec_signed(&self, made: u64, took: std::time::Duration, presigned: usize) {
+        let micros = took.as_micros() as u64;
+        self.dnssec_table_signatures
+            .fetch_add(made, Ordering::Relaxed);
+        self.dnssec_last_table_micros
+            .store(micros, Ordering::Relaxed);
+        self.dnssec_table_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        self.dnssec_presigned
+            .store(presigned as u64, Ordering::Relaxed);
+    }
+
     /// Counts one answered query.
     pub fn count(&self, qtype: u16, rcode: u16) {
         let t = TYPES
@@ -216,6 +244,16 @@ impl Metrics {
                 "TCP connections closed because a query did not arrive whole in time.",
                 &self.tcp_timed_out,
             ),
+            (
+                "meridian_dns_dnssec_table_signatures_total",
+                "DNSSEC signatures made when routing tables arrived (and when re-signing).",
+                &self.dnssec_table_signatures,
+            ),
+            (
+                "meridian_dns_dnssec_inline_signatures_total",
+                "DNSSEC signatures made while answering (answers not signed ahead).",
+                &self.dnssec_inline_signatures,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -223,6 +261,21 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP meridian_dns_dnssec_table_signing_seconds_total Time spent signing routing tables.\n# TYPE meridian_dns_dnssec_table_signing_seconds_total counter\nmeridian_dns_dnssec_table_signing_seconds_total {:.6}",
+            self.dnssec_table_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP meridian_dns_dnssec_last_table_signing_seconds Time the last routing table's signing took.\n# TYPE meridian_dns_dnssec_last_table_signing_seconds gauge\nmeridian_dns_dnssec_last_table_signing_seconds {:.6}",
+            self.dnssec_last_table_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP meridian_dns_dnssec_presigned_entries GSLB answers and denials signed ahead for the table served.\n# TYPE meridian_dns_dnssec_presigned_entries gauge\nmeridian_dns_dnssec_presigned_entries {}",
+            self.dnssec_presigned.load(Ordering::Relaxed)
+        );
         let version = table.map_or(0, RoutingTable::version);
         let _ = writeln!(
             out,

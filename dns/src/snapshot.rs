@@ -10,10 +10,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use meridian_config::dns::DnssecKeyConfig;
 use meridian_config::schema::ZoneConfig;
 use meridian_config::zone::RecordData;
 use meridian_routing::{AppId, RegionId, RoutingTable};
 
+use crate::dnssec::{self, SigCache, SigningKey, ZoneSigner, dtype};
 use crate::error::DnsError;
 use crate::metrics::{AnswerCounter, Metrics};
 use crate::wire::{self, name_to_wire, put_u16, put_u32, rtype, suffix_offsets};
@@ -33,6 +35,8 @@ pub(crate) struct Rr {
 pub(crate) struct RrSet {
     pub(crate) rtype: u16,
     pub(crate) rrs: Vec<Rr>,
+    /// RRSIG bodies over the set (signed zones, authoritative data only).
+    pub(crate) sigs: Vec<Box<[u8]>>,
 }
 
 /// One owner name.
@@ -43,6 +47,8 @@ pub(crate) struct Node {
     pub(crate) rrsets: Vec<RrSet>,
     /// A CNAME's body and its target (lower-case wire).
     pub(crate) cname: Option<(Rr, Box<[u8]>)>,
+    /// RRSIG bodies over the CNAME (signed zones).
+    pub(crate) cname_sigs: Vec<Box<[u8]>>,
     /// The app answering for this hostname.
     pub(crate) app: Option<AppId>,
     /// The delegation this name is at or below.
@@ -71,6 +77,11 @@ pub(crate) struct Zone {
     pub(crate) negative_soa: Box<[u8]>,
     /// The negative TTL, for capping fail-closed answers.
     pub(crate) negative_ttl: u32,
+    /// The zone's signer for this snapshot, when it is signed.
+    pub(crate) signer: Option<Arc<ZoneSigner>>,
+    /// RRSIGs over the SOA (also good for the negative SOA: validators sign with the
+    /// original TTL the RRSIG carries).
+    pub(crate) soa_sigs: Vec<Box<[u8]>>,
 }
 
 /// A pre-rendered, immutable view of the zones and app hostnames for one table.
@@ -86,6 +97,12 @@ pub struct Snapshot {
     pub(crate) countries: HashMap<[u8; 2], RegionId>,
     /// Per app and target of the table, its answer counter (shared across snapshots).
     pub(crate) answers: Vec<Vec<AnswerCounter>>,
+    /// Signatures of GSLB answers and denials (signed zones).
+    pub(crate) sigs: SigCache,
+    /// When signatures must be made again (Unix seconds), if any zone is signed.
+    pub(crate) resign_at: Option<u64>,
+    /// Signatures made for this snapshot when it was built, and how long that took.
+    pub(crate) signed: (u64, std::time::Duration),
 }
 
 /// Static zone content parsed from the config once; snapshots are built from it per table.
@@ -99,12 +116,20 @@ struct ParsedZone {
     apex: String,
     config: ZoneConfig,
     records: Vec<(String, u32, RecordData)>,
+    /// The signing keys with their lifecycle, when the zone is signed.
+    keys: Vec<(DnssecKeyConfig, Arc<SigningKey>)>,
 }
 
 impl Zones {
     /// Parses every zone's records; the config was validated, so an error here means a
-    /// caller skipped validation, and it names the record.
+    /// caller skipped validation, and it names the record. Key files of signed zones are
+    /// read relative to the working directory.
     pub fn from_config(zones: &[ZoneConfig]) -> Result<Self, DnsError> {
+        Zones::from_config_in(zones, std::path::Path::new("."))
+    }
+
+    /// As [`Zones::from_config`], with key files relative to `base` (the config's folder).
+    pub fn from_config_in(zones: &[ZoneConfig], base: &std::path::Path) -> Result<Self, DnsError> {
         let mut parsed = Vec::new();
         for zone in zones {
             let mut records = Vec::new();
@@ -119,13 +144,38 @@ impl Zones {
                 })?;
                 records.push((owner, record.ttl, data));
             }
+            let mut keys = Vec::new();
+            for key in zone.dnssec.iter().flat_map(|d| &d.keys) {
+                let loaded =
+                    SigningKey::load(&base.join(&key.file)).map_err(|e| DnsError::Zone {
+                        zone: zone.name.clone(),
+                        message: format!("dnssec key {e}"),
+                    })?;
+                if loaded.zone() != zone.apex().trim_end_matches('.') {
+                    return Err(DnsError::Zone {
+                        zone: zone.name.clone(),
+                        message: format!(
+                            "dnssec key {} is for zone {}",
+                            key.file.display(),
+                            loaded.zone()
+                        ),
+                    });
+                }
+                keys.push((key.clone(), Arc::new(loaded)));
+            }
             parsed.push(ParsedZone {
                 apex: zone.apex(),
                 config: zone.clone(),
                 records,
+                keys,
             });
         }
         Ok(Zones { zones: parsed })
+    }
+
+    /// No zones at all.
+    pub(crate) fn empty() -> Self {
+        Zones { zones: Vec::new() }
     }
 
     /// The zones' apexes, lower case, presentation form.
@@ -250,6 +300,8 @@ impl Snapshot {
                 apex: apex.clone(),
                 negative_soa: body(rtype::SOA, negative_ttl, &soa_rdata).into_boxed_slice(),
                 negative_ttl,
+                signer: None,
+                soa_sigs: Vec::new(),
             });
             let apex_node = names.entry(apex.clone()).or_default();
             apex_node.zone = zi;
@@ -260,6 +312,7 @@ impl Snapshot {
                     name_at: None,
                     additional: Vec::new(),
                 }],
+                sigs: Vec::new(),
             });
             let mut ns = Vec::new();
             for name in &zone.config.ns {
@@ -279,6 +332,7 @@ impl Snapshot {
             apex_node.rrsets.push(RrSet {
                 rtype: rtype::NS,
                 rrs: ns,
+                sigs: Vec::new(),
             });
 
             for (owner, ttl, data) in &zone.records {
@@ -307,6 +361,7 @@ impl Snapshot {
                         node.rrsets.push(RrSet {
                             rtype: t,
                             rrs: Vec::new(),
+                            sigs: Vec::new(),
                         });
                         node.rrsets.len() - 1
                     }
@@ -413,7 +468,7 @@ impl Snapshot {
         let answers = table
             .as_ref()
             .map_or_else(Vec::new, |t| metrics.answer_counters(t));
-        Snapshot {
+        let mut snapshot = Snapshot {
             table,
             zones: out_zones,
             names,
@@ -421,7 +476,139 @@ impl Snapshot {
             has_wildcards,
             countries,
             answers,
+            sigs: SigCache::new(dnssec::OVERFLOW_LIMIT),
+            resign_at: None,
+            signed: (0, std::time::Duration::ZERO),
+        };
+        snapshot.sign_static(zones, u64::from(serial));
+        snapshot
+    }
+
+    /// Signs every signed zone's authoritative RRsets and the denial NSECs of its names,
+    /// with the keys active at table `version`, and publishes the keys at the apex.
+    fn sign_static(&mut self, zones: &Zones, version: u64) {
+        let started = std::time::Instant::now();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut made = 0u64;
+        for (zi, zone) in zones.zones.iter().enumerate() {
+            let Some(config) = &zone.config.dnssec else {
+                continue;
+            };
+            let published: Vec<Arc<SigningKey>> = zone
+                .keys
+                .iter()
+                .filter(|(c, _)| c.published_at(version))
+                .map(|(_, k)| k.clone())
+                .collect();
+            let active: Vec<Arc<SigningKey>> = zone
+                .keys
+                .iter()
+                .filter(|(c, _)| c.active_at(version))
+                .map(|(_, k)| k.clone())
+                .collect();
+            let mut jitter = [0u8; 4];
+            let jitter =
+                match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut jitter)
+                {
+                    Ok(()) => {
+                        u64::from(u32::from_be_bytes(jitter)) % config.jitter.as_secs().max(1)
+                    }
+                    Err(_) => 0,
+                };
+            let inception = now.saturating_sub(config.inception_offset.as_secs());
+            let expiration = now + config.validity.as_secs() + jitter;
+            // Made again at a quarter of the validity, long before a cached answer expires.
+            let resign = now + config.validity.as_secs() / 4;
+            self.resign_at = Some(self.resign_at.map_or(resign, |r| r.min(resign)));
+            let apex = self.zones[zi].apex.clone();
+            let Some(signer) = ZoneSigner::new(&apex, active, inception as u32, expiration as u32)
+            else {
+                tracing::error!(zone = %zone.apex, version, "dnssec: no key is active at this table version; the zone is served unsigned");
+                continue;
+            };
+            let signer = Arc::new(signer);
+            let ttl = zone.config.soa.ttl;
+            if let Some(apex_node) = self.names.get_mut(&apex) {
+                for (t, rdatas) in dnssec::apex_key_sets(&published) {
+                    if rdatas.is_empty() {
+                        continue;
+                    }
+                    apex_node.rrsets.push(RrSet {
+                        rtype: t,
+                        rrs: rdatas
+                            .iter()
+                            .map(|r| Rr {
+                                body: body(t, ttl, r).into_boxed_slice(),
+                                name_at: None,
+                                additional: Vec::new(),
+                            })
+                            .collect(),
+                        sigs: Vec::new(),
+                    });
+                }
+            }
+            let zi = zi as u16;
+            let mut key = Vec::new();
+            let mut nsec = Vec::new();
+            for (owner, node) in self.names.iter_mut() {
+                if node.zone != zi {
+                    continue;
+                }
+                let at_cut = node
+                    .cut
+                    .is_some_and(|c| *self.cuts[c as usize].name == **owner);
+                if node.cut.is_some() && !at_cut {
+                    continue; // glue below a delegation: not ours to sign
+                }
+                if !at_cut {
+                    for set in &mut node.rrsets {
+                        // One TTL per RRset (RFC 2181 §5.2): the lowest configured.
+                        let ttl = set.rrs.iter().map(|rr| ttl_of(&rr.body)).min().unwrap_or(0);
+                        for rr in &mut set.rrs {
+                            rr.body[4..8].copy_from_slice(&ttl.to_be_bytes());
+                        }
+                        let rdatas: Vec<&[u8]> = set.rrs.iter().map(|rr| &rr.body[10..]).collect();
+                        set.sigs = signer.sign_rrset(owner, set.rtype, ttl, &rdatas);
+                        made += set.sigs.len() as u64;
+                    }
+                    if let Some((rr, _)) = &node.cname {
+                        node.cname_sigs = signer.sign_rrset(
+                            owner,
+                            rtype::CNAME,
+                            ttl_of(&rr.body),
+                            &[&rr.body[10..]],
+                        );
+                        made += node.cname_sigs.len() as u64;
+                    }
+                }
+                // The NODATA proof of a name without an app (app names vary by table and
+                // query type; theirs are signed when first asked).
+                if node.app.is_none() {
+                    let mut types = [0u16; 20];
+                    let n = node_types(node, 0, &mut types);
+                    let types = &types[..n];
+                    nsec.clear();
+                    let negative_ttl = self.zones[usize::from(zi)].negative_ttl;
+                    if dnssec::nsec_rdata(owner, types, &mut nsec) {
+                        dnssec::cache_key(dtype::NSEC, owner, negative_ttl, &[&nsec], &mut key);
+                        let sigs = signer.sign_rrset(owner, dtype::NSEC, negative_ttl, &[&nsec]);
+                        made += sigs.len() as u64;
+                        self.sigs
+                            .presigned
+                            .insert(key.as_slice().into(), sigs.into());
+                    }
+                }
+            }
+            let z = &mut self.zones[usize::from(zi)];
+            z.soa_sigs = self.names[&apex]
+                .rrset(rtype::SOA)
+                .map(|s| s.sigs.clone())
+                .unwrap_or_default();
+            z.signer = Some(signer);
         }
+        self.signed = (made, started.elapsed());
     }
 
     /// The table this snapshot was built from.
@@ -447,4 +634,38 @@ fn add_ents(names: &mut HashMap<Box<[u8]>, Node>, name: &[u8], apex: &[u8], zone
         zone,
         ..Node::default()
     });
+}
+
+fn ttl_of(body: &[u8]) -> u32 {
+    u32::from_be_bytes([body[4], body[5], body[6], body[7]])
+}
+
+/// The types present at `node` for its NSEC (an app name has A and AAAA), without
+/// `except` (the type a NODATA answer denies), sorted into `out`; returns how many.
+pub(crate) fn node_types(node: &Node, except: u16, out: &mut [u16; 20]) -> usize {
+    let mut n = 0;
+    let app: &[u16] = if node.app.is_some() {
+        &[rtype::A, rtype::AAAA]
+    } else {
+        &[]
+    };
+    let cname: &[u16] = if node.cname.is_some() {
+        &[rtype::CNAME]
+    } else {
+        &[]
+    };
+    for t in node
+        .rrsets
+        .iter()
+        .map(|s| s.rtype)
+        .chain(app.iter().copied())
+        .chain(cname.iter().copied())
+    {
+        if t != except && n < out.len() && !out[..n].contains(&t) {
+            out[n] = t;
+            n += 1;
+        }
+    }
+    out[..n].sort_unstable();
+    n
 }

@@ -18,6 +18,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         match meridian_config::load(file) {
             Ok(loaded) => {
                 let c = &loaded.config;
+                let problems = dnssec_problems(&loaded);
+                if !problems.is_empty() {
+                    failed += 1;
+                    for line in problems {
+                        eprintln!("{}: {line}", file.display());
+                    }
+                    continue;
+                }
                 println!(
                     "{}: ok ({}, {}, {}, {})",
                     file.display(),
@@ -42,6 +50,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The signed zones' key files: readable, owner-only, a supported algorithm, for this
+/// zone, and at least one key-signing key (the parent's DS points at one).
+fn dnssec_problems(loaded: &meridian_config::LoadedConfig) -> Vec<String> {
+    let base = loaded.file.parent().unwrap_or(std::path::Path::new("."));
+    let mut problems = Vec::new();
+    for (i, zone) in loaded.config.zones.iter().enumerate() {
+        let Some(dnssec) = &zone.dnssec else { continue };
+        let apex = zone.name.trim_end_matches('.').to_ascii_lowercase();
+        let mut ksk = false;
+        for (k, key) in dnssec.keys.iter().enumerate() {
+            let field = format!("zones[{i}].dnssec.keys[{k}].file");
+            match meridian_dns::dnssec::SigningKey::load(&base.join(&key.file)) {
+                Ok(loaded) if loaded.zone() != apex => problems.push(format!(
+                    "{field}: the key is for zone {}, not {apex}",
+                    loaded.zone()
+                )),
+                Ok(loaded) => ksk |= loaded.is_ksk(),
+                Err(err) => problems.push(format!("{field}: {err}")),
+            }
+        }
+        if !ksk && !dnssec.keys.is_empty() && problems.is_empty() {
+            problems.push(format!(
+                "zones[{i}].dnssec.keys: no key-signing key (flags 257); make one with `meridian dnssec keygen {apex}`"
+            ));
+        }
+    }
+    problems
 }
 
 /// `1 app`, `2 apps`.

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crds;
 pub mod demo;
 pub mod dns;
+pub mod dnssec;
 pub mod operator;
 pub mod plan;
 pub mod proxy;
