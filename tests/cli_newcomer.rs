@@ -199,7 +199,7 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
     let mut dns = Command::new(BIN)
         .args(["dns", "-c"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/demo.yaml"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -47,7 +47,7 @@ controller:
   vantage_ttl: 1s
   heartbeat: 100ms
 proxy: {{ listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0" }}
-dns: {{ listen: "127.0.0.1:2" }}
+dns: {{ listen: "127.0.0.1:2", admin_listen: "127.0.0.1:0" }}
 "#
         ),
     )

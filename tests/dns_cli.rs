@@ -12,6 +12,22 @@ use dns_support::kdig;
 
 struct Kill(std::process::Child);
 
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -34,14 +50,26 @@ fn meridian_dns_serves_the_demo_config_and_stops_on_sigterm() {
     let stderr = child.0.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut admin: Option<SocketAddr> = None;
     let addr: SocketAddr = loop {
         assert!(Instant::now() < deadline, "no 'serving' log line");
         let line = lines.next().expect("log line").expect("read log");
         let value: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        if let Some(addr) = value["fields"]["admin_addr"].as_str() {
+            admin = Some(addr.parse().unwrap());
+        }
         if let Some(addr) = value["fields"]["udp_addr"].as_str() {
             break addr.parse().unwrap();
         }
     };
+    // Without `dns.admin_listen` or `--admin-listen`, health and metrics are still there, on
+    // the default port (the only test that leaves it unset, so nothing else takes it).
+    let admin = admin.expect("an admin listener by default");
+    assert_eq!(admin, "127.0.0.1:9054".parse().unwrap());
+    assert!(http_get(admin, "/livez").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(admin, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("meridian_dns_"), "{metrics}");
     let text = kdig(addr, &["+short", "shop.demo.test", "A"]);
     assert_eq!(text.lines().count(), 2, "max_answers 2 in the demo: {text}");
     let geo = kdig(

@@ -86,7 +86,7 @@ controller:
   tokens:
     - {{ name: ops, role: operator, sha256: "{}" }}
 proxy: {{ listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0" }}
-dns: {{ listen: "127.0.0.3:0" }}
+dns: {{ listen: "127.0.0.3:0", admin_listen: "127.0.0.3:0" }}
 "#,
             sha256_hex("op-token"),
         ),

@@ -403,8 +403,33 @@ fn drain_plan_matches_what_the_controller_then_does() {
             .skip_while(|l| !l.starts_with("APP shop"))
             .find(|l| l.trim_start().starts_with(cluster))
             .unwrap_or_else(|| panic!("no {cluster} row in\n{text}"))
-            .to_string()
+            // Columns are padded inside too ("20.0% →  0.0%"): compare words.
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
     };
+    // The columns line up: every number column is right-aligned to its header's end, so the
+    // header and each row of the app's table end at the same character.
+    let shop_table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("APP shop"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(shop_table.len(), 4, "header and three clusters: {text}");
+    let ends: Vec<usize> = shop_table.iter().map(|l| l.chars().count()).collect();
+    assert!(
+        ends.iter().all(|&e| e == ends[0]),
+        "ragged columns:\n{text}"
+    );
+    let arrows: Vec<Option<usize>> = shop_table[1..]
+        .iter()
+        .map(|l| l.chars().position(|c| c == '→'))
+        .collect();
+    assert!(
+        arrows.iter().all(|&a| a == arrows[0]),
+        "weights not aligned:\n{text}"
+    );
     // Weights 100/100/50 → 100/100/0, as shares.
     assert!(row(DRAINED).contains("20.0% → 0.0%"), "{text}");
     assert!(row("aws-eu-west-1").contains("40.0% → 50.0%"), "{text}");

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8053))
 }
+/// The admin listener of a DNS server run on its own when `dns.admin_listen` is unset: the
+/// port the Helm chart gives it, on loopback.
+pub const STANDALONE_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9054);
 fn default_max_answers() -> usize {
     1
 }
@@ -69,7 +73,9 @@ pub struct DnsConfig {
     /// Response rate limiting per client /24 (/56) over UDP; on by default.
     #[serde(default)]
     pub rrl: RrlConfig,
-    /// HTTP listener for `/livez`, `/readyz` and `/metrics`; none when unset.
+    /// HTTP listener for `/livez`, `/readyz` and `/metrics`. When unset, `meridian dns`
+    /// listens on [`STANDALONE_ADMIN_LISTEN`] (as the proxy's admin listener has a default);
+    /// inside `meridian up` there is none, the proxy's and the controller's serve health there.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
     /// Secondaries allowed to transfer the zones (AXFR over TCP); nobody when empty.

@@ -218,7 +218,16 @@ function fmtBytes(n) {
 }
 
 // Member clusters: shown only in Kubernetes mode (file mode observes none).
-function renderMembers(members) {
+// The vendor: the configured provider, and what the nodes themselves name when it differs
+// (a cluster configured as one cloud whose nodes say another is worth a look).
+function vendorCell(configured, observed) {
+  if (!observed || observed === configured) return el("td", {}, configured || observed || "—");
+  if (!configured) return el("td", {}, observed);
+  return el("td", {}, `${configured} `, el("span", { class: "pill warn", title: "the nodes' spec.providerID names another vendor" }, `nodes say ${observed}`));
+}
+
+function renderMembers(members, clusters) {
+  const provider = new Map((clusters || []).map((c) => [c.name, c.provider]));
   const section = $("#members");
   section.hidden = !members.length;
   const body = $("#members tbody");
@@ -231,7 +240,7 @@ function renderMembers(members) {
     const inv = m.inventory;
     const d = m.discovered;
     body.append(el("tr", {},
-      el("td", {}, m.cluster), el("td", {}, api),
+      el("td", {}, m.cluster), vendorCell(provider.get(m.cluster), inv && inv.nodeProvider), el("td", {}, api),
       el("td", {}, inv ? `${inv.nodesReady} / ${inv.nodes}` : "—"),
       el("td", {}, inv ? `${(inv.requestedCpuMillis / 1000).toFixed(2)} / ${(inv.allocatableCpuMillis / 1000).toFixed(2)} cores` : "—"),
       el("td", {}, inv ? `${fmtBytes(inv.requestedMemoryBytes)} / ${fmtBytes(inv.allocatableMemoryBytes)}` : "—"),
@@ -480,7 +489,7 @@ async function refresh() {
   scenarioOptions(status.clusters);
   if (!plans.ran) await runPlan();
   renderApps(status);
-  try { renderMembers(await api("/api/v1/inventory")); } catch (_) { renderMembers([]); }
+  try { renderMembers(await api("/api/v1/inventory"), status.clusters); } catch (_) { renderMembers([]); }
   try { renderHistory(await api("/api/v1/history?limit=20")); } catch (err) { banner(`History: ${err.message}`); }
   await refreshCharts();
   if (status.table_version !== state.version) {

@@ -179,6 +179,9 @@ impl DnsServer {
                 return Err(err);
             }
         };
+        if let Some(admin_addr) = admin_addr {
+            tracing::info!(%admin_addr, "dns: admin listener: /livez, /readyz, /metrics");
+        }
         for (udp_addr, tcp_addr) in &bound {
             tracing::info!(%udp_addr, %tcp_addr, workers, "dns: serving");
         }

@@ -204,6 +204,11 @@ pub struct ClusterStatus {
 pub struct Inventory {
     /// Kubernetes version, such as `v1.20.2`.
     pub kubernetes_version: String,
+    /// The vendor the nodes name: the scheme of their `spec.providerID` (`aws`, `gce`,
+    /// `azure`, …), several joined by `+`; none when no node names one (bare metal, most
+    /// on-premises clusters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_provider: Option<String>,
     /// Nodes, and how many are Ready.
     pub nodes: u32,
     /// Ready nodes.

@@ -69,6 +69,17 @@ fn node_ready(node: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// The vendors the nodes name in `spec.providerID` (`aws:///eu-west-1a/i-0abc` → `aws`).
+fn node_provider(nodes: &[Node]) -> Option<String> {
+    let schemes: std::collections::BTreeSet<&str> = nodes
+        .iter()
+        .filter_map(|n| n.spec.as_ref()?.provider_id.as_deref())
+        .filter_map(|id| id.split_once("://").map(|(scheme, _)| scheme))
+        .filter(|scheme| !scheme.is_empty())
+        .collect();
+    (!schemes.is_empty()).then(|| schemes.into_iter().collect::<Vec<_>>().join("+"))
+}
+
 fn pod_running(pod: &Pod) -> bool {
     !matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -199,6 +210,7 @@ pub fn summarize(
     });
     Ok(Inventory {
         kubernetes_version,
+        node_provider: node_provider(nodes),
         nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
         nodes_ready,
         allocatable_cpu_millis: allocatable.cpu_millis,
@@ -300,6 +312,8 @@ mod tests {
     fn node(name: &str, ready: &str, cpu: &str, memory: &str) -> Node {
         serde_json::from_value(json!({
             "metadata": { "name": name },
+            // Two nodes name their cloud, one (as on bare metal) does not.
+            "spec": if name == "c" { json!({}) } else { json!({ "providerID": format!("aws:///eu-west-1a/i-{name}") }) },
             "status": {
                 "allocatable": { "cpu": cpu, "memory": memory, "pods": "110" },
                 "conditions": [{ "type": "Ready", "status": ready }]
@@ -319,6 +333,17 @@ mod tests {
 
     fn requests(cpu: &str, memory: &str) -> serde_json::Value {
         json!({ "name": "c", "resources": { "requests": { "cpu": cpu, "memory": memory } } })
+    }
+
+    #[test]
+    fn node_provider_is_the_provider_id_scheme_of_every_node_that_names_one() {
+        let mut nodes = vec![node("a", "True", "1", "1Gi"), node("c", "True", "1", "1Gi")];
+        assert_eq!(node_provider(&nodes).as_deref(), Some("aws"));
+        nodes[1].spec.get_or_insert_default().provider_id = Some("gce://p/europe-west3-a/n".into());
+        assert_eq!(node_provider(&nodes).as_deref(), Some("aws+gce"));
+        assert_eq!(node_provider(&nodes[..0]), None);
+        nodes[0].spec.get_or_insert_default().provider_id = Some("kind-node".into());
+        assert_eq!(node_provider(&nodes).as_deref(), Some("gce"));
     }
 
     #[test]
@@ -370,6 +395,7 @@ mod tests {
             inventory,
             Inventory {
                 kubernetes_version: "v1.20.2".into(),
+                node_provider: Some("aws".into()),
                 nodes: 3,
                 nodes_ready: 2,
                 allocatable_cpu_millis: 7500,

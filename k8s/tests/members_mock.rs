@@ -233,6 +233,7 @@ async fn inventory_from_nodes_pods_and_deployments() {
         observation.inventory.unwrap(),
         Inventory {
             kubernetes_version: "v1.20.2".into(),
+            node_provider: None,
             nodes: 2,
             nodes_ready: 1,
             allocatable_cpu_millis: 4000,

@@ -83,7 +83,13 @@ async fn populate_member_a(client: &Client) {
 
     let nodes: Api<Node> = Api::all(client.clone());
     for (name, ready, cpu, memory) in [("n1", "True", "4", "8Gi"), ("n2", "False", "2", "4Gi")] {
-        create(&nodes, json!({ "metadata": { "name": name } })).await;
+        // The vendor as a cloud's node controller sets it: `spec.providerID`.
+        create(
+            &nodes,
+            json!({ "metadata": { "name": name },
+                    "spec": { "providerID": format!("gce://shop-prod/europe-west3-a/{name}") } }),
+        )
+        .await;
         set_status(
             &nodes,
             name,
@@ -307,6 +313,7 @@ async fn members_discovery_inventory_and_a_lost_member() {
         view_a.inventory,
         Some(Inventory {
             kubernetes_version: version.clone(),
+            node_provider: Some("gce".into()),
             nodes: 2,
             nodes_ready: 1,
             allocatable_cpu_millis: 4000,

@@ -18,7 +18,8 @@ pub struct Args {
     /// UDP and TCP listener, overriding `dns.listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Admin listener (`/livez`, `/readyz`, `/metrics`), overriding `dns.admin_listen`.
+    /// Admin listener (`/livez`, `/readyz`, `/metrics`), overriding `dns.admin_listen`
+    /// (default 127.0.0.1:9054).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
     /// UDP worker threads, overriding `dns.udp_workers` (default: one per CPU).
@@ -35,9 +36,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         dns.listen = listen;
     }
-    if let Some(admin) = args.admin_listen {
-        dns.admin_listen = Some(admin);
-    }
+    // A server on its own gets health and metrics by default, as the proxy does.
+    dns.admin_listen = args
+        .admin_listen
+        .or(dns.admin_listen)
+        .or(Some(meridian_config::dns::STANDALONE_ADMIN_LISTEN));
     if let Some(workers) = args.workers {
         dns.udp_workers = Some(workers);
     }

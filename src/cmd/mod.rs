@@ -10,6 +10,7 @@ pub mod dnssec;
 pub mod operator;
 pub mod plan;
 pub mod proxy;
+pub mod table;
 pub mod up;
 
 use std::process::ExitCode;

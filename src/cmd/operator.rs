@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::table::{Align, Table};
 use anyhow::Context;
 use meridian_controller::client::ApiClient;
 
@@ -170,13 +171,24 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             return print_json!(status);
         }
         println!("table version {}", status.table_version);
-        println!("\nCLUSTER                REGION         PROVIDER  DRAIN");
+        let mut clusters = Table::new(&[
+            ("CLUSTER", Align::Left),
+            ("REGION", Align::Left),
+            ("PROVIDER", Align::Left),
+            ("DRAIN", Align::Left),
+        ]);
         for c in &status.clusters {
             let drain = c
                 .drain_started_at_ms
                 .map_or("-".to_string(), |t| format!("since {}", time(t)));
-            println!("{:<22} {:<14} {:<9} {drain}", c.name, c.region, c.provider);
+            clusters.row(vec![
+                c.name.clone(),
+                c.region.clone(),
+                c.provider.clone(),
+                drain,
+            ]);
         }
+        print!("\n{}", clusters.render(""));
         for app in &status.apps {
             println!(
                 "\nAPP {} ({}, {}) {}",
@@ -185,7 +197,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                 app.failure_mode,
                 app.hostnames.join(" ")
             );
-            println!("  TARGET                 WEIGHT  EFFECTIVE  HEALTH          VOTES");
+            let mut targets = Table::new(&[
+                ("TARGET", Align::Left),
+                ("WEIGHT", Align::Right),
+                ("EFFECTIVE", Align::Right),
+                ("HEALTH", Align::Left),
+                ("VOTES", Align::Left),
+            ]);
             for t in &app.targets {
                 let weight = match t.weight_override {
                     Some(_) => format!("{}*", t.weight),
@@ -203,15 +221,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|v| format!("{}:{}", v.vantage, if v.healthy { "up" } else { "down" }))
                     .collect();
-                println!(
-                    "  {:<22} {:<7} {:<10} {:<15} {}",
-                    t.cluster,
+                targets.row(vec![
+                    t.cluster.clone(),
                     weight,
                     effective(t.effective_weight),
                     health,
-                    votes.join(" ")
-                );
+                    votes.join(" "),
+                ]);
             }
+            print!("{}", targets.render("  "));
         }
         let overridden = status
             .apps

@@ -2,6 +2,8 @@
 //! drained, or a peak arrives — as a table per app or as the API's JSON.
 
 use anyhow::Context;
+
+use super::table::{Align, Table};
 use meridian_controller::plan::{AppPlan, Plan, Scenario, TransitionStatus};
 
 /// Arguments of `meridian plan`. Without a scenario flag: the plan for now.
@@ -125,11 +127,13 @@ pub fn render(plan: &Plan) -> String {
                 "  replicas unknown: no placement.total_replicas or scaling; weights and traffic only"
             );
         }
-        let _ = writeln!(
-            out,
-            "  {:<22} {:>17} {:>21} {:>15} {:>9}",
-            "CLUSTER", "WEIGHT NOW→AFTER", "REQ/S NOW→AFTER", "REPLICAS", "MACHINES"
-        );
+        let mut table = Table::new(&[
+            ("CLUSTER", Align::Left),
+            ("WEIGHT NOW→AFTER", Align::Change),
+            ("REQ/S NOW→AFTER", Align::Change),
+            ("REPLICAS", Align::Change),
+            ("MACHINES", Align::Change),
+        ]);
         for cluster in app.weights.keys() {
             let weight = format!(
                 "{} → {}",
@@ -149,26 +153,32 @@ pub fn render(plan: &Plan) -> String {
             let machines = plan.nodes.get(cluster).map_or("-".to_owned(), |n| {
                 format!("{} → {}", n.machines_now, n.machines_needed)
             });
-            let _ = writeln!(
-                out,
-                "  {cluster:<22} {weight:>17} {rps:>21} {replicas:>15} {machines:>9}"
-            );
+            table.row(vec![cluster.clone(), weight, rps, replicas, machines]);
         }
+        out.push_str(&table.render("  "));
     }
     if !plan.nodes.is_empty() {
         let _ = writeln!(out, "\nNODES");
+        let mut table = Table::new(&[
+            ("CLUSTER", Align::Left),
+            ("MACHINES NOW→NEEDED", Align::Change),
+            ("MAX", Align::Right),
+            ("", Align::Left),
+        ]);
         for (cluster, n) in &plan.nodes {
             let fits = if n.machines_needed <= n.max_machines {
                 "fits"
             } else {
                 "ABOVE the pool's maximum"
             };
-            let _ = writeln!(
-                out,
-                "  {cluster:<22} machines {} → {} (max {}): {fits}",
-                n.machines_now, n.machines_needed, n.max_machines
-            );
+            table.row(vec![
+                cluster.clone(),
+                format!("{} → {}", n.machines_now, n.machines_needed),
+                n.max_machines.to_string(),
+                fits.to_string(),
+            ]);
         }
+        out.push_str(&table.render("  "));
     }
     let _ = writeln!(
         out,
