@@ -96,8 +96,9 @@ pub struct App {
     pub failure_mode: FailureMode,
     /// TTL of DNS answers for the app's hostnames, in seconds.
     pub dns_ttl: u32,
-    /// Per-region preferences of the `geo` policy.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Per-region preferences of the `geo` policy. Always written: the binary wire format
+    /// is not self-describing, so no field may be left out.
+    #[serde(default)]
     pub geo_preferences: Vec<GeoPreference>,
     /// The app in each of its clusters.
     pub targets: Vec<Target>,

@@ -1,10 +1,12 @@
 //! The health state of a target, as the controller's verdicts and operator actions set it.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Health of one target. Draining and slow start carry their progress from 0.0 to 1.0.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "kebab-case", deny_unknown_fields)]
+///
+/// In JSON (config, API) it is `{"state": "draining", "progress": 0.5}`; in the binary wire
+/// format, a plain enum (an internally tagged enum needs a self-describing format).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Health {
     /// Serving at its full weight.
     #[default]
@@ -21,6 +23,67 @@ pub enum Health {
         /// How far the ramp has gone, 0.0 to 1.0.
         progress: f64,
     },
+}
+
+/// Health as JSON writes it.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case", deny_unknown_fields)]
+enum Tagged {
+    Healthy,
+    Unhealthy,
+    Draining { progress: f64 },
+    SlowStart { progress: f64 },
+}
+
+/// Health as the binary wire format writes it.
+#[derive(Serialize, Deserialize)]
+enum Plain {
+    Healthy,
+    Unhealthy,
+    Draining(f64),
+    SlowStart(f64),
+}
+
+impl Serialize for Health {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            match *self {
+                Health::Healthy => Tagged::Healthy,
+                Health::Unhealthy => Tagged::Unhealthy,
+                Health::Draining { progress } => Tagged::Draining { progress },
+                Health::SlowStart { progress } => Tagged::SlowStart { progress },
+            }
+            .serialize(s)
+        } else {
+            match *self {
+                Health::Healthy => Plain::Healthy,
+                Health::Unhealthy => Plain::Unhealthy,
+                Health::Draining { progress } => Plain::Draining(progress),
+                Health::SlowStart { progress } => Plain::SlowStart(progress),
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Health {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(if d.is_human_readable() {
+            match Tagged::deserialize(d)? {
+                Tagged::Healthy => Health::Healthy,
+                Tagged::Unhealthy => Health::Unhealthy,
+                Tagged::Draining { progress } => Health::Draining { progress },
+                Tagged::SlowStart { progress } => Health::SlowStart { progress },
+            }
+        } else {
+            match Plain::deserialize(d)? {
+                Plain::Healthy => Health::Healthy,
+                Plain::Unhealthy => Health::Unhealthy,
+                Plain::Draining(progress) => Health::Draining { progress },
+                Plain::SlowStart(progress) => Health::SlowStart { progress },
+            }
+        })
+    }
 }
 
 /// Share of its weight a target in slow start gets at progress 0, so a recovered target sees

@@ -17,12 +17,16 @@
 //! - [`geo`]: client address → region (CIDR overrides, most specific first; then country).
 //! - [`table`]: [`TableData`] (plain data) and [`RoutingTable`] (validated, indexed snapshot).
 //! - [`select`]: choosing a target per policy, allocation-free, and explaining the choice.
+//! - [`digest`]: the digest of a table version, per app so a delta rehashes only its apps.
+//! - [`delta`]: what changed between two versions, and applying it to the older one.
 //! - [`wire`]: the versioned serialisation of a table.
 
 #![warn(missing_docs)]
 
 pub mod app;
 pub mod cluster;
+pub mod delta;
+pub mod digest;
 mod error;
 pub mod geo;
 pub mod health;
@@ -32,6 +36,8 @@ pub mod wire;
 
 pub use app::{App, FailureMode, GeoPreference, Policy, Target};
 pub use cluster::{Cluster, Location, Region};
+pub use delta::TableDelta;
+pub use digest::Digest;
 pub use error::{Problem, TableError};
 pub use geo::{RegionMap, SubnetRegion};
 pub use health::Health;

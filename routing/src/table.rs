@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{App, MAX_TARGETS_PER_APP, MAX_WEIGHT, Policy};
 use crate::cluster::{Cluster, Region};
+use crate::digest::{Digest, app_digest, table_digest};
 use crate::error::{Problem, TableError};
 use crate::geo::{RegionIndex, RegionMap, RegionMatch, SubnetAnswer};
 
@@ -88,6 +89,10 @@ pub struct RoutingTable {
     distance_km: Vec<f32>,
     /// regions × clusters, milliseconds; NaN when not measured.
     rtt_ms: Vec<f32>,
+    /// Per app, in order, the digest of the app; kept so a delta recomputes only its apps.
+    app_digests: Vec<Digest>,
+    /// The digest of the whole table (see [`crate::digest`]).
+    digest: Digest,
 }
 
 /// The longest hostname DNS allows, in presentation form without the trailing dot.
@@ -96,6 +101,15 @@ const MAX_HOSTNAME_LEN: usize = 253;
 impl RoutingTable {
     /// Validates `data` and builds its indexes.
     pub fn new(data: TableData) -> Result<Self, TableError> {
+        Self::build(data, &|_, _| None)
+    }
+
+    /// As [`RoutingTable::new`]; `known(position, app)` may give an app's digest when the
+    /// caller knows it (an app a delta left as it was), sparing its encoding and hashing.
+    pub(crate) fn build(
+        data: TableData,
+        known: &dyn Fn(usize, &App) -> Option<Digest>,
+    ) -> Result<Self, TableError> {
         let problems = validate(&data);
         if !problems.is_empty() {
             return Err(TableError::Invalid(problems));
@@ -166,6 +180,14 @@ impl RoutingTable {
             rtt_ms[r * data.clusters.len() + c] = sample.rtt_ms as f32;
         }
         let region_index = RegionIndex::build(&data.geo, |name| region_ids.get(name).copied());
+        let mut buf = Vec::new();
+        let app_digests: Vec<Digest> = data
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(i, app)| known(i, app).unwrap_or_else(|| app_digest(&mut buf, app)))
+            .collect();
+        let digest = table_digest(&data, &app_digests);
         Ok(RoutingTable {
             data,
             hosts_exact,
@@ -175,7 +197,19 @@ impl RoutingTable {
             apps_index,
             distance_km,
             rtt_ms,
+            app_digests,
+            digest,
         })
+    }
+
+    /// The digest of this version: equal for equal tables, different when any field differs.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The digest of the app at `position`.
+    pub(crate) fn app_digest(&self, position: usize) -> Option<Digest> {
+        self.app_digests.get(position).copied()
     }
 
     /// The table's plain data.
@@ -332,15 +366,16 @@ pub fn is_valid_name(name: &str) -> bool {
         })
 }
 
+/// `path` is made only when there is a problem: the table has one per target.
 fn unique<'a>(
     problems: &mut Vec<Problem>,
     seen: &mut HashSet<&'a str>,
     name: &'a str,
-    path: String,
+    path: impl FnOnce() -> String,
     what: &str,
 ) {
     if !seen.insert(name) {
-        problems.push(Problem::new(path, format!("duplicate {what} {name:?}")));
+        problems.push(Problem::new(path(), format!("duplicate {what} {name:?}")));
     }
 }
 
@@ -368,7 +403,7 @@ fn validate(data: &TableData) -> Vec<Problem> {
             p,
             &mut regions,
             &region.name,
-            format!("regions[{i}].name"),
+            || format!("regions[{i}].name"),
             "region",
         );
         if !region.location.is_valid() {
@@ -389,7 +424,7 @@ fn validate(data: &TableData) -> Vec<Problem> {
             p,
             &mut clusters,
             &cluster.name,
-            format!("clusters[{i}].name"),
+            || format!("clusters[{i}].name"),
             "cluster",
         );
         if !regions.contains(cluster.region.as_str()) {
@@ -425,7 +460,7 @@ fn validate(data: &TableData) -> Vec<Problem> {
     let mut hostnames: HashMap<&str, &str> = HashMap::new();
     for (i, app) in data.apps.iter().enumerate() {
         check_name(p, &app.name, format!("apps[{i}].name"));
-        unique(p, &mut apps, &app.name, format!("apps[{i}].name"), "app");
+        unique(p, &mut apps, &app.name, || format!("apps[{i}].name"), "app");
         if app.hostnames.is_empty() {
             p.push(Problem::new(
                 format!("apps[{i}].hostnames"),
@@ -433,15 +468,15 @@ fn validate(data: &TableData) -> Vec<Problem> {
             ));
         }
         for (j, host) in app.hostnames.iter().enumerate() {
-            let path = format!("apps[{i}].hostnames[{j}]");
+            let path = || format!("apps[{i}].hostnames[{j}]");
             if !is_valid_hostname(host) {
                 p.push(Problem::new(
-                    path,
+                    path(),
                     format!("{host:?} is not a valid lower-case hostname"),
                 ));
             } else if let Some(other) = hostnames.insert(host, &app.name) {
                 p.push(Problem::new(
-                    path,
+                    path(),
                     format!("hostname {host:?} is already served by app {other:?}"),
                 ));
             }
@@ -469,10 +504,10 @@ fn validate(data: &TableData) -> Vec<Problem> {
         }
         let mut target_clusters = HashSet::new();
         for (j, target) in app.targets.iter().enumerate() {
-            let path = format!("apps[{i}].targets[{j}]");
+            let path = || format!("apps[{i}].targets[{j}]");
             if !clusters.contains(target.cluster.as_str()) {
                 p.push(Problem::new(
-                    format!("{path}.cluster"),
+                    format!("{}.cluster", path()),
                     format!("unknown cluster {:?}", target.cluster),
                 ));
             }
@@ -480,12 +515,12 @@ fn validate(data: &TableData) -> Vec<Problem> {
                 p,
                 &mut target_clusters,
                 &target.cluster,
-                format!("{path}.cluster"),
+                || format!("{}.cluster", path()),
                 "target for cluster",
             );
             if target.weight > MAX_WEIGHT {
                 p.push(Problem::new(
-                    format!("{path}.weight"),
+                    format!("{}.weight", path()),
                     format!("{} is out of range 0..={MAX_WEIGHT}", target.weight),
                 ));
             }
@@ -493,7 +528,7 @@ fn validate(data: &TableData) -> Vec<Problem> {
                 && !(0.0..=1.0).contains(&progress)
             {
                 p.push(Problem::new(
-                    format!("{path}.health.progress"),
+                    format!("{}.health.progress", path()),
                     format!("{progress} is out of range 0.0..=1.0"),
                 ));
             }
@@ -520,7 +555,7 @@ fn validate(data: &TableData) -> Vec<Problem> {
                 p,
                 &mut pref_regions,
                 &pref.region,
-                format!("{path}.region"),
+                || format!("{path}.region"),
                 "preference for region",
             );
             for (k, cluster) in pref.clusters.iter().enumerate() {
