@@ -9,4 +9,4 @@ set -eu
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p meridian-controller --example table_scale
 [ $# -gt 0 ] || set -- --apps 10000 --clusters 50 --runs 5
-exec ./target/release/examples/table_scale "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/examples/table_scale" "$@"

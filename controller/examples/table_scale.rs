@@ -1,7 +1,9 @@
 //! Table-scale benchmark (run by `bench/table-scale.sh`, not a test): 10,000 apps × 50
 //! clusters. Reports the time of the pure compute, of validation and indexing
-//! (`RoutingTable::new`), of encoding and decoding the wire format, the encoded size, and
-//! the longest time a reader waited on a `TableCell` while tables were being swapped in.
+//! (`RoutingTable::new`), of encoding and decoding the wire format (binary, and JSON as it
+//! was before), the encoded size, the size of a one-weight and a one-verdict delta and the
+//! time a subscriber takes to apply it, and the longest time a reader waited on a
+//! `TableCell` while tables were being swapped in.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -136,7 +138,10 @@ fn main() {
     let mut build_t = Vec::new();
     let mut encode_t = Vec::new();
     let mut decode_t = Vec::new();
+    let mut json_encode_t = Vec::new();
+    let mut json_decode_t = Vec::new();
     let mut size = 0;
+    let mut json_size = 0;
     let mut tables = Vec::new();
     for run in 0..runs {
         let now = 1_010_000 + run as u64 * 1000;
@@ -164,7 +169,53 @@ fn main() {
         let t = Instant::now();
         let back = wire::decode(&bytes).expect("decodes");
         decode_t.push(t.elapsed());
+        if run < 2 {
+            let t = Instant::now();
+            let json = wire::encode_json(&table);
+            json_encode_t.push(t.elapsed());
+            json_size = json.len();
+            let t = Instant::now();
+            let _ = wire::decode(&json).expect("decodes");
+            json_decode_t.push(t.elapsed());
+        }
         tables.push(Arc::new(back));
+    }
+
+    // One change to one app: a weight, then a verdict. The delta's size on the wire and
+    // what a subscriber spends to apply it (decode, apply, validate, digest).
+    let base = tables[0].clone();
+    let mut changes = Vec::new();
+    for (what, change) in [("one weight", 0usize), ("one verdict", 1)] {
+        let mut data = base.data().clone();
+        data.version += 1;
+        let app = 4321 % data.apps.len();
+        let target = &mut data.apps[app].targets[7 % clusters];
+        if change == 0 {
+            target.weight = target.weight % 100 + 1;
+        } else {
+            target.health = match target.health {
+                meridian_routing::Health::Unhealthy => meridian_routing::Health::Healthy,
+                _ => meridian_routing::Health::Unhealthy,
+            };
+        }
+        let t = Instant::now();
+        let next = meridian_routing::RoutingTable::new(data).expect("valid");
+        let build = t.elapsed();
+        let t = Instant::now();
+        let delta = meridian_routing::TableDelta::between(&base, &next);
+        let bytes = wire::encode_delta(&delta);
+        let diff = t.elapsed();
+        let mut apply_t = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let wire::Message::Delta(d) = wire::decode_message(&bytes).expect("decodes") else {
+                panic!("a delta")
+            };
+            let applied = base.apply(&d).expect("applies");
+            apply_t.push(t.elapsed());
+            assert_eq!(applied.digest(), next.digest());
+        }
+        changes.push((what, bytes.len(), build, diff, median(apply_t)));
     }
 
     // Readers loop on the cell while tables are swapped in; the slowest read is the stall.
@@ -194,6 +245,20 @@ fn main() {
     let (worst, reads) = reader.join().unwrap();
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "before (JSON): encode {:.1} ms, decode+validate {:.1} ms, size {:.1} MiB",
+        ms(median(json_encode_t)),
+        ms(median(json_decode_t)),
+        json_size as f64 / (1024.0 * 1024.0),
+    );
+    for (what, bytes, build, diff, apply) in changes {
+        println!(
+            "{what}: delta {bytes} bytes on the wire; controller: validate+index+digest {:.1} ms, diff+encode {:.2} ms; subscriber: decode+apply+validate+digest {:.1} ms",
+            ms(build),
+            ms(diff),
+            ms(apply),
+        );
+    }
     println!(
         "table scale: {apps} apps x {clusters} clusters ({} targets), median of {runs} runs:\n  \
          compute {:.1} ms (of which the config's base table {:.1} ms), validate+index (RoutingTable::new) {:.1} ms, encode {:.1} ms, decode+validate {:.1} ms\n  \

@@ -162,13 +162,13 @@ async fn publish_mirrored(
         warn!(error = %err, version = table.version(), "could not mirror the leader's overrides; not publishing its table yet");
         return false;
     }
-    let line = Publisher::encode_line(&table);
+    let frame = Publisher::encode_frame(&table);
     let store_shared = shared.clone();
-    let bytes = line.clone();
+    let bytes = frame.clone();
     let saved = tokio::task::spawn_blocking(move || {
         store_shared
             .store
-            .save_table(&bytes[..bytes.len() - 1])
+            .save_table(&bytes[4..])
             .map_err(|e| e.to_string())
     })
     .await
@@ -178,8 +178,8 @@ async fn publish_mirrored(
         return false;
     }
     shared.metrics.table_version.set(table.version() as i64);
-    shared.metrics.table_bytes.set(line.len() as i64);
-    shared.publisher.publish(table, line);
+    shared.metrics.table_bytes.set(frame.len() as i64 - 4);
+    shared.publisher.publish(table, frame);
     true
 }
 

@@ -161,7 +161,7 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     /// Serialises recomputes, so versions are numbered in order.
     compute_lock: Mutex<()>,
-    pub(crate) publisher: Publisher,
+    pub(crate) publisher: Arc<Publisher>,
     pub(crate) metrics: Metrics,
     pub(crate) tokens: api::Tokens,
     /// How this replica reaches another over TLS (empty without `controller.tls`).
@@ -540,8 +540,8 @@ impl Shared {
         let table = Arc::new(table);
         // Encoded once, for the store and for every stream. Durable before it is published:
         // a restart serves at least this version.
-        let line = Publisher::encode_line(&table);
-        let encoded = &line[..line.len() - 1];
+        let frame = Publisher::encode_frame(&table);
+        let encoded = &frame[4..];
         let entry = match change {
             Some((overrides, entry)) => {
                 let entry = self.store.commit_change(&overrides, entry, Some(encoded))?;
@@ -566,8 +566,8 @@ impl Shared {
             .with_label_values(&[cause])
             .inc();
         self.metrics.table_version.set(table.version() as i64);
-        self.metrics.table_bytes.set(line.len() as i64);
-        self.publisher.publish(table.clone(), line);
+        self.metrics.table_bytes.set(encoded.len() as i64);
+        self.publisher.publish(table.clone(), frame);
         Ok((table.version(), entry))
     }
 }
@@ -755,7 +755,7 @@ impl Controller {
                 vantages: intake::Vantages::default(),
             }),
             compute_lock: Mutex::new(()),
-            publisher: Publisher::default(),
+            publisher: Arc::default(),
             metrics,
             tokens,
             peer_tls: server_tls
@@ -780,8 +780,8 @@ impl Controller {
                 "resuming from the last published table"
             );
             shared.metrics.table_version.set(last.version() as i64);
-            let line = Publisher::encode_line(&last);
-            shared.publisher.publish(Arc::new(last), line);
+            let frame = Publisher::encode_frame(&last);
+            shared.publisher.publish(Arc::new(last), frame);
         }
         shared.recompute()?;
 

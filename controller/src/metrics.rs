@@ -39,6 +39,8 @@ pub struct Metrics {
     pub subscribers_connected: IntGauge,
     /// The version last sent to each subscriber.
     pub subscriber_version: IntGaugeVec,
+    /// Frames the binary watch streams sent, by kind (snapshot, delta).
+    pub watch_frames: IntCounterVec,
     /// API requests per route and status.
     pub api_requests: IntCounterVec,
     /// 1 while this replica is the leader.
@@ -155,6 +157,13 @@ impl Metrics {
                 ),
                 &["subscriber"],
             )?,
+            watch_frames: IntCounterVec::new(
+                Opts::new(
+                    "meridian_watch_frames_total",
+                    "Frames the binary watch streams sent, by kind: a snapshot (first connect, a gap the journal cannot bridge, or asked for) or a delta",
+                ),
+                &["kind"],
+            )?,
             api_requests: IntCounterVec::new(
                 Opts::new(
                     "meridian_api_requests_total",
@@ -233,6 +242,7 @@ impl Metrics {
             .register(Box::new(m.subscribers_connected.clone()))?;
         m.registry
             .register(Box::new(m.subscriber_version.clone()))?;
+        m.registry.register(Box::new(m.watch_frames.clone()))?;
         m.registry.register(Box::new(m.api_requests.clone()))?;
         m.registry.register(Box::new(m.leader.clone()))?;
         m.registry.register(Box::new(m.member_reachable.clone()))?;

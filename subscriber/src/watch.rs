@@ -1,7 +1,11 @@
 //! Following the controller's watch stream: `GET {controller}/api/v1/watch?version=N`.
 //!
-//! The stream is newline-delimited: each non-empty line is one table in the wire format;
-//! an empty line is a heartbeat. The controller names its heartbeat interval in the
+//! The stream (`encoding=binary`) is a sequence of frames, each a big-endian `u32` length
+//! and a wire-format message: a snapshot, or a delta to apply to the table held (checked
+//! by its base version and digest, then by the digest of the result; a refused delta
+//! makes the subscriber reconnect asking for a snapshot). A frame of length 0 is a
+//! heartbeat. The subscriber names the version and digest it holds when it connects, so
+//! the controller sends deltas from there when it can. The controller names its heartbeat interval in the
 //! `meridian-heartbeat-ms` response header; a connection silent for three intervals is
 //! treated as dead and replaced.
 
@@ -12,7 +16,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use http::Method;
 use http_body_util::BodyExt;
-use meridian_routing::{RoutingTable, wire};
+use meridian_routing::{RoutingTable, TableError, wire};
 use rand::Rng;
 use tracing::{debug, info, warn};
 
@@ -38,15 +42,16 @@ pub struct WatchConfig {
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A table line longer than this is refused rather than buffered without end.
-const MAX_LINE: usize = 256 * 1024 * 1024;
+/// A frame longer than this is refused rather than buffered without end.
+const MAX_FRAME: usize = 256 * 1024 * 1024;
 
 /// Follows the controller forever, keeping `cell` at the newest table.
 ///
 /// First loads the last good table from `state_dir` into the cell (when the cell holds an
 /// older one or none), so a subscriber serves at once even with the controller down. Then
 /// it follows the watch stream, reconnecting with capped exponential backoff and jitter and
-/// resuming from the version it holds. Every table is validated (by `wire::decode`), swapped
+/// resuming from the version it holds. Every table is validated (a snapshot by
+/// `wire::decode_message`, a delta's result by `RoutingTable::apply`), swapped
 /// into the cell and persisted atomically. Returns only on a fatal error: a bad URL, or the
 /// controller refusing the token (401/403).
 pub async fn follow(config: WatchConfig, cell: Arc<TableCell>) -> Result<(), Error> {
@@ -76,8 +81,9 @@ pub async fn follow_with(
         }
     }
     let mut backoff = BACKOFF_MIN;
+    let mut want_snapshot = false;
     loop {
-        match stream_once(&client, &config, &cell).await {
+        match stream_once(&client, &config, &cell, &mut want_snapshot).await {
             Ok(got_table) => {
                 if got_table {
                     backoff = BACKOFF_MIN;
@@ -85,6 +91,15 @@ pub async fn follow_with(
                 debug!("watch stream ended; reconnecting");
             }
             Err(err) if err.is_fatal() => return Err(err),
+            Err(err) if want_snapshot => {
+                // A refused delta: straight back for a snapshot, once without waiting (a
+                // controller that keeps sending bad deltas is then met with the backoff).
+                debug!(error = %err, "reconnecting for a snapshot");
+                if backoff == BACKOFF_MIN {
+                    backoff *= 2;
+                    continue;
+                }
+            }
             Err(err) => {
                 warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "watch stream failed")
             }
@@ -102,12 +117,20 @@ async fn stream_once(
     client: &ControllerClient,
     config: &WatchConfig,
     cell: &TableCell,
+    want_snapshot: &mut bool,
 ) -> Result<bool, Error> {
-    let path = format!(
-        "/api/v1/watch?version={}&subscriber={}",
-        cell.version(),
+    let held = cell.load();
+    let mut path = format!(
+        "/api/v1/watch?encoding=binary&version={}&subscriber={}",
+        held.as_ref().map_or(0, |t| t.version()),
         encode_query(&config.subscriber)
     );
+    if let Some(table) = &held {
+        path.push_str(&format!("&digest={}", table.digest()));
+    }
+    if *want_snapshot {
+        path.push_str("&snapshot=1");
+    }
     let url = format!("{}{}", client.base(), path);
     let response = client.send(Method::GET, &path, None).await?;
     let status = response.status();
@@ -152,32 +175,63 @@ async fn stream_once(
             continue;
         };
         buf.extend_from_slice(&data);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line = buf.split_to(pos + 1);
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len > MAX_FRAME {
+                return Err(Error::Transport {
+                    url,
+                    message: format!("a frame of {len} bytes, longer than {MAX_FRAME}"),
+                });
+            }
+            if buf.len() < 4 + len {
+                buf.reserve(4 + len - buf.len());
+                break;
+            }
+            buf.advance(4);
+            let message = buf.split_to(len);
             alive = true;
-            let line = &line[..pos];
-            if line.is_empty() {
+            if message.is_empty() {
                 continue;
             }
-            let table = wire::decode(line).map_err(|error| Error::Table {
+            let table_error = |error| Error::Table {
                 source_name: url.clone(),
                 error,
-            })?;
+            };
+            let table = match wire::decode_message(&message).map_err(table_error)? {
+                wire::Message::Snapshot(table) => table,
+                wire::Message::Delta(delta) => {
+                    let applied = match cell.load() {
+                        Some(held) => held.apply(&delta),
+                        None => Err(TableError::DeltaBase {
+                            held: 0,
+                            base: delta.base_version,
+                        }),
+                    };
+                    match applied {
+                        Ok(table) => table,
+                        Err(error) => {
+                            // The table held is not the one the delta was made for, or
+                            // applying it did not give the controller's table: start over
+                            // from a snapshot.
+                            warn!(%error, version = delta.version, "refused a delta; asking for a snapshot");
+                            *want_snapshot = true;
+                            return Err(table_error(error));
+                        }
+                    }
+                }
+            };
+            *want_snapshot = false;
             install(config, cell, table);
-        }
-        if buf.len() > MAX_LINE {
-            buf.advance(buf.len());
-            return Err(Error::Transport {
-                url,
-                message: format!("a line longer than {MAX_LINE} bytes"),
-            });
         }
     }
 }
 
 fn install(config: &WatchConfig, cell: &TableCell, table: RoutingTable) {
     let version = table.version();
-    if version == cell.version() {
+    if cell
+        .load()
+        .is_some_and(|held| held.version() == version && held.digest() == table.digest())
+    {
         return;
     }
     let table = Arc::new(table);

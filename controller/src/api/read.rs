@@ -52,7 +52,7 @@ pub(crate) async fn app_status(
         .ok_or_else(|| ApiError::field(StatusCode::NOT_FOUND, "app", format!("no app {app:?}")))
 }
 
-/// The published routing table, in the wire format.
+/// The published routing table, in the wire format's JSON encoding.
 #[utoipa::path(get, path = "/api/v1/table", tag = "read",
     responses((status = 200, description = "The table in the wire format (JSON)")),
     security(("bearer" = [])))]
@@ -61,7 +61,7 @@ pub(crate) async fn table(State(shared): Ctx, headers: Caller) -> ApiResult<Resp
     let table = current_table(&shared)?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
-        wire::encode(&table),
+        wire::encode_json(&table),
     )
         .into_response())
 }

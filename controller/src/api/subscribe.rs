@@ -14,17 +14,25 @@ use tracing::warn;
 use super::auth::{VANTAGES, WATCHERS, authorize};
 use super::error::{ApiError, ApiResult, parse_body, parse_query_u64};
 use super::views::ReportResponse;
+use crate::publish::StreamRequest;
 use crate::tls::Caller;
 use crate::{Shared, now_ms};
+use meridian_routing::Digest;
 
 type Ctx = State<Arc<Shared>>;
 
-/// The watch stream: newline-delimited tables in the wire format (a snapshot first unless
-/// `version` is the current one), with empty heartbeat lines while idle.
+/// The watch stream. By default newline-delimited JSON tables (a whole table first unless
+/// `version` is the current one, then each new version), with empty heartbeat lines while
+/// idle. With `encoding=binary` (what subscribers use): length-prefixed binary frames, a
+/// snapshot or the deltas from the `version` and `digest` the subscriber holds (see
+/// `publish.rs`), a zero length as the heartbeat; `snapshot=1` asks for a snapshot.
 #[utoipa::path(get, path = "/api/v1/watch", tag = "subscribe",
     params(("version" = Option<u64>, Query, description = "The version the subscriber holds"),
+           ("digest" = Option<String>, Query, description = "The digest of the table the subscriber holds (64 hex digits)"),
+           ("encoding" = Option<String>, Query, description = "`json` (default) or `binary`"),
+           ("snapshot" = Option<u64>, Query, description = "1: send a snapshot first, whatever the subscriber holds"),
            ("subscriber" = Option<String>, Query, description = "Who follows, for metrics")),
-    responses((status = 200, description = "application/x-ndjson stream of tables")),
+    responses((status = 200, description = "application/x-ndjson stream of tables, or application/vnd.meridian.table-frames")),
     security(("bearer" = [])))]
 pub(crate) async fn watch(
     State(shared): Ctx,
@@ -48,8 +56,33 @@ pub(crate) async fn watch(
             ),
         ));
     }
+    let held_digest = match q.get("digest") {
+        Some(d) => Some(
+            d.parse::<Digest>()
+                .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "digest", e))?,
+        ),
+        None => None,
+    };
+    let binary = match q.get("encoding").map(String::as_str) {
+        None | Some("json") => false,
+        Some("binary") => true,
+        Some(other) => {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "encoding",
+                format!("{other:?} is neither json nor binary"),
+            ));
+        }
+    };
+    let snapshot = parse_query_u64(&q, "snapshot")?.unwrap_or(0) != 0;
+    let request = StreamRequest {
+        held_version: held,
+        held_digest,
+        binary,
+        snapshot,
+    };
     let stream = shared.publisher.stream(
-        held,
+        request,
         subscriber,
         shared.heartbeat,
         shared.metrics.clone(),
@@ -59,7 +92,11 @@ pub(crate) async fn watch(
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
+        HeaderValue::from_static(if binary {
+            "application/vnd.meridian.table-frames"
+        } else {
+            "application/x-ndjson"
+        }),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&shared.heartbeat.as_millis().to_string()) {
