@@ -178,12 +178,17 @@ pub struct ProxyConfig {
     /// answers 503 with Retry-After. No limit when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_target: Option<u32>,
+    /// Limits per client address (connections open, request rate); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_client: Option<PerClientConfig>,
     /// TLS termination on a listener of its own; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     /// The access log, one JSON line per request; off when absent. Each line costs a
-    /// little formatting on the request path and a write on a thread of its own; the rate
-    /// cap bounds both under a flood.
+    /// little formatting on the request path (about 1.5 % of the proxy's CPU at full load;
+    /// bench/proxy-results.md), and every 64 KiB of lines one write, made by the request
+    /// that fills the buffer (and a flush every 100 ms); the rate cap bounds both under a
+    /// flood. A sink that blocks (stderr into a pipe nobody reads) stalls the proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
 }
@@ -200,11 +205,66 @@ pub struct AccessLogConfig {
     /// directory); stderr when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    /// Lines written per second at most; lines over it, and lines that find the writer
-    /// behind by more than a second's worth, are dropped and counted in
-    /// `meridian_proxy_access_log_dropped_total`.
+    /// Lines written per second at most; lines over it are dropped and counted in
+    /// `meridian_proxy_access_log_dropped_total{reason="rate"}` (lines a failed write
+    /// loses, as on a full disk, under `reason="error"`).
     #[serde(default = "default_access_log_rate")]
     pub max_lines_per_second: u32,
+}
+
+fn default_max_clients() -> usize {
+    100_000
+}
+
+/// Limits per client address, against one client (or one NAT) taking a share of the proxy
+/// that belongs to everybody. An IPv4 address is one client; an IPv6 address counts by its
+/// /64 prefix (what one host or site is usually given, so walking through the addresses of
+/// a prefix gains nothing). The global `max_connections` still bounds everything.
+///
+/// State is kept per client address in a table of at most `max_clients` entries. When it
+/// is full, entries with no connection open and a full request bucket (they hold nothing
+/// a new entry would not) are dropped; when none can be, a new address is served without
+/// a per-address limit until room frees, and counted in
+/// `meridian_proxy_client_limit_untracked_total`. Refusing new addresses instead would let
+/// anyone with enough addresses lock every newcomer out.
+///
+/// Cost: with either limit set, one short lock of the table per accepted connection (two
+/// with its close) and, with the rate limit, one short per-address lock per request; about
+/// 100 bytes per address tracked (10 MB at the default cap). Clients behind one NAT or one
+/// forward proxy share one address and so one limit: set the limits for the largest such
+/// crowd expected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerClientConfig {
+    /// Connections one client address may hold open; a further connection is closed right
+    /// after it is accepted (counted in `meridian_proxy_refused_total{reason="client-connections"}`).
+    /// No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests per second one client address may send, over all its connections (a token
+    /// bucket refilled at this rate); a request over it gets 429 with `Retry-After` (the
+    /// seconds until the bucket holds a token again) and never reaches an upstream.
+    /// No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    /// Requests a client may send at once above the rate (the bucket's size); defaults to
+    /// `requests_per_second`, one second's worth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Client addresses tracked at most (see above for what happens when it is full).
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+}
+
+impl Default for PerClientConfig {
+    fn default() -> Self {
+        PerClientConfig {
+            max_connections: None,
+            requests_per_second: None,
+            burst: None,
+            max_clients: default_max_clients(),
+        }
+    }
 }
 
 fn default_reload_interval() -> Duration {
@@ -265,6 +325,7 @@ impl Default for ProxyConfig {
             outlier: OutlierConfig::default(),
             affinity: None,
             max_requests_per_target: None,
+            per_client: None,
             tls: None,
             access_log: None,
         }
@@ -599,6 +660,29 @@ impl ProxyConfig {
                 "proxy.access_log.max_lines_per_second",
                 "must be at least 1".to_string(),
             );
+        }
+        if let Some(per_client) = &self.per_client {
+            for (path, value) in [
+                (
+                    "proxy.per_client.max_connections",
+                    per_client.max_connections,
+                ),
+                (
+                    "proxy.per_client.requests_per_second",
+                    per_client.requests_per_second,
+                ),
+                ("proxy.per_client.burst", per_client.burst),
+            ] {
+                if value == Some(0) {
+                    add(path, "must be at least 1".to_string());
+                }
+            }
+            if per_client.max_clients == 0 {
+                add(
+                    "proxy.per_client.max_clients",
+                    "must be at least 1".to_string(),
+                );
+            }
         }
         if self.max_requests_per_target == Some(0) {
             add(

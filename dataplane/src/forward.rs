@@ -21,6 +21,7 @@ use meridian_subscriber::TableCell;
 use tokio::time::error::Elapsed;
 
 use crate::access::{AccessLog, Line};
+use crate::clients::{ClientLimits, RetryAfter};
 use crate::framing::FramingWatch;
 use crate::headers::{self, Refusal};
 use crate::idle::{self, Activity, Tracked};
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     pub(crate) metrics: Metrics,
     pub(crate) access_log: Option<AccessLog>,
+    /// Limits per client address; none when not configured.
+    pub(crate) clients: Option<ClientLimits>,
     spread: AtomicU64,
     budget: RetryBudget,
     conn_options: ConnOptions,
@@ -77,6 +80,10 @@ impl Shared {
         };
         let budget = RetryBudget::new(&config.retry);
         let conn_options = ConnOptions::from_config(&config);
+        let clients = config
+            .per_client
+            .as_ref()
+            .and_then(|limits| ClientLimits::new(limits, metrics.client_limit_untracked.clone()));
         Shared {
             retry_statuses: config.retry.on_status.iter().map(|s| s.0).collect(),
             config,
@@ -85,6 +92,7 @@ impl Shared {
             registry: Mutex::new(Registry::default()),
             metrics,
             access_log,
+            clients,
             spread: AtomicU64::new(0),
             budget,
             conn_options,
@@ -161,7 +169,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Serves one request from a client at `peer`.
+/// Serves one request from a client at `peer`; `limited` when the client is over its
+/// request rate (see `clients`).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -169,39 +178,34 @@ pub(crate) async fn handle(
     framing: Arc<FramingWatch>,
     forwarded: Arc<headers::ForwardedFor>,
     activity: Arc<Activity>,
+    limited: Option<RetryAfter>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _request = activity.request();
     let started = Instant::now();
     shared.metrics.active_requests.inc();
-    // Kept for the log line of a request refused before forwarding (none when not logging).
-    let request_line = shared
-        .access_log
-        .as_ref()
-        .map(|_| (req.method().clone(), req.uri().path_and_query().cloned()));
-    let (response, logged) =
-        if headers::is_http1(req.version()) && framing.next_request_is_ambiguous() {
-            (refuse(&shared, Refusal::AmbiguousOnWire), false)
-        } else {
-            forward(&shared, req, peer, &forwarded, started).await
-        };
+    let early = if let Some(after) = limited {
+        Some(too_many_requests(&shared, after))
+    } else if headers::is_http1(req.version()) && framing.next_request_is_ambiguous() {
+        Some(refuse(&shared, Refusal::AmbiguousOnWire))
+    } else {
+        None
+    };
+    let response = match early {
+        Some(response) => {
+            log_unrouted(
+                &shared,
+                &forwarded,
+                req.method(),
+                req.uri(),
+                &response,
+                started,
+            );
+            response
+        }
+        None => forward(&shared, req, peer, &forwarded, started).await,
+    };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         framing.upgraded();
-    }
-    if !logged && let Some(log) = &shared.access_log {
-        // Refused before a target was tried: still one access log line.
-        let (method, path) = request_line.unwrap_or_default();
-        log.log(&Line {
-            client: forwarded.client(),
-            method: method.as_str(),
-            path: path.as_ref().map_or("", |p| p.as_str()),
-            app: "",
-            target: "",
-            attempts: 0,
-            status: response.status().as_u16(),
-            duration: started.elapsed(),
-            upstream: Duration::ZERO,
-            table_version: shared.cell.version(),
-        });
     }
     shared.metrics.active_requests.dec();
     shared
@@ -209,6 +213,35 @@ pub(crate) async fn handle(
         .request_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(response)
+}
+
+/// The access log line of a request answered before a target was chosen (refused, over
+/// its rate, no table or app): no app, target or attempt. Borrows what it logs, so a
+/// request that is logged costs no copy of its method or path.
+fn log_unrouted(
+    shared: &Shared,
+    forwarded: &headers::ForwardedFor,
+    method: &Method,
+    uri: &Uri,
+    response: &Response<ProxyBody>,
+    started: Instant,
+) {
+    if let Some(log) = &shared.access_log {
+        let now = Instant::now();
+        log.log(&Line {
+            client: forwarded.client(),
+            method: method.as_str(),
+            path: uri.path_and_query().map_or("", |p| p.as_str()),
+            app: "",
+            target: "",
+            attempts: 0,
+            status: response.status().as_u16(),
+            at: now,
+            duration: now.saturating_duration_since(started),
+            upstream: Duration::ZERO,
+            table_version: shared.cell.version(),
+        });
+    }
 }
 
 fn plain(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
@@ -244,6 +277,24 @@ fn unavailable(message: &'static str) -> Response<ProxyBody> {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// 429 for a client over its request rate, with when to come back. The connection stays
+/// open: the client did nothing wrong but go too fast.
+fn too_many_requests(shared: &Shared, after: RetryAfter) -> Response<ProxyBody> {
+    shared
+        .metrics
+        .refused
+        .with_label_values(&["client-rate"])
+        .inc();
+    let mut response = plain(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many requests from this address\n",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(after.0));
     response
 }
 
@@ -297,24 +348,46 @@ struct Tries {
 /// (refusals that need no table), `route` (table and app), `read_body` (buffer or stream),
 /// `prepare` (the upstream head), `try_targets` (per attempt: `choose`, `send`, `classify`,
 /// then retry or stop), `answer` (the client's response) and `record` (metrics, access log).
-/// Returns the response and whether it was logged.
+/// Every outcome writes its access log line.
 async fn forward(
     shared: &Shared,
     req: Request<Incoming>,
     peer: SocketAddr,
     forwarded: &headers::ForwardedFor,
     started: Instant,
-) -> (Response<ProxyBody>, bool) {
+) -> Response<ProxyBody> {
     let (table, app) = match admit(shared, &req).and_then(|()| route(shared, &req)) {
         Ok(routed) => routed,
-        Err(early) => return (early.response(shared), false),
+        Err(early) => {
+            let response = early.response(shared);
+            log_unrouted(
+                shared,
+                forwarded,
+                req.method(),
+                req.uri(),
+                &response,
+                started,
+            );
+            return response;
+        }
     };
     let runtime = shared.runtime_for(&table);
     let app_rt = &runtime.apps[app.0 as usize];
     let (mut parts, body) = req.into_parts();
     let mut body = match read_body(shared, &parts.headers, body).await {
         Ok(body) => body,
-        Err(early) => return (early.response(shared), false),
+        Err(early) => {
+            let response = early.response(shared);
+            log_unrouted(
+                shared,
+                forwarded,
+                &parts.method,
+                &parts.uri,
+                &response,
+                started,
+            );
+            return response;
+        }
     };
     let mut request = prepare(shared, &mut parts, forwarded);
     let client = meridian_routing::Client {
@@ -338,6 +411,7 @@ async fn forward(
     };
     let tries = try_targets(shared, &target, &mut parts, &request, &mut body).await;
     let (response, answered_by) = answer(shared, tries.outcome, &mut request.client_upgrade);
+    let now = Instant::now();
     record(
         shared,
         &target,
@@ -349,13 +423,14 @@ async fn forward(
             target: answered_by.map_or("", |t| &*app_rt.targets[t].cluster),
             attempts: tries.attempts,
             status: response.status().as_u16(),
-            duration: started.elapsed(),
+            at: now,
+            duration: now.saturating_duration_since(started),
             upstream: tries.upstream_time,
             table_version: table.version(),
         },
         answered_by,
     );
-    (response, true)
+    response
 }
 
 /// Why the proxy answers a request itself, before any attempt.

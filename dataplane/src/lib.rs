@@ -13,6 +13,7 @@
 //! # Layout
 //!
 //! - `listener`: accepting clients (HTTP/1.1 and h2c), connection limits, draining.
+//! - `clients`: the optional limits per client address (connections, request rate).
 //! - `handover`: passing the listening sockets to a new proxy process (seamless restart).
 //! - `forward`: one request: framing checks, routing, target choice, retries, hedging.
 //! - `retry`: the retry budget (free and budgeted retries, the token bucket).
@@ -31,6 +32,7 @@
 
 mod access;
 mod admin;
+mod clients;
 mod error;
 mod forward;
 mod framing;

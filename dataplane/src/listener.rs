@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode, Version, header};
 use hyper::service::service_fn;
@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::clients::Admitted;
 use crate::forward::{Shared, handle};
 use crate::framing::{FramingWatch, Watched};
 use crate::headers::ForwardedFor;
@@ -84,6 +85,22 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        // Over its address's connection limit: closed before anything is read.
+        let admitted = match &shared.clients {
+            Some(limits) => match limits.connect(peer.ip(), Instant::now()) {
+                Some(admitted) => Some(admitted),
+                None => {
+                    shared
+                        .metrics
+                        .refused
+                        .with_label_values(&["client-connections"])
+                        .inc();
+                    tracing::debug!(%peer, "client address over its connection limit; closing");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let metrics = shared.metrics.connections.clone();
         metrics.inc();
@@ -92,7 +109,11 @@ pub(crate) async fn serve(
         let stop = stop.clone();
         let closing = closing.clone();
         tokio::spawn(async move {
-            let end = Ending { stop, closing };
+            let end = Ending {
+                stop,
+                closing,
+                admitted,
+            };
             match acceptor {
                 None => serve_connection(stream, peer, "http", &builder, shared, end).await,
                 Some(acceptor) => {
@@ -128,6 +149,8 @@ pub(crate) async fn serve(
 struct Ending {
     stop: watch::Receiver<bool>,
     closing: Arc<AtomicBool>,
+    /// The connection's hold on its client address's limits, when there are any.
+    admitted: Option<Admitted>,
 }
 
 /// Serves one client connection until it closes. It is closed at once when it completes
@@ -156,9 +179,17 @@ async fn serve_connection<T>(
     let (header_timeout, idle_timeout) = (shared.config.header_timeout, shared.config.idle_timeout);
     let drain_idle = idle_timeout.min(DRAIN_IDLE);
     let watched = activity.clone();
-    let Ending { mut stop, closing } = end;
+    let Ending {
+        mut stop,
+        closing,
+        admitted,
+    } = end;
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let version = req.version();
+        let limited = match (&shared.clients, &admitted) {
+            (Some(limits), Some(admitted)) => limits.request(admitted, Instant::now()).err(),
+            _ => None,
+        };
         if version == Version::HTTP_2 {
             activity.mark_h2();
         }
@@ -170,6 +201,7 @@ async fn serve_connection<T>(
             framing.clone(),
             forwarded.clone(),
             activity.clone(),
+            limited,
         );
         async move {
             let mut response = response.await?;

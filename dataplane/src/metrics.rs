@@ -29,6 +29,7 @@ pub(crate) struct Metrics {
     pub(crate) draining: IntGauge,
     pub(crate) access_log_lines: IntCounter,
     pub(crate) access_log_dropped: IntCounterVec,
+    pub(crate) client_limit_untracked: IntCounter,
 }
 
 impl Metrics {
@@ -125,10 +126,16 @@ impl Metrics {
         let access_log_dropped = IntCounterVec::new(
             Opts::new(
                 "meridian_proxy_access_log_dropped_total",
-                "Access log lines dropped: over the rate cap (rate) or with the writer behind (backlog)",
+                "Access log lines dropped: over the rate cap (rate) or lost to a failed write (error)",
             ),
             &["reason"],
         )?;
+        let client_limit_untracked = IntCounter::new(
+            "meridian_proxy_client_limit_untracked_total",
+            "Connections served without per-client limits because the table of client \
+             addresses was full",
+        )?;
+        registry.register(Box::new(client_limit_untracked.clone()))?;
         registry.register(Box::new(access_log_lines.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -165,6 +172,7 @@ impl Metrics {
             draining,
             access_log_lines,
             access_log_dropped,
+            client_limit_untracked,
         })
     }
 
