@@ -466,6 +466,17 @@ async fn wait_for(ok: &AtomicUsize, n: usize, limit: Duration) {
 /// Three clusters, `clients` keep-alive clients; `fault` strikes the first cluster (or
 /// every cluster when `all`) once the load runs, and the load goes on for `after`.
 async fn scenario(fault: Fault, clients: usize, all: bool, after: Duration) -> Outcome {
+    scenario_with(matrix_config(), fault, clients, all, after).await
+}
+
+/// [`scenario`] with proxy settings of its own.
+async fn scenario_with(
+    config: ProxyConfig,
+    fault: Fault,
+    clients: usize,
+    all: bool,
+    after: Duration,
+) -> Outcome {
     let dir = std::env::temp_dir().join(format!(
         "meridian-fault-matrix-{}-{fault:?}-{clients}",
         std::process::id()
@@ -490,7 +501,7 @@ async fn scenario(fault: Fault, clients: usize, all: bool, after: Duration) -> O
         ],
         FailureMode::FailOpen,
     );
-    let (proxy, _cell) = start_proxy(matrix_config(), table).await;
+    let (proxy, _cell) = start_proxy(config, table).await;
 
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -597,10 +608,22 @@ async fn scenario(fault: Fault, clients: usize, all: bool, after: Duration) -> O
 
 /// The fault at 16 and at 256 clients: no failed GET (POSTs are checked in `scenario`).
 async fn no_failed_get(fault: Fault) {
+    no_failed_get_with(matrix_config(), fault).await;
+}
+
+async fn no_failed_get_with(config: ProxyConfig, fault: Fault) -> Vec<Outcome> {
     let _serial = SERIAL.lock().await;
     let mut failures = Vec::new();
+    let mut outcomes = Vec::new();
     for clients in [16, 256] {
-        let outcome = scenario(fault, clients, false, Duration::from_millis(2500)).await;
+        let outcome = scenario_with(
+            config.clone(),
+            fault,
+            clients,
+            false,
+            Duration::from_millis(2500),
+        )
+        .await;
         assert!(
             outcome.gets > clients * 5,
             "too little load: {}",
@@ -614,8 +637,10 @@ async fn no_failed_get(fault: Fault) {
                 &outcome.failed_gets[..outcome.failed_gets.len().min(5)]
             ));
         }
+        outcomes.push(outcome);
     }
     assert!(failures.is_empty(), "{fault:?}: {failures:?}");
+    outcomes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,6 +656,21 @@ async fn upstream_killed_with_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_accepts_and_never_answers() {
     no_failed_get(Fault::AcceptsNeverAnswers).await;
+}
+
+/// Hedging on, and a cluster that accepts and never answers: a GET stuck there is also
+/// sent to another cluster after the hedge delay, and no GET fails. A POST (no retry marker)
+/// is never hedged: `scenario` asserts from the upstreams' logs that none reached two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_through_an_upstream_that_never_answers() {
+    let mut config = matrix_config();
+    // Above the stand-ins' normal answer (20 ms, 100 ms at 256 clients) on busy cores.
+    config.retry.hedge_delay = Some(Duration::from_millis(300));
+    for outcome in no_failed_get_with(config, Fault::AcceptsNeverAnswers).await {
+        let hedges = metric(&outcome.metrics, "meridian_proxy_hedges_total", "");
+        assert!(hedges > 0.0, "no request was hedged");
+        assert!(outcome.posts > 0, "no POST was sent");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -418,7 +418,10 @@ pub struct RetryConfig {
     /// Hedging: a request that may go again (and whose body is buffered) with no response
     /// head after this long is also sent to another target; the first answer wins and the
     /// other attempt is cancelled (its connection closed). Cuts the tail latency a slow or
-    /// silent target causes to about this delay. Cost: every request slower than this is
+    /// silent target causes to about this delay. A first attempt that loses to its hedge
+    /// counts toward its target's failure streak (`outlier.consecutive_failures`), not as a
+    /// failure reported to the controller: a target that loses that many races in a row is
+    /// ejected rather than costing each of its requests a hedge. Cost: every request slower than this is
     /// sent twice (each hedge is an attempt and spends a budget token), so set it near the
     /// p95–p99 time to a response head. Off when absent.
     #[serde(

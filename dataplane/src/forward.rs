@@ -814,7 +814,17 @@ impl Race<'_> {
         };
         let target = if first_won { first } else { second };
         let Verdict::Failed(..) = verdict else {
-            // An answer (or the client's fault): the other attempt is cancelled.
+            // An answer (or the client's fault): the other attempt is cancelled. A first
+            // attempt that lost to the hedge counts toward its target's failure streak
+            // (see `record_lost_race`): a silent target is then ejected after a few
+            // races, instead of costing every request sent to it a hedge.
+            if !first_won && matches!(verdict, Verdict::Answered(_)) {
+                self.targets.app_rt.record_lost_race(
+                    first,
+                    shared.now_ms(),
+                    &shared.config.outlier,
+                );
+            }
             return (target, verdict, took);
         };
         // The first to finish failed: count it, and take what the other one brings.

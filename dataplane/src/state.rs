@@ -114,8 +114,22 @@ impl AppRuntime {
         now_ms: u64,
         outlier: &OutlierConfig,
     ) -> bool {
+        self.targets[target].failures.inc();
+        self.record_lost_race(target, now_ms, outlier)
+    }
+
+    /// An attempt that had no answer after the hedge delay and lost to the hedge: not a
+    /// failure to report (the target may only be slow; `failures` is what the controller
+    /// sees), but it counts toward the failure streak that ejects. A target that loses three
+    /// races in a row is much slower than the others, and ejecting it stops each of its
+    /// requests from costing a hedge (and a budget token). True when it is ejected now.
+    pub(crate) fn record_lost_race(
+        &self,
+        target: usize,
+        now_ms: u64,
+        outlier: &OutlierConfig,
+    ) -> bool {
         let state = &self.targets[target];
-        state.failures.inc();
         let streak = state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if streak < outlier.consecutive_failures || state.is_ejected(now_ms) {
             return false;
