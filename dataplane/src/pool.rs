@@ -202,7 +202,10 @@ impl Endpoint {
         let mut written = false;
         loop {
             let (mut conn, reused) = match self.pop_direct(replayable) {
-                Some(conn) if conn.is_stale() => continue,
+                // A request that may be resent trusts the reactor (no syscall); one that
+                // may not asks the socket.
+                Some(conn) if replayable && conn.looks_stale() => continue,
+                Some(conn) if !replayable && conn.is_stale() => continue,
                 Some(conn) => (conn, true),
                 // Boxed: moving it in and out of the pool and the body stays cheap.
                 None => match self.connect_tcp(connect_timeout).await {
