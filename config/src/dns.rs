@@ -78,9 +78,44 @@ pub struct DnsConfig {
     /// inside `meridian up` there is none, the proxy's and the controller's serve health there.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
-    /// Secondaries allowed to transfer the zones (AXFR over TCP); nobody when empty.
+    /// Secondaries allowed to transfer the zones (AXFR and IXFR over TCP); nobody when
+    /// empty.
     #[serde(default)]
     pub axfr_allow: Vec<IpNet>,
+    /// Secondaries (address:port) sent a NOTIFY for every zone whenever a new table
+    /// version changes the zones.
+    #[serde(default)]
+    pub notify: Vec<SocketAddr>,
+    /// A TSIG key (RFC 8945, HMAC-SHA256): when set, every transfer must be signed with
+    /// it (besides coming from `axfr_allow`), and NOTIFYs are signed with it.
+    #[serde(default)]
+    pub tsig: Option<TsigConfig>,
+    /// Zone versions kept for incremental transfers (IXFR); a secondary further behind
+    /// gets the whole zone.
+    #[serde(default = "default_ixfr_journal")]
+    pub ixfr_journal: usize,
+}
+
+fn default_ixfr_journal() -> usize {
+    16
+}
+
+/// A TSIG key shared with the secondaries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsigConfig {
+    /// The key's name, as the secondaries know it (`transfer-key`).
+    pub name: String,
+    /// Only `hmac-sha256`.
+    #[serde(default = "default_tsig_algorithm")]
+    pub algorithm: String,
+    /// A file (0600, relative to the config file) holding the secret in base64, as
+    /// `tsig-keygen` or `openssl rand -base64 32` prints it.
+    pub secret_file: PathBuf,
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".into()
 }
 
 /// Response rate limiting, as NSD does it by default: it keeps the server from being used
@@ -125,6 +160,9 @@ impl Default for DnsConfig {
             rrl: RrlConfig::default(),
             admin_listen: None,
             axfr_allow: Vec::new(),
+            notify: Vec::new(),
+            tsig: None,
+            ixfr_journal: default_ixfr_journal(),
         }
     }
 }

@@ -376,6 +376,49 @@ fn listeners(config: &Config, p: &mut Problems) {
             p.add(field, "must be longer than 0s");
         }
     }
+    if let Some(tsig) = &config.dns.tsig {
+        if !tsig.algorithm.eq_ignore_ascii_case("hmac-sha256") {
+            p.add(
+                "dns.tsig.algorithm",
+                format!("{:?} is not supported (hmac-sha256)", tsig.algorithm),
+            );
+        }
+        if normalize_name(&tsig.name).is_none_or(|n| n.is_empty()) {
+            p.add(
+                "dns.tsig.name",
+                format!("{:?} is not a valid key name", tsig.name),
+            );
+        }
+        if config.dns.axfr_allow.is_empty() {
+            p.add(
+                "dns.tsig",
+                "a TSIG key without dns.axfr_allow allows nobody to transfer",
+            );
+        }
+    }
+    if !config.dns.notify.is_empty() && config.dns.axfr_allow.is_empty() {
+        p.add(
+            "dns.notify",
+            "secondaries are notified but dns.axfr_allow lets none of them transfer",
+        );
+    }
+    for (i, target) in config.dns.notify.iter().enumerate() {
+        let addr = target.ip();
+        if !config.dns.axfr_allow.iter().any(|net| net.contains(&addr))
+            && !config.dns.axfr_allow.is_empty()
+        {
+            p.add(
+                format!("dns.notify[{i}]"),
+                format!("{addr} is notified but not in dns.axfr_allow, so it cannot transfer"),
+            );
+        }
+    }
+    if config.dns.ixfr_journal == 0 || config.dns.ixfr_journal > 1024 {
+        p.add(
+            "dns.ixfr_journal",
+            format!("{} is out of range 1..=1024", config.dns.ixfr_journal),
+        );
+    }
     if config.dns.udp_workers == Some(0) {
         p.add(
             "dns.udp_workers",

@@ -25,7 +25,7 @@ use meridian_routing::{
 };
 use meridian_subscriber::TableCell;
 
-use crate::axfr::AxfrAcl;
+use crate::axfr::{AxfrAcl, Transfers};
 use crate::dnssec::{self, ZoneSigner, dtype};
 use crate::geo::{GeoDb, is_routable};
 use crate::metrics::Metrics;
@@ -114,7 +114,7 @@ pub struct Handler {
     current: Mutex<Arc<Snapshot>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) rrl: Option<Rrl>,
-    axfr: AxfrAcl,
+    transfers: Transfers,
 }
 
 /// What to do with the response buffer.
@@ -223,7 +223,7 @@ impl Handler {
             current: Mutex::new(Arc::new(snapshot)),
             metrics,
             rrl,
-            axfr: AxfrAcl::default(),
+            transfers: Transfers::default(),
         };
         let snapshot = handler.build_snapshot(handler.cell.load());
         handler.current = Mutex::new(Arc::new(snapshot));
@@ -234,6 +234,7 @@ impl Handler {
     /// answers the table can give) made now; counts what signing cost.
     fn build_snapshot(&self, table: Option<Arc<RoutingTable>>) -> Snapshot {
         let mut snapshot = Snapshot::build(&self.zones, table, &self.metrics);
+        self.transfers.record(&snapshot);
         if snapshot.resign_at.is_some() {
             self.presign(&mut snapshot);
             let (made, took) = snapshot.signed;
@@ -249,16 +250,37 @@ impl Handler {
         snapshot
     }
 
-    /// Allows zone transfers (AXFR over TCP) to these networks.
-    pub fn with_axfr(mut self, acl: AxfrAcl) -> Self {
-        self.axfr = acl;
+    /// Allows zone transfers (AXFR and IXFR over TCP) to these networks, unsigned.
+    pub fn with_axfr(self, acl: AxfrAcl) -> Self {
+        self.with_transfers(Transfers::new(acl, None, 16))
+    }
+
+    /// Sets who may transfer and how; the current version starts the journal.
+    pub fn with_transfers(mut self, transfers: Transfers) -> Self {
+        self.transfers = transfers;
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.transfers.record(&current);
         self
+    }
+
+    /// The snapshot of the cell's current table, built (and journaled) if need be.
+    pub(crate) fn current_snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot_for(None)
+    }
+
+    /// Sends NOTIFY for every zone of `snap` to `targets` (the notifier thread).
+    pub(crate) fn notify(&self, snap: &Snapshot, targets: &[std::net::SocketAddr]) {
+        crate::axfr::notify(snap, targets, self.transfers.tsig.as_ref());
     }
 
     /// The messages answering an AXFR query (TCP only), or `None` when `packet` is not an
     /// AXFR query. Refused (one REFUSED message) unless `src` is allowed.
     pub fn transfer(&self, worker: &Worker, packet: &[u8], src: IpAddr) -> Option<Vec<Vec<u8>>> {
-        let messages = crate::axfr::transfer(&worker.snapshot, &self.axfr, packet, src)?;
+        let messages = crate::axfr::transfer(&worker.snapshot, &self.transfers, packet, src)?;
         self.metrics.count(
             rtype::AXFR,
             if messages.len() == 1 && messages[0][3] & 0xf != 0 {

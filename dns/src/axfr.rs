@@ -1,18 +1,27 @@
-//! Zone transfer (AXFR, RFC 5936) over TCP to the secondaries in `dns.axfr_allow`.
+//! Zone transfer to the secondaries in `dns.axfr_allow`: AXFR (RFC 5936) and IXFR (RFC 1995)
+//! over TCP, TSIG-signed (RFC 8945) when a key is configured, and the NOTIFY (RFC 1996) that
+//! tells the secondaries in `dns.notify` a new version is there.
 //!
 //! The transfer carries the zone as this table version has it: SOA first and last, every
 //! static record, and for each app hostname the addresses of its targets that are serving
 //! now (TTL = the app's TTL). A secondary cannot steer per client, so it answers with every
 //! serving address; the serial (the table version) tells it when to transfer again.
+//! Each snapshot's zone content is kept in a bounded journal, so a secondary at a recent
+//! serial gets only the difference (one condensed IXFR sequence); one further behind, or
+//! at a serial never seen, gets the whole zone in the IXFR answer, which RFC 1995 allows.
 //! Names are written uncompressed: transfers are rare and a plain encoding is easy to check.
 
-use std::net::IpAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use meridian_routing::{AppId, RoutingTable};
 
 use crate::snapshot::Snapshot;
-use crate::wire::{self, Query, flag, put_u16, put_u32, rcode, rtype, set_u16};
+use crate::tsig::{self, TsigIn, TsigKey};
+use crate::wire::{self, flag, put_u16, put_u32, rcode, rtype, set_u16};
 
 /// Messages are cut at about this size (well under the 64 KiB TCP limit).
 const CHUNK: usize = 16 * 1024;
@@ -31,42 +40,319 @@ impl AxfrAcl {
     }
 }
 
-/// The response messages to an AXFR query, or `None` when `packet` is not one (the
-/// ordinary handler answers it then). A refused transfer is one REFUSED message.
+/// Everything about transfers: who may, with which key, and the journal for IXFR.
+#[derive(Debug, Default)]
+pub struct Transfers {
+    /// Who may transfer.
+    pub acl: AxfrAcl,
+    /// The key every transfer must be signed with, when set.
+    pub tsig: Option<TsigKey>,
+    journal: Journal,
+}
+
+impl Transfers {
+    /// Transfers to `acl`, signed with `tsig` when set, `journal` versions kept per zone.
+    pub fn new(acl: AxfrAcl, tsig: Option<TsigKey>, journal: usize) -> Self {
+        Transfers {
+            acl,
+            tsig,
+            journal: Journal {
+                limit: journal.max(1),
+                zones: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+
+    /// Whether anyone may transfer (and so whether versions are journaled).
+    pub(crate) fn enabled(&self) -> bool {
+        !self.acl.0.is_empty()
+    }
+
+    /// Keeps the zones' content of `snap` for incremental transfers.
+    pub(crate) fn record(&self, snap: &Snapshot) {
+        if !self.enabled() {
+            return;
+        }
+        for zone in 0..snap.zones.len() {
+            let (soa, records) = zone_records(snap, zone);
+            let serial = soa_serial(&soa);
+            let apex = snap.zones[zone].apex.clone();
+            let mut zones = self.journal.zones.lock().unwrap_or_else(|e| e.into_inner());
+            let versions = zones.entry(apex).or_default();
+            if versions.back().is_some_and(|v| v.serial == serial) {
+                continue;
+            }
+            versions.push_back(Version {
+                serial,
+                records: Arc::new(records),
+            });
+            while versions.len() > self.journal.limit {
+                versions.pop_front();
+            }
+        }
+    }
+
+    fn version(&self, apex: &[u8], serial: u32) -> Option<Arc<Vec<Vec<u8>>>> {
+        let zones = self.journal.zones.lock().unwrap_or_else(|e| e.into_inner());
+        zones
+            .get(apex)?
+            .iter()
+            .find(|v| v.serial == serial)
+            .map(|v| v.records.clone())
+    }
+}
+
+/// Recent versions of each zone's content (without the SOA), by apex.
+#[derive(Debug, Default)]
+struct Journal {
+    limit: usize,
+    zones: Mutex<HashMap<Box<[u8]>, VecDeque<Version>>>,
+}
+
+#[derive(Debug)]
+struct Version {
+    serial: u32,
+    records: Arc<Vec<Vec<u8>>>,
+}
+
+/// A transfer request as read from the wire.
+struct Request {
+    qtype: u16,
+    qname: Vec<u8>,
+    question_end: usize,
+    /// IXFR: the serial the secondary has (the SOA in the authority section).
+    serial: Option<u32>,
+    tsig: Option<TsigIn>,
+}
+
+/// Reads a (possibly compressed) name at `at` into `out`, lower case; returns the offset
+/// after the name where it started.
+fn read_name(packet: &[u8], mut at: usize, out: &mut Vec<u8>) -> Option<usize> {
+    let mut end = None;
+    let mut hops = 0;
+    loop {
+        let len = *packet.get(at)?;
+        match len & 0xc0 {
+            0x00 => {
+                out.push(len);
+                let label = packet.get(at + 1..at + 1 + usize::from(len))?;
+                out.extend(label.iter().map(u8::to_ascii_lowercase));
+                at += 1 + usize::from(len);
+                if out.len() > wire::MAX_NAME {
+                    return None;
+                }
+                if len == 0 {
+                    return Some(end.unwrap_or(at));
+                }
+            }
+            0xc0 => {
+                hops += 1;
+                if hops > 32 {
+                    return None;
+                }
+                end.get_or_insert(at + 2);
+                at = usize::from(u16::from_be_bytes([len & 0x3f, *packet.get(at + 1)?]));
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn u16_at(p: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
+}
+
+/// Reads an AXFR or IXFR query; `None` for anything else (the ordinary handler answers
+/// that), and for a malformed one.
+fn parse_request(packet: &[u8]) -> Option<Request> {
+    if packet.len() < wire::HEADER_LEN {
+        return None;
+    }
+    let flags = u16_at(packet, 2)?;
+    if flags & flag::QR != 0 || (flags >> 11) & 0xf != 0 || u16_at(packet, 4)? != 1 {
+        return None;
+    }
+    let (an, ns, ar) = (u16_at(packet, 6)?, u16_at(packet, 8)?, u16_at(packet, 10)?);
+    let mut qname = Vec::new();
+    let mut at = read_name(packet, wire::HEADER_LEN, &mut qname)?;
+    let qtype = u16_at(packet, at)?;
+    if !matches!(qtype, rtype::AXFR | rtype::IXFR) {
+        return None;
+    }
+    at += 4;
+    let question_end = at;
+    let mut serial = None;
+    let mut tsig = None;
+    for i in 0..(u32::from(an) + u32::from(ns) + u32::from(ar)) {
+        let start = at;
+        let mut owner = Vec::new();
+        at = read_name(packet, at, &mut owner)?;
+        let t = u16_at(packet, at)?;
+        let rdlen = usize::from(u16_at(packet, at + 8)?);
+        let rdata = packet.get(at + 10..at + 10 + rdlen)?;
+        if t == rtype::SOA && serial.is_none() {
+            // The serial follows MNAME and RNAME, which may be compressed: read them from
+            // the packet so pointers resolve.
+            let mut skip = Vec::new();
+            let after = read_name(packet, at + 10, &mut skip)?;
+            skip.clear();
+            let after = read_name(packet, after, &mut skip)?;
+            serial = Some(u32::from_be_bytes(
+                packet.get(after..after + 4)?.try_into().ok()?,
+            ));
+        }
+        if t == tsig::TSIG {
+            // Only ever the last record (RFC 8945 §5.1).
+            if i + 1 != u32::from(an) + u32::from(ns) + u32::from(ar) {
+                return None;
+            }
+            tsig = Some(tsig::parse_rdata(start, owner, rdata)?);
+        }
+        at += 10 + rdlen;
+    }
+    Some(Request {
+        qtype,
+        qname,
+        question_end,
+        serial,
+        tsig,
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The response messages to an AXFR or IXFR query, or `None` when `packet` is not one
+/// (the ordinary handler answers it then). A refused transfer is one REFUSED message:
+/// from an address not allowed, unsigned or wrongly signed when a key is configured, or
+/// for a zone not ours.
 pub(crate) fn transfer(
     snap: &Snapshot,
-    acl: &AxfrAcl,
+    transfers: &Transfers,
     packet: &[u8],
     src: IpAddr,
 ) -> Option<Vec<Vec<u8>>> {
-    let mut query = Query {
-        id: 0,
-        flags: 0,
-        qname: [0; wire::MAX_NAME],
-        qname_len: 0,
-        qtype: 0,
-        qclass: 0,
-        question_end: 0,
-        edns: None,
+    let request = parse_request(packet)?;
+    let head = &packet[..request.question_end];
+    let kind = if request.qtype == rtype::IXFR {
+        "IXFR"
+    } else {
+        "AXFR"
     };
-    if wire::parse_into(packet, &mut query) != wire::Outcome::Ok || query.qtype != rtype::AXFR {
-        return None;
+    let zone = snap.zones.iter().position(|z| *z.apex == *request.qname);
+    let refused = |why: &str| {
+        tracing::info!(%src, kind, why, "dns: zone transfer refused");
+        Some(vec![message(head, rcode::REFUSED, &[], 0)])
+    };
+    let Some(zone) = zone else {
+        return refused("not our zone");
+    };
+    if !transfers.acl.allows(src) {
+        return refused("address not in dns.axfr_allow");
     }
-    let head = &packet[..query.question_end];
-    let zone = snap.zones.iter().position(|z| *z.apex == *query.name());
-    let (Some(zone), true) = (zone, acl.allows(src)) else {
-        tracing::info!(%src, "dns: zone transfer refused");
-        return Some(vec![message(head, rcode::REFUSED, &[], 0)]);
+    let now = unix_now();
+    let request_mac = match (&transfers.tsig, &request.tsig) {
+        (None, _) => None,
+        (Some(_), None) => return refused("no TSIG, and dns.tsig requires one"),
+        (Some(key), Some(tsig)) => match key.verify(packet, tsig, now) {
+            Ok(()) => Some(tsig.mac.clone()),
+            Err(error) => {
+                return refused(match error {
+                    tsig::BADKEY => "TSIG with an unknown key",
+                    tsig::BADTIME => "TSIG time outside the fudge",
+                    _ => "TSIG signature does not verify",
+                });
+            }
+        },
     };
-    tracing::info!(%src, zone = zone, "dns: zone transfer");
+    let apex = &snap.zones[zone].apex;
+    let (soa, records) = zone_records(snap, zone);
+    let serial = soa_serial(&soa);
+    let mut answer: Vec<Vec<u8>> = Vec::new();
+    let mut how = "full";
+    match request.serial.filter(|_| request.qtype == rtype::IXFR) {
+        Some(have) if have == serial => {
+            // Up to date: the SOA alone.
+            answer.push(soa.clone());
+            how = "up to date";
+        }
+        Some(have) => match transfers.version(apex, have) {
+            Some(old) => {
+                let old_set: HashSet<&[u8]> = old.iter().map(Vec::as_slice).collect();
+                let new_set: HashSet<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                let old_soa = with_serial(&soa, have);
+                answer.push(soa.clone());
+                answer.push(old_soa);
+                answer.extend(
+                    old.iter()
+                        .filter(|r| !new_set.contains(r.as_slice()))
+                        .cloned(),
+                );
+                answer.push(soa.clone());
+                answer.extend(
+                    records
+                        .iter()
+                        .filter(|r| !old_set.contains(r.as_slice()))
+                        .cloned(),
+                );
+                answer.push(soa.clone());
+                how = "incremental";
+            }
+            None => {
+                answer.push(soa.clone());
+                answer.extend(records);
+                answer.push(soa);
+            }
+        },
+        None => {
+            answer.push(soa.clone());
+            answer.extend(records);
+            answer.push(soa);
+        }
+    }
+    tracing::info!(%src, kind, how, serial, from = request.serial, "dns: zone transfer");
+    let mut messages = Vec::new();
+    let mut start = 0;
+    while start < answer.len() {
+        let mut size = head.len();
+        let mut end = start;
+        while end < answer.len() && (end == start || size + answer[end].len() <= CHUNK) {
+            size += answer[end].len();
+            end += 1;
+        }
+        let body: Vec<u8> = answer[start..end].concat();
+        messages.push(message(head, rcode::NOERROR, &body, (end - start) as u16));
+        start = end;
+    }
+    if let (Some(key), Some(mac)) = (&transfers.tsig, request_mac) {
+        key.sign_answer(&mut messages, &mac, now);
+    }
+    Some(messages)
+}
+
+/// The serial of an SOA record (owner, type … RDATA, names uncompressed).
+fn soa_serial(soa: &[u8]) -> u32 {
+    let at = soa.len() - 20;
+    u32::from_be_bytes([soa[at], soa[at + 1], soa[at + 2], soa[at + 3]])
+}
+
+/// The SOA record with another serial.
+fn with_serial(soa: &[u8], serial: u32) -> Vec<u8> {
+    let mut out = soa.to_vec();
+    let at = out.len() - 20;
+    out[at..at + 4].copy_from_slice(&serial.to_be_bytes());
+    out
+}
+
+/// A zone's SOA record and every other record of it as this snapshot has it (owner
+/// uncompressed, then type … RDATA), in a stable order.
+fn zone_records(snap: &Snapshot, zone: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
     let apex = &snap.zones[zone].apex;
     let mut records: Vec<Vec<u8>> = Vec::new();
-    let soa = snap.names[apex]
-        .rrset(rtype::SOA)
-        .and_then(|s| s.rrs.first())
-        .map(|rr| [&apex[..], &rr.body].concat())
-        .unwrap_or_default();
-    records.push(soa.clone());
+    let soa = zone_records_soa(snap, zone).unwrap_or_default();
     for (name, node) in &snap.names {
         if usize::from(node.zone) != zone {
             continue;
@@ -98,21 +384,74 @@ pub(crate) fn transfer(
             }
         }
     }
-    records.push(soa);
-    let mut messages = Vec::new();
-    let mut start = 0;
-    while start < records.len() {
-        let mut size = head.len();
-        let mut end = start;
-        while end < records.len() && (end == start || size + records[end].len() <= CHUNK) {
-            size += records[end].len();
-            end += 1;
+    records.sort_unstable();
+    records.dedup();
+    (soa, records)
+}
+
+/// Sends a NOTIFY for every zone of `snap` to every target, each waiting up to a second
+/// for the acknowledgement and tried three times (RFC 1996 §3.6), signed with `tsig`
+/// when set. Runs on the notifier thread, never on a query path.
+pub(crate) fn notify(snap: &Snapshot, targets: &[SocketAddr], tsig: Option<&TsigKey>) {
+    for (zi, zone) in snap.zones.iter().enumerate() {
+        let soa = zone_records_soa(snap, zi);
+        for target in targets {
+            let id = (unix_now() as u16) ^ (zi as u16).wrapping_mul(7919) ^ target.port();
+            let mut msg = Vec::new();
+            put_u16(&mut msg, id);
+            put_u16(&mut msg, (4 << 11) | flag::AA);
+            put_u16(&mut msg, 1);
+            put_u16(&mut msg, u16::from(soa.is_some()));
+            put_u32(&mut msg, 0);
+            msg.extend_from_slice(&zone.apex);
+            put_u16(&mut msg, rtype::SOA);
+            put_u16(&mut msg, 1);
+            if let Some(soa) = &soa {
+                msg.extend_from_slice(soa);
+            }
+            if let Some(key) = tsig {
+                key.sign_request(&mut msg, unix_now());
+            }
+            let bind: SocketAddr = if target.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                ([0u16; 8], 0).into()
+            };
+            let Ok(socket) = UdpSocket::bind(bind) else {
+                continue;
+            };
+            let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut acknowledged = false;
+            for _ in 0..3 {
+                if socket.send_to(&msg, target).is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 1024];
+                if let Ok((n, from)) = socket.recv_from(&mut buf)
+                    && from == *target
+                    && n >= 12
+                    && buf[..2] == id.to_be_bytes()
+                {
+                    acknowledged = true;
+                    break;
+                }
+            }
+            let serial = soa.as_deref().map(soa_serial);
+            if acknowledged {
+                tracing::info!(%target, serial, "dns: NOTIFY acknowledged");
+            } else {
+                tracing::warn!(%target, serial, "dns: NOTIFY not acknowledged after 3 tries");
+            }
         }
-        let body: Vec<u8> = records[start..end].concat();
-        messages.push(message(head, rcode::NOERROR, &body, (end - start) as u16));
-        start = end;
     }
-    Some(messages)
+}
+
+fn zone_records_soa(snap: &Snapshot, zone: usize) -> Option<Vec<u8>> {
+    let apex = &snap.zones[zone].apex;
+    snap.names[apex]
+        .rrset(rtype::SOA)
+        .and_then(|s| s.rrs.first())
+        .map(|rr| [&apex[..], &rr.body].concat())
 }
 
 /// The addresses of `app`'s serving targets under `owner` (TTL = the app's TTL), each once:

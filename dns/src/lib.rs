@@ -19,7 +19,8 @@
 //! - `udp`: the fast path (SO_REUSEPORT socket per thread, recvmmsg/sendmmsg).
 //! - `tcp`: the slow path (pipelined, idle timeout).
 //! - `rrl`: response rate limiting with slip.
-//! - `axfr`: zone transfer to the configured secondaries.
+//! - `axfr`: zone transfer (AXFR, IXFR from a journal) and NOTIFY to the secondaries.
+//! - `tsig`: TSIG (HMAC-SHA256) on transfers and NOTIFYs.
 //! - `dnssec`: keys, RRSIGs of the pre-rendered RRsets, compact denial, the signature cache.
 //! - `metrics`, `admin`: counters and the `/livez`, `/readyz`, `/metrics` listener.
 
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod rrl;
 pub mod snapshot;
 mod tcp;
+pub mod tsig;
 mod udp;
 pub mod wire;
 
@@ -78,9 +80,25 @@ impl DnsServer {
         let metrics = Arc::new(Metrics::default());
         let rrl = (dns.rrl.rate > 0)
             .then(|| rrl::Rrl::new(dns.rrl.rate, dns.rrl.slip, dns.rrl.exempt.clone()));
+        let tsig = match &dns.tsig {
+            Some(t) => Some(
+                tsig::TsigKey::load(&t.name, &base.join(&t.secret_file)).map_err(|message| {
+                    DnsError::Zone {
+                        zone: "dns.tsig".into(),
+                        message,
+                    }
+                })?,
+            ),
+            None => None,
+        };
         let handler = Arc::new(
-            Handler::new(zones, geo, cell.clone(), dns.max_answers, metrics, rrl)
-                .with_axfr(axfr::AxfrAcl(dns.axfr_allow.clone())),
+            Handler::new(zones, geo, cell.clone(), dns.max_answers, metrics, rrl).with_transfers(
+                axfr::Transfers::new(
+                    axfr::AxfrAcl(dns.axfr_allow.clone()),
+                    tsig,
+                    dns.ixfr_journal,
+                ),
+            ),
         );
         let workers = match dns.udp_workers {
             Some(0) => {
@@ -143,6 +161,14 @@ impl DnsServer {
                     Box::new(move || tcp::serve(tcp_listener, h, s, settings)),
                 )?);
             }
+            if !dns.notify.is_empty() {
+                let (h, s, c) = (handler.clone(), stop.clone(), cell.clone());
+                let targets = dns.notify.clone();
+                threads.push(spawn(
+                    "dns-notify".into(),
+                    Box::new(move || notifier(h, c, s, targets)),
+                )?);
+            }
             match dns.admin_listen {
                 Some(addr) => {
                     let listener =
@@ -194,6 +220,27 @@ impl DnsServer {
             handler,
             cell,
         })
+    }
+}
+
+/// Sends NOTIFY to the secondaries whenever the table version (the zones' serial)
+/// changes, and once at start. Looks at the cell every 100 ms: a NOTIFY is a hint, and the
+/// secondaries' refresh timer covers one that is late or lost.
+fn notifier(
+    handler: Arc<Handler>,
+    cell: Arc<TableCell>,
+    stop: Arc<AtomicBool>,
+    targets: Vec<SocketAddr>,
+) {
+    let mut notified: Option<u64> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let version = cell.version();
+        if notified != Some(version) {
+            let snapshot = handler.current_snapshot();
+            handler.notify(&snapshot, &targets);
+            notified = Some(version);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -53,10 +53,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The signed zones' key files: readable, owner-only, a supported algorithm, for this
-/// zone, and at least one key-signing key (the parent's DS points at one).
+/// zone, and at least one key-signing key (the parent's DS points at one); the TSIG
+/// secret: readable, owner-only, base64 of at least 16 bytes.
 fn dnssec_problems(loaded: &meridian_config::LoadedConfig) -> Vec<String> {
     let base = loaded.file.parent().unwrap_or(std::path::Path::new("."));
     let mut problems = Vec::new();
+    if let Some(tsig) = &loaded.config.dns.tsig
+        && let Err(err) =
+            meridian_dns::tsig::TsigKey::load(&tsig.name, &base.join(&tsig.secret_file))
+    {
+        problems.push(format!("dns.tsig.secret_file: {err}"));
+    }
     for (i, zone) in loaded.config.zones.iter().enumerate() {
         let Some(dnssec) = &zone.dnssec else { continue };
         let apex = zone.name.trim_end_matches('.').to_ascii_lowercase();
