@@ -479,3 +479,109 @@ fn keygen_ds_and_check_from_the_command_line() {
     let err = String::from_utf8_lossy(&check.stderr).into_owned();
     assert!(err.contains("no key-signing key"), "{err}");
 }
+
+#[test]
+fn a_pre_published_zsk_rollover_by_table_version_never_fails_validation() {
+    // A KSK (the parent's DS, unchanged throughout) and two ZSKs: the new one is published
+    // at version 2, signs from version 3, and the old one leaves at version 4. The DNSKEY
+    // TTL is 1 s here so the resolver's cache follows each step quickly; each step waits
+    // until the resolver holds the key set the step needs.
+    let dir = Scratch::new("dns-dnssec-roll");
+    let key = |name: &str, ksk: bool| {
+        let (key, text) = SigningKey::generate("example.test", Algorithm::EcdsaP256Sha256, ksk);
+        SigningKey::write_file(&dir.0.join(name), &text).expect("write key");
+        key
+    };
+    let ksk = key("ksk.key", true);
+    let old = key("old.key", false);
+    let new = key("new.key", false);
+    let config = signed_config("ksk.key")
+        .replace(
+            "{ file: ksk.key }",
+            "{ file: ksk.key }, { file: old.key, inactive_from_version: 3, remove_from_version: 4 }, { file: new.key, publish_from_version: 2, active_from_version: 3 }",
+        )
+        .replace("minimum: 60, ttl: 300", "minimum: 1, ttl: 1");
+    let server = Server::start_in(&config, &dir.0.join("config.yaml"));
+    let (_unbound, resolver) = start_validator(&dir, server.addr(), &ksk.ds_text());
+
+    let tags = |reply: &Reply, rtype: &str| -> Vec<u16> {
+        let mut tags: Vec<u16> = reply
+            .answers("RRSIG")
+            .iter()
+            .filter(|sig| sig.starts_with(&format!("{rtype} ")))
+            .filter_map(|sig| sig.split_whitespace().nth(6)?.parse().ok())
+            .collect();
+        tags.sort_unstable();
+        tags
+    };
+    let all_validate = |phase: u64| {
+        for args in [
+            &["+adflag", "www.example.test", "A"][..],
+            &[
+                "+adflag",
+                "+subnet=198.51.100.0/24",
+                "maps.example.test",
+                "A",
+            ],
+            &["+adflag", "+subnet=192.0.2.0/24", "maps.example.test", "A"],
+            &["+adflag", "shop.example.test", "A"],
+            &["+adflag", &format!("gone-{phase}.example.test"), "A"],
+            &["+adflag", "www.example.test", "MX"],
+            &["+adflag", "example.test", "DNSKEY"],
+        ] {
+            let reply = ask(resolver, args);
+            assert!(reply.ad(), "version {phase}, {args:?}: {}", reply.text);
+        }
+    };
+    let resolver_keys = |want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let keys = ask(resolver, &["+adflag", "example.test", "DNSKEY"]);
+            if keys.ad() && keys.answers("DNSKEY").len() == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the resolver never held {want} keys: {}",
+                keys.text
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // Version 1: KSK and the old ZSK; the old ZSK signs the data, the KSK the keys.
+    let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
+    assert_eq!(tags(&direct, "A"), vec![old.key_tag()]);
+    let keys = ask(server.addr(), &["+dnssec", "example.test", "DNSKEY"]);
+    assert_eq!(keys.answers("DNSKEY").len(), 2);
+    assert_eq!(tags(&keys, "DNSKEY"), vec![ksk.key_tag()]);
+    all_validate(1);
+
+    // Version 2: the new ZSK is published, not yet signing.
+    server.update(|_| {});
+    resolver_keys(3);
+    let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
+    assert_eq!(tags(&direct, "A"), vec![old.key_tag()]);
+    all_validate(2);
+
+    // Version 3: the new ZSK signs; the old one is still published for cached signatures.
+    server.update(|_| {});
+    let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
+    assert_eq!(tags(&direct, "A"), vec![new.key_tag()]);
+    all_validate(3);
+
+    // Version 4: the old ZSK is withdrawn.
+    server.update(|_| {});
+    resolver_keys(2);
+    let keys = ask(server.addr(), &["+dnssec", "example.test", "DNSKEY"]);
+    let published: Vec<String> = keys.answers("DNSKEY");
+    assert_eq!(published.len(), 2, "{}", keys.text);
+    all_validate(4);
+    // The DS the parent holds never changed.
+    let cds = ask(server.addr(), &["example.test", "CDS"]);
+    let ds = ksk.ds_text();
+    assert_eq!(
+        cds.answers("CDS"),
+        vec![ds.split_whitespace().skip(3).collect::<Vec<_>>().join(" ")]
+    );
+}
