@@ -15,6 +15,14 @@
 #   geo+ecs     one name answered by client subnet, ECS on every query
 #               (Knot: mod-geoip in subnet mode; NSD has no geo answers, so it serves the
 #               same name as a plain A record and is marked "static")
+#   static+do   the static mix with DO set, against the signed servers: Meridian with
+#               online signing (dnssec: in the zone, ECDSA P-256) and Knot with automatic
+#               signing (dnssec-signing: on, ECDSA P-256, one combined key)
+#   geo+ecs+do  the geo name with ECS and DO against the signed servers (Knot's mod-geoip
+#               signs its answers on the fly with the zone's key)
+#
+# PAIRS (environment) picks server:variant pairs, e.g.
+#   PAIRS="meridian:static meridian-signed:static+do knot-signed:static+do" bench/dns.sh 5 1
 #
 # Usage: bench/dns.sh [SECONDS_PER_RUN (default 10)] [ROUNDS (default 2)] [MERIDIAN_BINARY]
 # With MERIDIAN_BINARY (a release `meridian`), Meridian runs as `meridian dns -c FILE`;
@@ -58,7 +66,7 @@ else
     # The same server `meridian dns` runs, built on its own (dns/examples/serve.rs), so the
     # benchmark does not wait on every other part of the binary.
     (cd "$ROOT" && cargo build --release -p meridian-dns --example serve)
-    MERIDIAN=("$ROOT/target/release/examples/serve")
+    MERIDIAN=("${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/serve")
 fi
 
 # CMD pinned to CPU $1, nice -20 in an autogroup of its own at nice -20.
@@ -132,6 +140,16 @@ dns:
   rrl: { rate: 0 }
 EOF
 
+# The same zone signed online: a key made the way `meridian dnssec keygen` makes it.
+if [ -n "$MERIDIAN_BIN" ]; then
+    (cd "$WORK" && "${MERIDIAN[0]}" dnssec keygen example.test -o zone.key >/dev/null)
+else
+    "${MERIDIAN[0]}" keygen example.test "$WORK/zone.key" >/dev/null
+fi
+sed 's/^    ns: \[ns1.example.test\]$/    ns: [ns1.example.test]\n    dnssec: { keys: [{ file: zone.key }] }/' \
+    "$WORK/meridian.yaml" >"$WORK/meridian-signed.yaml"
+grep -q 'dnssec:' "$WORK/meridian-signed.yaml"
+
 mkdir -p "$WORK/knot"
 cat >"$WORK/knot/geo.conf" <<'EOF'
 geo.example.test:
@@ -161,6 +179,40 @@ mod-geoip:
 zone:
   - domain: example.test
     file: "$WORK/example.test.zone"
+    module: mod-geoip/geo
+EOF
+
+# Knot with automatic signing of the same zone (its own copy: Knot keeps the signed zone).
+mkdir -p "$WORK/knot-signed"
+cp "$WORK/example.test.zone" "$WORK/knot-signed/example.test.zone"
+cat >"$WORK/knot-signed/knot.conf" <<EOF
+server:
+    listen: 127.0.0.1@$PORT_KNOT
+    rundir: "$WORK/knot-signed"
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+    edns-client-subnet: on
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "$WORK/knot-signed"
+policy:
+  - id: online
+    algorithm: ecdsap256sha256
+    single-type-signing: on
+mod-geoip:
+  - id: geo
+    config-file: "$WORK/knot/geo.conf"
+    ttl: 300
+    mode: subnet
+zone:
+  - domain: example.test
+    file: "$WORK/knot-signed/example.test.zone"
+    dnssec-signing: on
+    dnssec-policy: online
+    zonefile-sync: -1
     module: mod-geoip/geo
 EOF
 
@@ -244,6 +296,12 @@ start_server() { # name -> sets SERVER_PID, SERVER_PORT
         meridian)
             pinned 1 "${MERIDIAN[@]}" "$WORK/meridian.yaml" >"$WORK/meridian.log" 2>&1 &
             SERVER_PORT=$PORT_MERIDIAN ;;
+        meridian-signed)
+            pinned 1 "${MERIDIAN[@]}" "$WORK/meridian-signed.yaml" >"$WORK/meridian.log" 2>&1 &
+            SERVER_PORT=$PORT_MERIDIAN ;;
+        knot-signed)
+            pinned 1 knotd -c "$WORK/knot-signed/knot.conf" >"$WORK/knot.log" 2>&1 &
+            SERVER_PORT=$PORT_KNOT ;;
         knot)
             pinned 1 knotd -c "$WORK/knot/knot.conf" >"$WORK/knot.log" 2>&1 &
             SERVER_PORT=$PORT_KNOT ;;
@@ -279,10 +337,17 @@ run_one() { # server variant
         static) file="$WORK/static.txt" ;;
         static+ecs) file="$WORK/static.txt"; ecs=(-E 8:00011800c63364) ;;
         geo+ecs) file="$WORK/geo.txt"; ecs=(-E 8:00011800c63364) ;;
+        static+do) file="$WORK/static.txt"; ecs=(-D) ;;
+        geo+ecs+do) file="$WORK/geo.txt"; ecs=(-D -E 8:00011800c63364) ;;
     esac
     start_server "$server"
     local answer
     answer=$(check_geo)
+    if [[ $variant == *+do ]]; then
+        # The signed servers must sign: an RRSIG in a DO answer, or the run is void.
+        kdig @127.0.0.1 -p "$SERVER_PORT" +dnssec www.example.test A | grep -q RRSIG ||
+            { echo "$server does not sign" >&2; exit 1; }
+    fi
     # Warm up, then measure.
     pinned 0 dnsperf -s 127.0.0.1 -p "$SERVER_PORT" -d "$file" -l 1 -c 20 -T 1 -q 200 -t 2 "${ecs[@]}" >/dev/null 2>&1 || true
     local before after out
@@ -314,16 +379,24 @@ print(f"{server}\t{variant}\t{int(done)}\t{lost}\t{float(qps):.0f}\t{cpu:.2f}\t{
 PY
 }
 
-servers=(meridian knot nsd)
-variants=(static static+ecs geo+ecs)
+default_pairs=""
+for variant in static static+ecs geo+ecs; do
+    for server in meridian knot nsd; do default_pairs+=" $server:$variant"; done
+done
+for variant in static+do geo+ecs+do; do
+    for server in meridian-signed knot-signed; do default_pairs+=" $server:$variant"; done
+done
+read -r -a pairs <<<"${PAIRS:-$default_pairs}"
 for round in $(seq "$ROUNDS"); do
-    order=("${servers[@]}")
-    if [ $((round % 2)) -eq 0 ]; then order=(nsd knot meridian); fi
-    for variant in "${variants[@]}"; do
-        for server in "${order[@]}"; do
-            echo "round $round: $server $variant" >&2
-            run_one "$server" "$variant"
-        done
+    order=("${pairs[@]}")
+    if [ $((round % 2)) -eq 0 ]; then
+        order=()
+        for ((i = ${#pairs[@]} - 1; i >= 0; i--)); do order+=("${pairs[i]}"); done
+    fi
+    for pair in "${order[@]}"; do
+        server=${pair%%:*} variant=${pair#*:}
+        echo "round $round: $server $variant" >&2
+        run_one "$server" "$variant"
     done
 done
 
@@ -336,9 +409,9 @@ rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])]
 by = {}
 for r in rows:
     by.setdefault((r[1], r[0]), []).append(r)
-variants = ["static", "static+ecs", "geo+ecs"]
-servers = ["meridian", "knot", "nsd"]
-print(f"{'variant':<11} {'server':<9} {'q/CPU-s':>9} {'q/s':>8} {'CPU s':>6} {'lat µs':>7} {'p50 µs':>7} {'p99 µs':>7} {'lost':>5}  geo answer (198.51.100.0/24)")
+variants = ["static", "static+ecs", "geo+ecs", "static+do", "geo+ecs+do"]
+servers = ["meridian", "knot", "nsd", "meridian-signed", "knot-signed"]
+print(f"{'variant':<11} {'server':<15} {'q/CPU-s':>9} {'q/s':>8} {'CPU s':>6} {'lat µs':>7} {'p50 µs':>7} {'p99 µs':>7} {'lost':>5}  geo answer (198.51.100.0/24)")
 for v in variants:
     knot = None
     for s in servers:
@@ -346,7 +419,7 @@ for v in variants:
         if not rs:
             continue
         per_cpu = statistics.median(float(r[6]) for r in rs)
-        if s == "knot":
+        if s in ("knot", "knot-signed"):
             knot = per_cpu
         qps = statistics.median(float(r[4]) for r in rs)
         cpu = statistics.median(float(r[5]) for r in rs)
@@ -355,8 +428,10 @@ for v in variants:
         p50 = statistics.median(float(r[9]) for r in rs)
         p99 = statistics.median(float(r[10]) for r in rs)
         note = "" if not (s == "nsd" and v == "geo+ecs") else " (static: NSD has no geo)"
-        print(f"{v:<11} {s:<9} {per_cpu:>9.0f} {qps:>8.0f} {cpu:>6.2f} {lat:>7.0f} {p50:>7.0f} {p99:>7.0f} {lost:>5}  {rs[0][8]}{note}")
-    m = [float(r[6]) for r in by.get((v, "meridian"), [])]
+        print(f"{v:<11} {s:<15} {per_cpu:>9.0f} {qps:>8.0f} {cpu:>6.2f} {lat:>7.0f} {p50:>7.0f} {p99:>7.0f} {lost:>5}  {rs[0][8]}{note}")
+    signed = v.endswith("+do")
+    m = [float(r[6]) for r in by.get((v, "meridian-signed" if signed else "meridian"), [])]
     if knot and m:
-        print(f"{'':<11} meridian / knot = {statistics.median(m) / knot:.2f}")
+        label = "meridian-signed / knot-signed" if signed else "meridian / knot"
+        print(f"{'':<11} {label} = {statistics.median(m) / knot:.2f}")
 PY
