@@ -25,16 +25,23 @@
 # Reports, per proxy: requests per CPU-second of the proxy process (utime+stime from /proc,
 # all threads and children), requests/s, p50/p99 latency (wrk), RSS after the run; the
 # access log's cost (meridian+log against meridian, per round and on average); then the
-# idle memory of 10,000 open client connections, Meridian against nginx.
+# idle memory of open client connections (9,000, reported per 10,000) for nginx, HAProxy
+# and Meridian. The run's files go to a private temporary directory, removed at the end
+# (KEEP_BENCH_DIR=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-15}
 H2_DURATION=${H2_DURATION:-10}
-IDLE_CONNS=${IDLE_CONNS:-10000}
-W=/tmp/meridian-bench
-rm -rf "$W" && mkdir -p "$W"
+# 9,000: under HAProxy's maxconn (bench/proxy-haproxy.cfg); reported per 10,000.
+IDLE_CONNS=${IDLE_CONNS:-9000}
+# A private directory per run: the configs in bench/ name /tmp/meridian-bench, rewritten
+# here to this run's own (the ports are still fixed: one run at a time).
+W=$(mktemp -d /tmp/meridian-bench.XXXXXX)
+for conf in proxy-upstream-nginx.conf proxy-nginx.conf; do
+  sed "s|/tmp/meridian-bench|$W|g" "$ROOT/bench/$conf" >"$W/$conf"
+done
 CLK_TCK=$(getconf CLK_TCK)
 
 need=()
@@ -74,6 +81,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   done
+  [[ -n ${KEEP_BENCH_DIR:-} ]] || rm -rf "$W"
 }
 trap cleanup EXIT
 
@@ -108,8 +116,8 @@ wait_port() {
 }
 
 # Upstream and load generators on CPU 0, the proxy under test on CPU 1.
-start_pinned 0 19000 nginx -c "$ROOT/bench/proxy-upstream-nginx.conf" -e "$W/upstream-error.log"
-start_pinned 1 19001 nginx -c "$ROOT/bench/proxy-nginx.conf" -e "$W/nginx-proxy-error.log"
+start_pinned 0 19000 nginx -c "$W/proxy-upstream-nginx.conf" -e "$W/upstream-error.log"
+start_pinned 1 19001 nginx -c "$W/proxy-nginx.conf" -e "$W/nginx-proxy-error.log"
 NGINX=$STARTED
 start_pinned 1 19002 haproxy -f "$ROOT/bench/proxy-haproxy.cfg" -db
 HAPROXY=$STARTED
@@ -246,7 +254,7 @@ if [[ " ${PROXIES[*]} " == *" meridian+log "* && " ${PROXIES[*]} " == *" meridia
   done
 fi
 
-# Idle memory: open IDLE_CONNS client connections and hold them, for Meridian and nginx.
+# Idle memory: open IDLE_CONNS client connections and hold them.
 idle() {
   local name=$1 port=${H1[$1]} pid=${PID[$1]}
   local before after
@@ -268,6 +276,7 @@ PY
 : >"$W/idle.tsv"
 if ((IDLE_CONNS > 0)); then
   idle nginx
+  idle haproxy
   idle meridian
 fi
 
