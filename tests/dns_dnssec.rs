@@ -585,3 +585,53 @@ fn a_pre_published_zsk_rollover_by_table_version_never_fails_validation() {
         vec![ds.split_whitespace().skip(3).collect::<Vec<_>>().join(" ")]
     );
 }
+
+#[test]
+fn a_transfer_of_the_signed_zone_verifies_with_ldns() {
+    // What a secondary receives: every RRset signed, a real NSEC chain, the keys; checked
+    // by ldns-verify-zone, an independent implementation.
+    let dir = Scratch::new("dns-dnssec-xfr");
+    let (key, text) = SigningKey::generate("example.test", Algorithm::EcdsaP256Sha256, true);
+    SigningKey::write_file(&dir.0.join("zone.key"), &text).expect("write key");
+    let config = format!("{}  axfr_allow: [127.0.0.0/8]\n", signed_config("zone.key"));
+    let server = Server::start_in(&config, &dir.0.join("config.yaml"));
+    let axfr = kdig(server.dns.tcp_addr(), &["+tcp", "example.test", "AXFR"]);
+    assert!(axfr.contains("NSEC") && axfr.contains("RRSIG"), "{axfr}");
+    let zone: String = axfr
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let anchor = dir.0.join("anchor.ds");
+    std::fs::write(&anchor, format!("{}\n", key.ds_text())).unwrap();
+    let verify = |zone: &str| {
+        let file = dir.0.join("transfer.zone");
+        std::fs::write(&file, zone).unwrap();
+        Command::new("ldns-verify-zone")
+            .arg("-k")
+            .arg(&anchor)
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "ldns-verify-zone could not run ({err}); install it: apt-get install ldnsutils"
+                )
+            })
+    };
+    let verified = verify(&zone);
+    assert!(
+        verified.status.success(),
+        "ldns-verify-zone: {}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    // The check can fail: one signature changed, and ldns refuses the zone.
+    let line = zone
+        .lines()
+        .find(|l| l.starts_with("www.example.test.") && l.contains("RRSIG\tA "))
+        .expect("the RRSIG of www A");
+    let mut bad = line.to_string();
+    let last = bad.pop().unwrap();
+    bad.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(!verify(&zone.replace(line, &bad)).status.success());
+}

@@ -269,7 +269,14 @@ pub(crate) fn transfer(
         },
     };
     let apex = &snap.zones[zone].apex;
-    let (soa, records) = zone_records(snap, zone);
+    // The journal's copy of this version when there is one: a signed zone's signatures
+    // differ each time they are made, and an IXFR must start from what was sent before.
+    let (soa, records) = match zone_records_soa(snap, zone)
+        .and_then(|soa| Some((transfers.version(apex, soa_serial(&soa))?, soa)))
+    {
+        Some((records, soa)) => (soa, records.as_ref().clone()),
+        None => zone_records(snap, zone),
+    };
     let serial = soa_serial(&soa);
     let mut answer: Vec<Vec<u8>> = Vec::new();
     let mut how = "full";
@@ -386,7 +393,118 @@ fn zone_records(snap: &Snapshot, zone: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
     }
     records.sort_unstable();
     records.dedup();
+    if let Some(signer) = &snap.zones[zone].signer {
+        let mut all = records.clone();
+        all.push(soa.clone());
+        records.extend(signed_extras(snap, zone, signer, &all));
+        records.sort_unstable();
+    }
     (soa, records)
+}
+
+/// Length of the uncompressed wire name at the start of `record`.
+fn owner_len(record: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(&len) = record.get(at) {
+        at += 1 + usize::from(len);
+        if len == 0 {
+            break;
+        }
+    }
+    at
+}
+
+/// Whether `name` is at or below a delegation, where only the parent's NS and glue live.
+fn below_cut(snap: &Snapshot, name: &[u8]) -> Option<bool> {
+    for at in wire::suffix_offsets(name) {
+        if let Some(node) = snap.names.get(&name[at..]) {
+            return node.cut.map(|c| *snap.cuts[c as usize].name != *name);
+        }
+    }
+    None
+}
+
+/// Canonical DNS name order (RFC 4034 §6.1): labels compared from the root down.
+fn canonical_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let labels = |n: &[u8]| -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = wire::suffix_offsets(n)
+            .map(|at| n[at + 1..at + 1 + usize::from(n[at])].to_vec())
+            .collect();
+        out.reverse();
+        out
+    };
+    labels(a).cmp(&labels(b))
+}
+
+/// One RRset's TTL (the lowest of its records) and RDATAs.
+type RrsetData<'a> = (u32, Vec<&'a [u8]>);
+
+/// What a secondary needs to serve a signed zone: an RRSIG over every authoritative RRset
+/// (the GSLB fallback sets included) and a real NSEC chain over the names, signed. The
+/// primary itself answers with compact denial; a transfer is the one place the names are
+/// listed anyway, and only to the secondaries allowed.
+fn signed_extras(
+    snap: &Snapshot,
+    zone: usize,
+    signer: &crate::dnssec::ZoneSigner,
+    records: &[Vec<u8>],
+) -> Vec<Vec<u8>> {
+    use crate::dnssec::dtype;
+    // (owner, type) → (TTL, RDATAs).
+    let mut sets: std::collections::BTreeMap<(Vec<u8>, u16), RrsetData<'_>> =
+        std::collections::BTreeMap::new();
+    for r in records {
+        let at = owner_len(r);
+        let t = u16::from_be_bytes([r[at], r[at + 1]]);
+        let ttl = u32::from_be_bytes([r[at + 4], r[at + 5], r[at + 6], r[at + 7]]);
+        let set = sets
+            .entry((r[..at].to_vec(), t))
+            .or_insert((ttl, Vec::new()));
+        set.0 = set.0.min(ttl);
+        set.1.push(&r[at + 10..]);
+    }
+    let mut out = Vec::new();
+    let mut owners: Vec<Vec<u8>> = Vec::new();
+    let mut types: HashMap<Vec<u8>, Vec<u16>> = HashMap::new();
+    for ((owner, t), (ttl, rdatas)) in &sets {
+        let cut = below_cut(snap, owner);
+        if cut == Some(true) {
+            continue; // glue
+        }
+        if !owners.contains(owner) {
+            owners.push(owner.clone());
+        }
+        types.entry(owner.clone()).or_default().push(*t);
+        let delegation = cut == Some(false) && *t == rtype::NS && **owner != *snap.zones[zone].apex;
+        if delegation {
+            continue; // the child's NS: not signed by the parent
+        }
+        for sig in signer.sign_rrset(owner, *t, *ttl, rdatas) {
+            out.push([&owner[..], &sig].concat());
+        }
+    }
+    owners.sort_by(|a, b| canonical_cmp(a, b));
+    let ttl = snap.zones[zone].negative_ttl;
+    for (i, owner) in owners.iter().enumerate() {
+        let next = &owners[(i + 1) % owners.len()];
+        let mut t = types.remove(owner).unwrap_or_default();
+        t.extend([dtype::RRSIG, dtype::NSEC]);
+        t.sort_unstable();
+        t.dedup();
+        let mut rdata = next.clone();
+        crate::dnssec::type_bitmap(&t, &mut rdata);
+        let mut record = owner.clone();
+        put_u16(&mut record, dtype::NSEC);
+        put_u16(&mut record, 1);
+        put_u32(&mut record, ttl);
+        put_u16(&mut record, rdata.len() as u16);
+        record.extend_from_slice(&rdata);
+        out.push(record);
+        for sig in signer.sign_rrset(owner, dtype::NSEC, ttl, &[&rdata]) {
+            out.push([&owner[..], &sig].concat());
+        }
+    }
+    out
 }
 
 /// Sends a NOTIFY for every zone of `snap` to every target, each waiting up to a second
