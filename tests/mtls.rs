@@ -7,7 +7,6 @@
 
 mod process_support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,7 +16,7 @@ use http::Method;
 use http_body_util::BodyExt;
 use meridian_subscriber::http::ControllerClient;
 use meridian_subscriber::tls::ClientTls;
-use process_support::{Kill, TempDir};
+use process_support::{Kill, TempDir, one_cluster_config, sha256_hex, start_controller};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
@@ -40,43 +39,15 @@ fn tls_dir(dir: &Path, part: &str) -> ClientTls {
     }
 }
 
-fn sha256_hex(token: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(token.as_bytes())
-        .unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()[..64].to_string()
-}
-
 /// A config whose controller requires client certificates of the CA in `certs`.
 fn write_config(dir: &Path, certs: &Path, ingress: std::net::SocketAddr) -> PathBuf {
     let config = dir.join("meridian.yaml");
     let c = certs.display();
     std::fs::write(
         &config,
-        format!(
-            r#"
-regions:
-  - {{ name: eu, location: {{ lat: 50.0, lon: 8.0 }} }}
-clusters:
-  - {{ name: c1, region: eu, provider: onprem, endpoints: ["{ingress}"] }}
-probes:
-  - {{ name: tcp, kind: tcp, interval: 100ms, timeout: 80ms, rise: 1, fall: 1 }}
-apps:
-  - name: shop
-    hostnames: [shop.test]
-    failure_mode: fail-open
-    probe: tcp
-    targets:
-      - {{ cluster: c1, weight: 100 }}
+        one_cluster_config("c1", ingress, true)
+            + &format!(
+                r#"
 controller:
   tls:
     cert: {c}/controller/tls.crt
@@ -88,34 +59,11 @@ controller:
 proxy: {{ listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0" }}
 dns: {{ listen: "127.0.0.3:0", admin_listen: "127.0.0.3:0" }}
 "#,
-            sha256_hex("op-token"),
-        ),
+                sha256_hex("op-token"),
+            ),
     )
     .unwrap();
     config
-}
-
-/// Starts `meridian controller`; its URL from the first line it prints.
-fn start_controller(config: &Path, data: &Path) -> (Kill, String) {
-    let mut child = Command::new(BIN)
-        .args(["controller", "--no-probe", "--listen", "127.0.0.1:0", "-c"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("controller listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (Kill(child), url)
 }
 
 async fn get(client: &ControllerClient, path: &str) -> Result<(u16, String), String> {
@@ -234,7 +182,7 @@ async fn controller_two_proxies_and_dns_over_mutual_tls_only() {
     // The cluster's ingress: a listener the kernel completes TCP probes for.
     let ingress = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let config = write_config(&dir.0, &certs_dir, ingress.local_addr().unwrap());
-    let (_controller, url) = start_controller(&config, &dir.0.join("data"));
+    let (_controller, url) = start_controller(&config, &dir.0.join("data"), &["--no-probe"]);
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
     // Each part presents its own certificate; no token: the certificate is the credential,
@@ -356,7 +304,7 @@ async fn certificates_reload_without_a_restart() {
     assert!(out.status.success(), "{out:?}");
     let ingress = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let config = write_config(&dir.0, &certs_dir, ingress.local_addr().unwrap());
-    let (_controller, url) = start_controller(&config, &dir.0.join("data"));
+    let (_controller, url) = start_controller(&config, &dir.0.join("data"), &["--no-probe"]);
 
     // Client side: an expired certificate is refused; once the files hold a renewed one,
     // the same client (no restart) is let in.

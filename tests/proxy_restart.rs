@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use process_support::{Kill, TempDir, free_port};
+use process_support::{Kill, TempDir, free_port, one_cluster_config};
 use proxy_support::Upstream;
 
 /// Clients sending at once, each on its own kept-alive connection.
@@ -38,19 +38,9 @@ fn setup(dir: &Path, upstream: SocketAddr) -> Setup {
     // the delay, is what ends the old process's accepting.
     std::fs::write(
         &config,
-        format!(
-            r#"
-regions:
-  - {{ name: eu, location: {{ lat: 50.0, lon: 8.0 }} }}
-clusters:
-  - {{ name: alpha, region: eu, provider: onprem, endpoints: ["{upstream}"] }}
-apps:
-  - name: shop
-    hostnames: [shop.test]
-    failure_mode: fail-open
-    dns_ttl: 5
-    targets:
-      - {{ cluster: alpha, weight: 1 }}
+        one_cluster_config("alpha", upstream, false)
+            + &format!(
+                r#"
 proxy:
   listen: 127.0.0.1:{port}
   admin_listen: 127.0.0.1:{admin_port}
@@ -58,8 +48,8 @@ proxy:
   shutdown_grace: 10s
   handover_socket: {sock}
 "#,
-            sock = dir.join("proxy.sock").display()
-        ),
+                sock = dir.join("proxy.sock").display()
+            ),
     )
     .unwrap();
     Setup {

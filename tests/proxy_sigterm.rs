@@ -2,62 +2,39 @@
 //! `/readyz` 503, keeps accepting for the drain delay, then stops accepting, tells kept-alive
 //! clients `Connection: close`, finishes the request in flight and exits 0.
 
+mod process_support;
 mod proxy_support;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use process_support::{Kill, TempDir, free_port, one_cluster_config};
 use proxy_support::*;
-
-/// A port free a moment ago, for the binary's listeners (it is told addresses up front).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child if the test fails before it exits.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_real_binary() {
     let upstream = Upstream::start("alpha").await;
-    let dir = std::env::temp_dir().join(format!("meridian-proxy-sigterm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = TempDir::new("proxy-sigterm");
+    let dir = &temp.0;
     let config = dir.join("proxy.yaml");
-    let (port, admin_port) = (free_port(), free_port());
+    let (port, admin_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
     let mut file = std::fs::File::create(&config).unwrap();
     write!(
         file,
+        "{}",
+        one_cluster_config("alpha", upstream.addr, false)
+    )
+    .unwrap();
+    write!(
+        file,
         r#"
-regions:
-  - {{ name: eu, location: {{ lat: 50.0, lon: 8.0 }} }}
-clusters:
-  - {{ name: alpha, region: eu, provider: onprem, endpoints: ["{upstream}"] }}
-apps:
-  - name: shop
-    hostnames: [shop.test]
-    failure_mode: fail-open
-    dns_ttl: 5
-    targets:
-      - {{ cluster: alpha, weight: 1 }}
 proxy:
   listen: 127.0.0.1:{port}
   admin_listen: 127.0.0.1:{admin_port}
   drain_delay: 1s
   shutdown_grace: 5s
 "#,
-        upstream = upstream.addr
     )
     .unwrap();
     drop(file);
@@ -69,7 +46,7 @@ proxy:
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = Reap(child);
+    let mut child = Kill(child);
     let pid = child.0.id();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
@@ -159,5 +136,4 @@ proxy:
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "exit status {exit}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,47 +1,17 @@
 //! `meridian proxy --controller` is a vantage too: it runs the controller's probe
 //! assignment and reports under its own name, which shows up in the targets' votes.
 
-use std::io::{BufRead, BufReader};
+mod process_support;
+
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use meridian_subscriber::http::ControllerClient;
+use process_support::{Kill, TempDir, one_cluster_config, sha256_hex, start_controller};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
-
-/// A child process, killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sha256_hex(token: &str) -> String {
-    let out = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(token.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meridian-proxy-vantage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 async fn status_text(url: &str) -> String {
     let client = ControllerClient::new(url, Some("op-token".into())).unwrap();
@@ -56,27 +26,16 @@ async fn status_text(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_with_a_controller_probes_and_reports_as_a_vantage() {
-    let dir = temp_dir();
+    let temp = TempDir::new("proxy-vantage");
+    let dir = &temp.0;
     // The cluster's ingress: a listener the kernel completes TCP probes for.
     let ingress = TcpListener::bind("127.0.0.1:0").unwrap();
     let config = dir.join("meridian.yaml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-regions:
-  - {{ name: eu, location: {{ lat: 50.0, lon: 8.0 }} }}
-clusters:
-  - {{ name: c1, region: eu, provider: onprem, endpoints: ["{}"] }}
-probes:
-  - {{ name: tcp, kind: tcp, interval: 100ms, timeout: 80ms, rise: 1, fall: 1 }}
-apps:
-  - name: shop
-    hostnames: [shop.test]
-    failure_mode: fail-open
-    probe: tcp
-    targets:
-      - {{ cluster: c1, weight: 100 }}
+        one_cluster_config("c1", ingress.local_addr().unwrap(), true)
+            + &format!(
+                r#"
 controller:
   tokens:
     - {{ name: ops, role: operator, sha256: "{}" }}
@@ -84,36 +43,17 @@ controller:
 proxy: {{ listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0" }}
 dns: {{ listen: "127.0.0.1:2" }}
 "#,
-            ingress.local_addr().unwrap(),
-            sha256_hex("op-token"),
-            sha256_hex("edge-token"),
-        ),
+                sha256_hex("op-token"),
+                sha256_hex("edge-token"),
+            ),
     )
     .unwrap();
     let token_file = dir.join("token");
     std::fs::write(&token_file, "edge-token\n").unwrap();
 
-    let mut controller = Command::new(BIN)
-        .args(["controller", "-c"])
-        .arg(&config)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn meridian controller");
-    let mut line = String::new();
-    BufReader::new(controller.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let controller = Killed(controller);
-    let url = line
-        .trim()
-        .strip_prefix("controller listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let (controller, url) = start_controller(&config, &dir.join("data"), &[]);
 
-    let proxy = Killed(
+    let proxy = Kill(
         Command::new(BIN)
             .args(["proxy", "-c"])
             .arg(&config)
@@ -143,7 +83,6 @@ dns: {{ listen: "127.0.0.1:2" }}
     drop(proxy);
     drop(controller);
     drop(ingress);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

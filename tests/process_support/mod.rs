@@ -1,11 +1,13 @@
 //! Shared by tests that run the `meridian` binary: a child killed on drop, a temporary
-//! directory, a free port, and one plain HTTP/1.1 request.
+//! directory, a free port, a token's SHA-256 as the config wants it, the config of one
+//! app on one cluster, and one plain HTTP/1.1 request.
 
 #![allow(
     dead_code,
     reason = "each test binary uses a part of the support module"
 )]
 
+use std::fmt::Display;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -46,6 +48,77 @@ pub fn free_port(ip: &str) -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Starts `meridian controller -c CONFIG --listen 127.0.0.1:0 --data-dir DATA` with
+/// `extra` arguments; the child and its URL, read from the first line it prints.
+pub fn start_controller(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (Kill, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["controller", "--listen", "127.0.0.1:0", "-c"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn meridian controller");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("controller listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (Kill(child), url)
+}
+
+/// A token's SHA-256 in hex, as the config's `tokens` list it (from `sha256sum`).
+pub fn sha256_hex(token: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(token.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// The start of a config file: one region, one cluster `cluster` whose ingress is
+/// `endpoint`, and the app `shop` (host `shop.test`) on it; with `probed`, a TCP probe
+/// every 100 ms that the app uses. The caller appends its own sections.
+pub fn one_cluster_config(cluster: &str, endpoint: impl Display, probed: bool) -> String {
+    let probes = if probed {
+        "probes:\n  - { name: tcp, kind: tcp, interval: 100ms, timeout: 80ms, rise: 1, fall: 1 }\n"
+    } else {
+        ""
+    };
+    let probe = if probed { "    probe: tcp\n" } else { "" };
+    format!(
+        r#"
+regions:
+  - {{ name: eu, location: {{ lat: 50.0, lon: 8.0 }} }}
+clusters:
+  - {{ name: {cluster}, region: eu, provider: onprem, endpoints: ["{endpoint}"] }}
+{probes}apps:
+  - name: shop
+    hostnames: [shop.test]
+    failure_mode: fail-open
+    dns_ttl: 5
+{probe}    targets:
+      - {{ cluster: {cluster}, weight: 100 }}
+"#
+    )
 }
 
 /// One HTTP/1.1 request with `Connection: close`: (status, body).
