@@ -58,7 +58,8 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
     closing: Arc<AtomicBool>,
 ) {
-    let builder = builder(&shared);
+    // Shared, not cloned per connection: each connection's task holds a pointer.
+    let builder = Arc::new(builder(&shared));
     let max_connections = u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(max_connections as usize));
     loop {
@@ -114,15 +115,35 @@ pub(crate) async fn serve(
                 closing,
                 admitted,
             };
+            // The task stays small while the connection has sent nothing: hyper's
+            // connection (several KiB, sized for HTTP/2) and the TLS handshake's state are
+            // boxed, and made only when the first bytes arrive (issue 15, memory per
+            // connection).
+            let mut end = end;
+            let header_timeout = shared.config.header_timeout;
             match acceptor {
-                None => serve_connection(stream, peer, "http", &builder, shared, end).await,
+                None => {
+                    let accepted_at = Instant::now();
+                    let drain_idle = shared.config.idle_timeout.min(DRAIN_IDLE);
+                    if first_bytes(&stream, header_timeout, drain_idle, &mut end.stop).await {
+                        // The header timeout counts from the accept.
+                        let left = header_timeout.saturating_sub(accepted_at.elapsed());
+                        Box::pin(serve_connection(
+                            stream, peer, "http", &builder, shared, end, left,
+                        ))
+                        .await;
+                    }
+                }
                 Some(acceptor) => {
                     // The handshake is bounded like a request head: a slow client must not
                     // hold a connection slot.
-                    let timeout = shared.config.header_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    let timeout = header_timeout;
+                    match tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream))).await {
                         Ok(Ok(tls)) => {
-                            serve_connection(tls, peer, "https", &builder, shared, end).await;
+                            Box::pin(serve_connection(
+                                tls, peer, "https", &builder, shared, end, timeout,
+                            ))
+                            .await;
                         }
                         Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -166,6 +187,7 @@ async fn serve_connection<T>(
     builder: &auto::Builder<TokioExecutor>,
     shared: Arc<Shared>,
     end: Ending,
+    first_head_within: Duration,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -220,7 +242,7 @@ async fn serve_connection<T>(
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
-    let quiet = idle::watch(&watched, header_timeout, idle_timeout);
+    let quiet = idle::watch(&watched, first_head_within, idle_timeout);
     let mut quiet = std::pin::pin!(quiet);
     let mut closing = false;
     let mut draining = false;
@@ -256,6 +278,33 @@ async fn serve_connection<T>(
     };
     if let Err(err) = result {
         tracing::debug!(%peer, %err, "client connection ended with an error");
+    }
+}
+
+/// Waits for a new plain connection's first bytes (or its close): true then. False when
+/// none arrive within `header_timeout`, or within `drain_idle` of the proxy stopping (as
+/// an idle HTTP/1.1 connection is closed when draining).
+async fn first_bytes(
+    stream: &tokio::net::TcpStream,
+    header_timeout: Duration,
+    drain_idle: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let deadline = tokio::time::sleep(header_timeout);
+    let mut deadline = std::pin::pin!(deadline);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            ready = stream.readable() => return ready.is_ok(),
+            () = deadline.as_mut() => return false,
+            _ = stopped(stop), if !draining => {
+                draining = true;
+                let sooner = tokio::time::Instant::now() + drain_idle;
+                if sooner < deadline.deadline() {
+                    deadline.as_mut().reset(sooner);
+                }
+            }
+        }
     }
 }
 
