@@ -127,15 +127,24 @@ async fn subscriber(
     applied: Option<tokio::sync::mpsc::UnboundedSender<(RoutingTable, Duration)>>,
 ) {
     let mut held: Option<RoutingTable> = None;
-    let mut sender = connect(addr).await;
-    let request = http::Request::get(format!(
-        "/api/v1/watch?{query}&subscriber=sim-{i}{}",
-        if json { "" } else { "&encoding=binary" }
-    ))
-    .header(http::header::HOST, "localhost")
-    .body(Empty::<Bytes>::new())
-    .unwrap();
-    let response = sender.send_request(request).await.expect("watch request");
+    // A connection the controller's accept queue dropped is tried again.
+    let response = loop {
+        let mut sender = connect(addr).await;
+        let request = http::Request::get(format!(
+            "/api/v1/watch?{query}&subscriber=sim-{i}{}",
+            if json { "" } else { "&encoding=binary" }
+        ))
+        .header(http::header::HOST, "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+        match sender.send_request(request).await {
+            Ok(response) => break response,
+            Err(e) => {
+                eprintln!("subscriber {i}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     assert_eq!(
         response.status(),
         200,
@@ -340,7 +349,9 @@ async fn main() {
         let (table, took) = applied.recv().await.expect("a snapshot");
         (Some(table), took)
     };
-    let version0 = first.version.load(Ordering::Acquire);
+    let version0 = held
+        .as_ref()
+        .map_or_else(|| first.version.load(Ordering::Acquire), |t| t.version());
     let snapshot_bytes = first.bytes.load(Ordering::Relaxed);
     eprintln!(
         "first snapshot: version {version0}, {:.2} MiB, decode+validate {:.1} ms",
@@ -365,8 +376,9 @@ async fn main() {
         };
         tokio::spawn(subscriber(addr, i, query, json, s.clone(), start, None));
         seen.push(s);
-        if i % 200 == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // Paced: 100 connections per 20 ms stays within the controller's accept backlog.
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let all_hold =
@@ -382,8 +394,21 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Streams of resuming subscribers are open once the controller counts them.
+    loop {
+        let (_, metrics) = api(addr, "GET", "/metrics", String::new()).await;
+        let connected = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("meridian_subscribers_connected "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if connected as usize >= subscribers {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {connected} streams open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let connected_at = t_connect.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss_idle, _) = rss_mib(pid);
     eprintln!(
         "{subscribers} subscribers connected in {:.1} s ({snapshots} with a snapshot); controller RSS {rss_idle:.0} MiB",

@@ -30,8 +30,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::Metrics;
 
-/// How many recent versions the journal keeps, with the delta that made each: a subscriber
-/// that fell further behind gets a snapshot.
+/// How many recent versions the journal keeps, with the delta that made each (and no more
+/// than a snapshot's worth of delta bytes): a subscriber that fell further behind gets a
+/// snapshot.
 pub const JOURNAL_LEN: usize = 256;
 /// How many snapshots may be in flight at once over all streams.
 pub const SNAPSHOT_SENDS: usize = 64;
@@ -94,7 +95,7 @@ pub fn frame(message: Vec<u8>) -> Bytes {
 pub struct Publisher {
     tx: watch::Sender<Option<Arc<Published>>>,
     /// The latest versions, oldest first, the current one last.
-    journal: Mutex<VecDeque<Arc<Published>>>,
+    journal: Mutex<Journal>,
     journal_len: usize,
     snapshot_sends: Arc<Semaphore>,
 }
@@ -102,6 +103,39 @@ pub struct Publisher {
 impl Default for Publisher {
     fn default() -> Self {
         Self::with_limits(JOURNAL_LEN, SNAPSHOT_SENDS)
+    }
+}
+
+/// One version in the journal: its digest and the delta that made it. Tables and
+/// snapshots are not kept: at 10,000 apps a table is tens of MiB.
+#[derive(Debug)]
+struct JournalEntry {
+    version: u64,
+    digest: Digest,
+    delta: Option<DeltaFrame>,
+}
+
+/// The latest versions, oldest first, bounded in count and in the bytes of their deltas.
+#[derive(Debug, Default)]
+struct Journal {
+    entries: VecDeque<JournalEntry>,
+    delta_bytes: usize,
+}
+
+impl Journal {
+    /// Adds `entry`, then drops the oldest while more than `len` are kept or their deltas
+    /// weigh more than a snapshot (`snapshot_len`): a subscriber that far behind is sent a
+    /// snapshot anyway.
+    fn push(&mut self, entry: JournalEntry, len: usize, snapshot_len: usize) {
+        self.delta_bytes += entry.delta.as_ref().map_or(0, |d| d.frame.len());
+        self.entries.push_back(entry);
+        while self.entries.len() > len
+            || (self.entries.len() > 1 && self.delta_bytes > snapshot_len)
+        {
+            if let Some(gone) = self.entries.pop_front() {
+                self.delta_bytes -= gone.delta.as_ref().map_or(0, |d| d.frame.len());
+            }
+        }
     }
 }
 
@@ -124,7 +158,7 @@ impl Publisher {
     pub fn with_limits(journal_len: usize, snapshot_sends: usize) -> Self {
         Self {
             tx: watch::channel(None).0,
-            journal: Mutex::new(VecDeque::new()),
+            journal: Mutex::new(Journal::default()),
             journal_len: journal_len.max(1),
             snapshot_sends: Arc::new(Semaphore::new(snapshot_sends.max(1))),
         }
@@ -140,7 +174,7 @@ impl Publisher {
     /// with the delta from the table published before it.
     pub fn publish(&self, table: Arc<RoutingTable>, snapshot: Bytes) {
         let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        let delta = journal.back().and_then(|prev| {
+        let delta = self.tx.borrow().as_ref().and_then(|prev| {
             (prev.table.version() < table.version()).then(|| {
                 let delta = TableDelta::between(&prev.table, &table);
                 DeltaFrame {
@@ -156,10 +190,15 @@ impl Publisher {
             delta,
             json_line: OnceLock::new(),
         });
-        journal.push_back(published.clone());
-        while journal.len() > self.journal_len {
-            journal.pop_front();
-        }
+        journal.push(
+            JournalEntry {
+                version: published.table.version(),
+                digest: published.table.digest(),
+                delta: published.delta.clone(),
+            },
+            self.journal_len,
+            published.snapshot.len(),
+        );
         // Under the journal's lock: a stream that sees this version finds it in the journal.
         self.tx.send_replace(Some(published));
     }
@@ -178,22 +217,22 @@ impl Publisher {
     /// and together they are smaller than `to`'s snapshot.
     fn bridge(&self, version: u64, digest: Digest, to: &Published) -> Option<Vec<Bytes>> {
         let journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        let start = journal.iter().position(|p| {
-            p.delta
+        let start = journal.entries.iter().position(|e| {
+            e.delta
                 .as_ref()
                 .is_some_and(|d| d.base_version == version && d.base_digest == digest)
         })?;
         let mut frames = Vec::new();
         let mut size = 0;
-        for p in journal.iter().skip(start) {
-            let d = p.delta.as_ref()?;
+        for e in journal.entries.iter().skip(start) {
+            let d = e.delta.as_ref()?;
             size += d.frame.len();
             if size >= to.snapshot.len() {
                 return None;
             }
             frames.push(d.frame.clone());
-            if p.table.version() == to.table.version() {
-                return (p.table.digest() == to.table.digest()).then_some(frames);
+            if e.version == to.table.version() {
+                return (e.digest == to.table.digest()).then_some(frames);
             }
         }
         None

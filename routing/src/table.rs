@@ -120,11 +120,16 @@ impl RoutingTable {
             .enumerate()
             .map(|(i, r)| (r.name.clone(), RegionId(i as u16)))
             .collect();
-        let cluster_ids: HashMap<&str, u32> = data
+        let cluster_ids: FastMap<&str, u32> = data
             .clusters
             .iter()
             .enumerate()
             .map(|(i, c)| (c.name.as_str(), i as u32))
+            .collect();
+        let stable_ids: Vec<u64> = data
+            .clusters
+            .iter()
+            .map(|c| stable_hash(c.name.as_bytes()))
             .collect();
 
         let mut hosts_exact = HashMap::new();
@@ -141,12 +146,15 @@ impl RoutingTable {
             let targets: Vec<TargetIndex> = app
                 .targets
                 .iter()
-                .map(|t| TargetIndex {
-                    cluster: cluster_ids[t.cluster.as_str()],
-                    effective_weight: t.effective_weight(),
-                    configured_weight: t.weight,
-                    tier: t.tier,
-                    stable_id: stable_hash(t.cluster.as_bytes()),
+                .map(|t| {
+                    let cluster = cluster_ids[t.cluster.as_str()];
+                    TargetIndex {
+                        cluster,
+                        effective_weight: t.effective_weight(),
+                        configured_weight: t.weight,
+                        tier: t.tier,
+                        stable_id: stable_ids[cluster as usize],
+                    }
                 })
                 .collect();
             let mut geo_preferred = Vec::new();
@@ -331,6 +339,34 @@ impl TryFrom<TableData> for RoutingTable {
     }
 }
 
+/// FNV-1a as a `Hasher`, for the maps from cluster name to position that validation and
+/// indexing look up once per target (500,000 times in a table of 10,000 apps × 50
+/// clusters): several times faster than SipHash on short names. The names come from the
+/// controller's config, not from clients, so flooding is not a concern.
+#[derive(Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A map keyed by names, hashed with [`Fnv`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 /// FNV-1a: stable across processes and versions, unlike `std`'s randomised hasher.
 pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -418,6 +454,8 @@ fn validate(data: &TableData) -> Vec<Problem> {
     }
 
     let mut clusters = HashSet::new();
+    // Cluster name → position (the first, when a name is duplicated).
+    let mut cluster_pos: FastMap<&str, usize> = FastMap::default();
     for (i, cluster) in data.clusters.iter().enumerate() {
         check_name(p, &cluster.name, format!("clusters[{i}].name"));
         unique(
@@ -427,6 +465,7 @@ fn validate(data: &TableData) -> Vec<Problem> {
             || format!("clusters[{i}].name"),
             "cluster",
         );
+        cluster_pos.entry(cluster.name.as_str()).or_insert(i);
         if !regions.contains(cluster.region.as_str()) {
             p.push(Problem::new(
                 format!("clusters[{i}].region"),
@@ -456,6 +495,7 @@ fn validate(data: &TableData) -> Vec<Problem> {
         }
     }
 
+    let mut seen = vec![0usize; data.clusters.len()];
     let mut apps = HashSet::new();
     let mut hostnames: HashMap<&str, &str> = HashMap::new();
     for (i, app) in data.apps.iter().enumerate() {
@@ -502,22 +542,22 @@ fn validate(data: &TableData) -> Vec<Problem> {
                 ),
             ));
         }
-        let mut target_clusters = HashSet::new();
+        // The clusters this app has a target in: `seen[cluster] == stamp` (one pass per
+        // target, no set per app).
+        let stamp = i + 1;
         for (j, target) in app.targets.iter().enumerate() {
             let path = || format!("apps[{i}].targets[{j}]");
-            if !clusters.contains(target.cluster.as_str()) {
-                p.push(Problem::new(
+            match cluster_pos.get(target.cluster.as_str()) {
+                None => p.push(Problem::new(
                     format!("{}.cluster", path()),
                     format!("unknown cluster {:?}", target.cluster),
-                ));
+                )),
+                Some(&c) if seen[c] == stamp => p.push(Problem::new(
+                    format!("{}.cluster", path()),
+                    format!("duplicate target for cluster {:?}", target.cluster),
+                )),
+                Some(&c) => seen[c] = stamp,
             }
-            unique(
-                p,
-                &mut target_clusters,
-                &target.cluster,
-                || format!("{}.cluster", path()),
-                "target for cluster",
-            );
             if target.weight > MAX_WEIGHT {
                 p.push(Problem::new(
                     format!("{}.weight", path()),
@@ -559,7 +599,10 @@ fn validate(data: &TableData) -> Vec<Problem> {
                 "preference for region",
             );
             for (k, cluster) in pref.clusters.iter().enumerate() {
-                if !target_clusters.contains(cluster.as_str()) {
+                let is_target = cluster_pos
+                    .get(cluster.as_str())
+                    .is_some_and(|&c| seen[c] == stamp);
+                if !is_target {
                     p.push(Problem::new(
                         format!("{path}.clusters[{k}]"),
                         format!("cluster {cluster:?} is not a target of app {:?}", app.name),
