@@ -480,110 +480,198 @@ fn keygen_ds_and_check_from_the_command_line() {
     assert!(err.contains("no key-signing key"), "{err}");
 }
 
+/// The key tags of the RRSIGs over `rtype` in a reply, sorted.
+fn rrsig_tags(reply: &Reply, rtype: &str) -> Vec<u16> {
+    let mut tags: Vec<u16> = reply
+        .answers("RRSIG")
+        .iter()
+        .filter(|sig| sig.starts_with(&format!("{rtype} ")))
+        .filter_map(|sig| sig.split_whitespace().nth(6)?.parse().ok())
+        .collect();
+    tags.sort_unstable();
+    tags
+}
+
+/// Every kind of answer (static, geo from two subnets, weighted, NXDOMAIN, NODATA, the key
+/// set) validates through `resolver` at rollover step `phase`.
+fn all_validate(resolver: SocketAddr, phase: u64) {
+    for args in [
+        &["+adflag", "www.example.test", "A"][..],
+        &[
+            "+adflag",
+            "+subnet=198.51.100.0/24",
+            "maps.example.test",
+            "A",
+        ],
+        &["+adflag", "+subnet=192.0.2.0/24", "maps.example.test", "A"],
+        &["+adflag", "shop.example.test", "A"],
+        &["+adflag", &format!("gone-{phase}.example.test"), "A"],
+        &["+adflag", "www.example.test", "MX"],
+        &["+adflag", "example.test", "DNSKEY"],
+    ] {
+        let reply = ask(resolver, args);
+        assert!(reply.ad(), "version {phase}, {args:?}: {}", reply.text);
+    }
+}
+
+/// Waits until `resolver` holds a validated key set of `want` keys (the DNSKEY TTL is short
+/// in the rollover tests, so it refetches after each step).
+fn wait_for_key_set(resolver: SocketAddr, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let keys = ask(resolver, &["+adflag", "example.test", "DNSKEY"]);
+        if keys.ad() && keys.answers("DNSKEY").len() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resolver never held {want} keys: {}",
+            keys.text
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The CDS records at the apex, as the DS text a parent would hold (without owner, class
+/// and type).
+fn published_cds(server: SocketAddr) -> Vec<String> {
+    let mut cds = ask(server, &["example.test", "CDS"]).answers("CDS");
+    cds.sort();
+    cds
+}
+
+fn ds_rdata(key: &SigningKey) -> String {
+    key.ds_text()
+        .split_whitespace()
+        .skip(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A rollover config: the test zone with `keys` (a YAML flow list) and a 1 s DNSKEY TTL.
+fn rollover_config(keys: &str) -> String {
+    signed_config("ksk.key")
+        .replace("{ file: ksk.key }", keys)
+        .replace("minimum: 60, ttl: 300", "minimum: 1, ttl: 1")
+}
+
+/// Writes a new key for the test zone to `dir/name`.
+fn new_key(dir: &Scratch, name: &str, ksk: bool) -> SigningKey {
+    let (key, text) = SigningKey::generate("example.test", Algorithm::EcdsaP256Sha256, ksk);
+    SigningKey::write_file(&dir.0.join(name), &text).expect("write key");
+    key
+}
+
 #[test]
 fn a_pre_published_zsk_rollover_by_table_version_never_fails_validation() {
     // A KSK (the parent's DS, unchanged throughout) and two ZSKs: the new one is published
-    // at version 2, signs from version 3, and the old one leaves at version 4. The DNSKEY
-    // TTL is 1 s here so the resolver's cache follows each step quickly; each step waits
-    // until the resolver holds the key set the step needs.
+    // at version 2, signs from version 3, and the old one leaves at version 4. Each step
+    // waits until the resolver holds the key set the step needs.
     let dir = Scratch::new("dns-dnssec-roll");
-    let key = |name: &str, ksk: bool| {
-        let (key, text) = SigningKey::generate("example.test", Algorithm::EcdsaP256Sha256, ksk);
-        SigningKey::write_file(&dir.0.join(name), &text).expect("write key");
-        key
-    };
-    let ksk = key("ksk.key", true);
-    let old = key("old.key", false);
-    let new = key("new.key", false);
-    let config = signed_config("ksk.key")
-        .replace(
-            "{ file: ksk.key }",
-            "{ file: ksk.key }, { file: old.key, inactive_from_version: 3, remove_from_version: 4 }, { file: new.key, publish_from_version: 2, active_from_version: 3 }",
-        )
-        .replace("minimum: 60, ttl: 300", "minimum: 1, ttl: 1");
+    let ksk = new_key(&dir, "ksk.key", true);
+    let old = new_key(&dir, "old.key", false);
+    let new = new_key(&dir, "new.key", false);
+    let config = rollover_config(
+        "{ file: ksk.key }, { file: old.key, inactive_from_version: 3, remove_from_version: 4 }, { file: new.key, publish_from_version: 2, active_from_version: 3 }",
+    );
     let server = Server::start_in(&config, &dir.0.join("config.yaml"));
     let (_unbound, resolver) = start_validator(&dir, server.addr(), &ksk.ds_text());
 
-    let tags = |reply: &Reply, rtype: &str| -> Vec<u16> {
-        let mut tags: Vec<u16> = reply
-            .answers("RRSIG")
-            .iter()
-            .filter(|sig| sig.starts_with(&format!("{rtype} ")))
-            .filter_map(|sig| sig.split_whitespace().nth(6)?.parse().ok())
-            .collect();
-        tags.sort_unstable();
-        tags
-    };
-    let all_validate = |phase: u64| {
-        for args in [
-            &["+adflag", "www.example.test", "A"][..],
-            &[
-                "+adflag",
-                "+subnet=198.51.100.0/24",
-                "maps.example.test",
-                "A",
-            ],
-            &["+adflag", "+subnet=192.0.2.0/24", "maps.example.test", "A"],
-            &["+adflag", "shop.example.test", "A"],
-            &["+adflag", &format!("gone-{phase}.example.test"), "A"],
-            &["+adflag", "www.example.test", "MX"],
-            &["+adflag", "example.test", "DNSKEY"],
-        ] {
-            let reply = ask(resolver, args);
-            assert!(reply.ad(), "version {phase}, {args:?}: {}", reply.text);
-        }
-    };
-    let resolver_keys = |want: usize| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let keys = ask(resolver, &["+adflag", "example.test", "DNSKEY"]);
-            if keys.ad() && keys.answers("DNSKEY").len() == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the resolver never held {want} keys: {}",
-                keys.text
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-
     // Version 1: KSK and the old ZSK; the old ZSK signs the data, the KSK the keys.
     let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
-    assert_eq!(tags(&direct, "A"), vec![old.key_tag()]);
+    assert_eq!(rrsig_tags(&direct, "A"), vec![old.key_tag()]);
     let keys = ask(server.addr(), &["+dnssec", "example.test", "DNSKEY"]);
     assert_eq!(keys.answers("DNSKEY").len(), 2);
-    assert_eq!(tags(&keys, "DNSKEY"), vec![ksk.key_tag()]);
-    all_validate(1);
+    assert_eq!(rrsig_tags(&keys, "DNSKEY"), vec![ksk.key_tag()]);
+    all_validate(resolver, 1);
 
     // Version 2: the new ZSK is published, not yet signing.
     server.update(|_| {});
-    resolver_keys(3);
+    wait_for_key_set(resolver, 3);
     let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
-    assert_eq!(tags(&direct, "A"), vec![old.key_tag()]);
-    all_validate(2);
+    assert_eq!(rrsig_tags(&direct, "A"), vec![old.key_tag()]);
+    all_validate(resolver, 2);
 
     // Version 3: the new ZSK signs; the old one is still published for cached signatures.
     server.update(|_| {});
     let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
-    assert_eq!(tags(&direct, "A"), vec![new.key_tag()]);
-    all_validate(3);
+    assert_eq!(rrsig_tags(&direct, "A"), vec![new.key_tag()]);
+    all_validate(resolver, 3);
 
     // Version 4: the old ZSK is withdrawn.
     server.update(|_| {});
-    resolver_keys(2);
+    wait_for_key_set(resolver, 2);
     let keys = ask(server.addr(), &["+dnssec", "example.test", "DNSKEY"]);
-    let published: Vec<String> = keys.answers("DNSKEY");
-    assert_eq!(published.len(), 2, "{}", keys.text);
-    all_validate(4);
+    assert_eq!(keys.answers("DNSKEY").len(), 2, "{}", keys.text);
+    all_validate(resolver, 4);
     // The DS the parent holds never changed.
-    let cds = ask(server.addr(), &["example.test", "CDS"]);
-    let ds = ksk.ds_text();
-    assert_eq!(
-        cds.answers("CDS"),
-        vec![ds.split_whitespace().skip(3).collect::<Vec<_>>().join(" ")]
+    assert_eq!(published_cds(server.addr()), vec![ds_rdata(&ksk)]);
+}
+
+#[test]
+fn a_double_signature_ksk_rollover_keeps_the_old_and_the_new_ds_valid() {
+    // A ZSK signs the data throughout; the old KSK signs the key set alone at version 1, both
+    // KSKs sign it at version 2 (double signature: a resolver holding either DS validates,
+    // so the parent's DS can be swapped at any moment of this step), and from version 3 the
+    // new KSK alone. A resolver anchored at the old DS stands for the parent before the swap,
+    // one anchored at the new DS for the parent after it.
+    let dir = Scratch::new("dns-dnssec-ksk-roll");
+    let old = new_key(&dir, "ksk.key", true);
+    let new = new_key(&dir, "new-ksk.key", true);
+    let zsk = new_key(&dir, "zsk.key", false);
+    let config = rollover_config(
+        "{ file: ksk.key, remove_from_version: 3 }, { file: new-ksk.key, publish_from_version: 2 }, { file: zsk.key }",
     );
+    let server = Server::start_in(&config, &dir.0.join("config.yaml"));
+    let (_old_parent, before_swap) = start_validator(&dir, server.addr(), &old.ds_text());
+
+    // Version 1: the old KSK signs the key set; the CDS names it alone.
+    let keys = ask(server.addr(), &["+dnssec", "example.test", "DNSKEY"]);
+    assert_eq!(rrsig_tags(&keys, "DNSKEY"), vec![old.key_tag()]);
+    let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
+    assert_eq!(rrsig_tags(&direct, "A"), vec![zsk.key_tag()]);
+    assert_eq!(published_cds(server.addr()), vec![ds_rdata(&old)]);
+    all_validate(before_swap, 1);
+
+    // Version 2: both KSKs sign the key set and the CDS offers both DS.
+    server.update(|_| {});
+    let keys = ask(server.addr(), &["+dnssec", "example.test", "DNSKEY"]);
+    let mut both = vec![old.key_tag(), new.key_tag()];
+    both.sort_unstable();
+    assert_eq!(rrsig_tags(&keys, "DNSKEY"), both);
+    let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
+    assert_eq!(rrsig_tags(&direct, "A"), vec![zsk.key_tag()]);
+    let mut cds = vec![ds_rdata(&old), ds_rdata(&new)];
+    cds.sort();
+    assert_eq!(published_cds(server.addr()), cds);
+    wait_for_key_set(before_swap, 3);
+    all_validate(before_swap, 2);
+    let new_dir = Scratch::new("dns-dnssec-ksk-roll-new");
+    let (_new_parent, after_swap) = start_validator(&new_dir, server.addr(), &new.ds_text());
+    all_validate(after_swap, 2);
+
+    // Version 3: the old KSK is gone; the new DS carries the whole zone.
+    server.update(|_| {});
+    let keys = ask(server.addr(), &["+dnssec", "example.test", "DNSKEY"]);
+    assert_eq!(rrsig_tags(&keys, "DNSKEY"), vec![new.key_tag()]);
+    assert_eq!(published_cds(server.addr()), vec![ds_rdata(&new)]);
+    wait_for_key_set(after_swap, 2);
+    all_validate(after_swap, 3);
+    // A parent still holding only the old DS now fails: the anchors above are what carried
+    // the chain, not a resolver that accepts anything.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let keys = ask(before_swap, &["example.test", "DNSKEY"]);
+        if keys.status() == "SERVFAIL" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a resolver anchored at the withdrawn KSK still answers: {}",
+            keys.text
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
