@@ -336,26 +336,21 @@ impl Shared {
             return;
         };
         let max_age_ms = self.traffic_max_age_ms();
-        let replicas: BTreeMap<(&str, &str), u32> = {
-            let capacity = self
-                .capacity
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let mut replicas = BTreeMap::new();
-            for app in table.apps() {
-                for c in capacity
+        let capacity = self
+            .capacity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Keyed once, then looked up per target: a scan of the capacity list per app is
+        // quadratic at 10,000 apps.
+        let replicas: BTreeMap<(&str, &str), u32> = capacity
+            .iter()
+            .flat_map(|a| {
+                a.clusters
                     .iter()
-                    .filter(|c| c.app == app.name)
-                    .flat_map(|c| &c.clusters)
-                {
-                    if let Some(t) = app.targets.iter().find(|t| t.cluster == c.cluster) {
-                        replicas.insert((app.name.as_str(), t.cluster.as_str()), c.ready_replicas);
-                    }
-                }
-            }
-            replicas
-        };
+                    .map(move |c| ((a.app.as_str(), c.cluster.as_str()), c.ready_replicas))
+            })
+            .collect();
         let samples: Vec<(&str, &str, timeline::Sample)> = {
             let st = self.state();
             table

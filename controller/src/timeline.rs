@@ -165,6 +165,10 @@ pub struct Timeline {
     series: Vec<Option<(String, String)>>,
     /// app → cluster → id (looked up by `&str`, without allocating).
     ids: HashMap<String, HashMap<String, u16>>,
+    /// Ids in use (`Some` entries of `series`).
+    live: usize,
+    /// Scans of the rings for series to free, over the timeline's life.
+    reclaim_scans: u64,
     /// Samples refused because [`MAX_SERIES`] series were live.
     refused: u64,
 }
@@ -182,6 +186,8 @@ impl Default for Timeline {
                 .collect(),
             series: Vec::new(),
             ids: HashMap::new(),
+            live: 0,
+            reclaim_scans: 0,
             refused: 0,
         }
     }
@@ -287,9 +293,13 @@ pub fn events(history: &[HistoryEntry], audit: &[AuditEntry], from_ms: u64) -> V
 impl Timeline {
     /// Records one sampling round at `now_ms`: (app, cluster, readings) per target.
     pub fn record(&mut self, now_ms: u64, samples: &[(&str, &str, Sample)]) {
-        let mut by_id = Vec::with_capacity(samples.len());
+        let mut by_id = Vec::with_capacity(samples.len().min(MAX_SERIES));
+        // The rings are scanned for room at most once per round: with more targets than
+        // series (10,000 apps x 50 clusters), a scan per refused target would hold the
+        // timeline's lock for minutes.
+        let mut reclaimed = false;
         for (app, cluster, sample) in samples {
-            match self.id(app, cluster, &by_id) {
+            match self.id(app, cluster, &by_id, &mut reclaimed) {
                 Some(id) => by_id.push((id, *sample)),
                 None => self.refused += 1,
             }
@@ -300,26 +310,40 @@ impl Timeline {
     }
 
     /// The id of (app, cluster), assigning a free one if need be; `pending` are the ids
-    /// assigned in this round, not yet in any ring.
-    fn id(&mut self, app: &str, cluster: &str, pending: &[(u16, Sample)]) -> Option<u16> {
+    /// assigned in this round, not yet in any ring; `reclaimed` says whether this round
+    /// has scanned the rings for room already.
+    fn id(
+        &mut self,
+        app: &str,
+        cluster: &str,
+        pending: &[(u16, Sample)],
+        reclaimed: &mut bool,
+    ) -> Option<u16> {
         if app.len() > MAX_NAME_LEN || cluster.len() > MAX_NAME_LEN {
             return None;
         }
         if let Some(&id) = self.ids.get(app).and_then(|c| c.get(cluster)) {
             return Some(id);
         }
+        if self.live == MAX_SERIES {
+            if *reclaimed {
+                return None;
+            }
+            *reclaimed = true;
+            self.reclaim(pending);
+            if self.live == MAX_SERIES {
+                return None;
+            }
+        }
         let free = match self.series.iter().position(Option::is_none) {
             Some(free) => free,
-            None if self.series.len() < MAX_SERIES => {
+            None => {
                 self.series.push(None);
                 self.series.len() - 1
             }
-            None => {
-                self.reclaim(pending);
-                self.series.iter().position(Option::is_none)?
-            }
         };
         let id = u16::try_from(free).ok()?;
+        self.live += 1;
         self.series[free] = Some((app.to_string(), cluster.to_string()));
         self.ids
             .entry(app.to_string())
@@ -331,6 +355,7 @@ impl Timeline {
     /// Frees the ids of series no ring holds a reading of any more (targets gone for 6 h),
     /// but for the `pending` ones.
     fn reclaim(&mut self, pending: &[(u16, Sample)]) {
+        self.reclaim_scans += 1;
         let mut used = vec![false; self.series.len()];
         for (id, _) in pending {
             used[usize::from(*id)] = true;
@@ -345,8 +370,11 @@ impl Timeline {
         for (id, used) in used.into_iter().enumerate() {
             if !used
                 && let Some((app, cluster)) = self.series[id].take()
-                && let Some(clusters) = self.ids.get_mut(&app)
             {
+                self.live -= 1;
+                let Some(clusters) = self.ids.get_mut(&app) else {
+                    continue;
+                };
                 clusters.remove(&cluster);
                 if clusters.is_empty() {
                     self.ids.remove(&app);
@@ -654,5 +682,24 @@ mod tests {
         let long = "x".repeat(MAX_NAME_LEN + 1);
         t.record(1_001_000, &[("shop", long.as_str(), rps(1.0))]);
         assert_eq!(t.refused(), 6);
+    }
+
+    #[test]
+    fn a_round_over_far_more_targets_than_series_scans_the_rings_once() {
+        // 10,000 apps x 50 clusters is 500,000 targets a round; each refused one used to
+        // scan every ring for room.
+        let mut t = Timeline::default();
+        let names: Vec<String> = (0..20 * MAX_SERIES).map(|i| format!("c{i}")).collect();
+        let samples: Vec<(&str, &str, Sample)> = names
+            .iter()
+            .map(|c| ("shop", c.as_str(), rps(1.0)))
+            .collect();
+        for round in 0..3u64 {
+            t.record(1_000_000 + round * 2_000, &samples);
+        }
+        // One scan a round (each finds every series still charted), not one per target.
+        assert_eq!(t.reclaim_scans, 3);
+        assert_eq!(t.refused(), 3 * (19 * MAX_SERIES) as u64);
+        assert_eq!(t.window(60_000, 1_004_000).series.len(), MAX_SERIES);
     }
 }
