@@ -7,30 +7,13 @@
 mod dns_support;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dns_support::{CONFIG, Scratch, Server, kdig};
+use dns_support::{CONFIG, Scratch, Server, Trust, Unbound, kdig};
 use meridian_dns::dnssec::{Algorithm, SigningKey};
-
-/// Kills unbound when the test ends, however it ends.
-struct Unbound(Child);
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// The test config with the zone signed by `key_file` (relative to the config file).
 fn signed_config(key_file: &str) -> String {
@@ -85,67 +68,6 @@ fn tampering_relay(upstream: SocketAddr, tamper: Arc<AtomicBool>) -> SocketAddr 
         }
     });
     addr
-}
-
-fn start_validator(dir: &Scratch, authority: SocketAddr, anchor: &str) -> (Unbound, SocketAddr) {
-    let port = free_udp_port();
-    let conf = dir.0.join("unbound.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"server:
-    interface: 127.0.0.1
-    port: {port}
-    do-ip6: no
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    val-log-level: 2
-    chroot: ""
-    username: ""
-    directory: "{dir}"
-    pidfile: ""
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    module-config: "subnetcache validator iterator"
-    send-client-subnet: 127.0.0.1
-    max-client-subnet-ipv4: 24
-    qname-minimisation: no
-    trust-anchor: "{anchor}"
-    local-zone: "test." nodefault
-stub-zone:
-    name: "example.test"
-    stub-addr: {ip}@{aport}
-"#,
-            dir = dir.0.display(),
-            ip = authority.ip(),
-            aport = authority.port(),
-        ),
-    )
-    .expect("write unbound.conf");
-    let child = Command::new("unbound")
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| {
-            panic!("unbound could not be started ({err}); install it: apt-get install unbound")
-        });
-    let unbound = Unbound(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = kdig(addr, &["www.example.test", "A"]);
-        if text.contains("status: NOERROR") || text.contains("status: SERVFAIL") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "unbound did not come up: {text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (unbound, addr)
 }
 
 /// The header flags line and the answer lines of a kdig reply.
@@ -209,7 +131,8 @@ fn a_validating_resolver_accepts_every_kind_of_answer_and_refuses_a_tampered_one
     let tamper = Arc::new(AtomicBool::new(false));
     let relay = tampering_relay(server.addr(), tamper.clone());
     let anchor = key.ds_text();
-    let (_unbound, resolver) = start_validator(&dir, relay, &anchor);
+    let unbound = Unbound::start(&dir, relay, Trust::Anchor(&anchor));
+    let resolver = unbound.addr;
 
     // A static name, validated.
     let www = ask(resolver, &["+adflag", "www.example.test", "A"]);
@@ -575,7 +498,8 @@ fn a_pre_published_zsk_rollover_by_table_version_never_fails_validation() {
         "{ file: ksk.key }, { file: old.key, inactive_from_version: 3, remove_from_version: 4 }, { file: new.key, publish_from_version: 2, active_from_version: 3 }",
     );
     let server = Server::start_in(&config, &dir.0.join("config.yaml"));
-    let (_unbound, resolver) = start_validator(&dir, server.addr(), &ksk.ds_text());
+    let unbound = Unbound::start(&dir, server.addr(), Trust::Anchor(&ksk.ds_text()));
+    let resolver = unbound.addr;
 
     // Version 1: KSK and the old ZSK; the old ZSK signs the data, the KSK the keys.
     let direct = ask(server.addr(), &["+dnssec", "www.example.test", "A"]);
@@ -623,7 +547,8 @@ fn a_double_signature_ksk_rollover_keeps_the_old_and_the_new_ds_valid() {
         "{ file: ksk.key, remove_from_version: 3 }, { file: new-ksk.key, publish_from_version: 2 }, { file: zsk.key }",
     );
     let server = Server::start_in(&config, &dir.0.join("config.yaml"));
-    let (_old_parent, before_swap) = start_validator(&dir, server.addr(), &old.ds_text());
+    let old_parent = Unbound::start(&dir, server.addr(), Trust::Anchor(&old.ds_text()));
+    let before_swap = old_parent.addr;
 
     // Version 1: the old KSK signs the key set; the CDS names it alone.
     let keys = ask(server.addr(), &["+dnssec", "example.test", "DNSKEY"]);
@@ -647,7 +572,8 @@ fn a_double_signature_ksk_rollover_keeps_the_old_and_the_new_ds_valid() {
     wait_for_key_set(before_swap, 3);
     all_validate(before_swap, 2);
     let new_dir = Scratch::new("dns-dnssec-ksk-roll-new");
-    let (_new_parent, after_swap) = start_validator(&new_dir, server.addr(), &new.ds_text());
+    let new_parent = Unbound::start(&new_dir, server.addr(), Trust::Anchor(&new.ds_text()));
+    let after_swap = new_parent.addr;
     all_validate(after_swap, 2);
 
     // Version 3: the old KSK is gone; the new DS carries the whole zone.

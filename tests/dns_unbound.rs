@@ -5,96 +5,14 @@
 
 mod dns_support;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use dns_support::{CONFIG, Scratch, Server, kdig};
-
-/// Kills unbound when the test ends, however it ends.
-struct Unbound(Child);
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    // Bound and released: unbound binds it right after. Loopback only.
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn start_unbound(dir: &Scratch, authority: SocketAddr) -> (Unbound, SocketAddr) {
-    let port = free_udp_port();
-    let conf = dir.0.join("unbound.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"server:
-    interface: 127.0.0.1
-    port: {port}
-    do-ip6: no
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    chroot: ""
-    username: ""
-    directory: "{dir}"
-    pidfile: ""
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    module-config: "subnetcache iterator"
-    send-client-subnet: 127.0.0.1
-    max-client-subnet-ipv4: 24
-    qname-minimisation: no
-    domain-insecure: "example.test"
-    local-zone: "test." nodefault
-stub-zone:
-    name: "example.test"
-    stub-addr: {ip}@{aport}
-"#,
-            dir = dir.0.display(),
-            ip = authority.ip(),
-            aport = authority.port(),
-        ),
-    )
-    .expect("write unbound.conf");
-    let child = Command::new("unbound")
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| {
-            panic!("unbound could not be started ({err}); install it: apt-get install unbound")
-        });
-    let unbound = Unbound(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    // Ready when it answers a query for our zone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = kdig(addr, &["www.example.test", "A"]);
-        if text.contains("status: NOERROR") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "unbound did not come up: {text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (unbound, addr)
-}
+use dns_support::{CONFIG, Scratch, Server, Trust, Unbound, kdig};
 
 #[test]
 fn unbound_resolves_app_names_and_sees_the_geo_answer_per_subnet() {
     let server = Server::start(CONFIG);
     let dir = Scratch::new("dns-unbound");
-    let (_unbound, resolver) = start_unbound(&dir, server.addr());
+    let unbound = Unbound::start(&dir, server.addr(), Trust::Insecure);
+    let resolver = unbound.addr;
 
     let short = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["+short"];
@@ -143,7 +61,8 @@ fn a_private_client_subnet_does_not_poison_the_resolvers_cache() {
     );
     let server = Server::start(&config);
     let dir = Scratch::new("dns-unbound-private");
-    let (_unbound, resolver) = start_unbound(&dir, server.addr());
+    let unbound = Unbound::start(&dir, server.addr(), Trust::Insecure);
+    let resolver = unbound.addr;
     let first = |subnet: &str| -> Option<String> {
         kdig(
             resolver,

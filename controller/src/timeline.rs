@@ -368,9 +368,7 @@ impl Timeline {
             }
         }
         for (id, used) in used.into_iter().enumerate() {
-            if !used
-                && let Some((app, cluster)) = self.series[id].take()
-            {
+            if !used && let Some((app, cluster)) = self.series[id].take() {
                 self.live -= 1;
                 let Some(clusters) = self.ids.get_mut(&app) else {
                     continue;

@@ -7,11 +7,11 @@ pub mod mmdb;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
@@ -277,4 +277,133 @@ pub fn kdig(addr: SocketAddr, args: &[&str]) -> String {
             panic!("kdig could not run ({err}); install it: apt-get install knot-dnsutils")
         });
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// How a test unbound treats example.test: as an insecure zone, or validated from a trust
+/// anchor (a DS record in presentation form).
+pub enum Trust<'a> {
+    Insecure,
+    Anchor(&'a str),
+}
+
+/// A real unbound on a free loopback port, resolving example.test from `authority` (a stub
+/// zone) and sending ECS to it (cached per /24); killed when dropped, however the test ends.
+pub struct Unbound {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Unbound {
+    /// Starts it with its config in `dir`, and waits until it answers for the zone. The
+    /// port is found free and released before unbound binds it, so another socket may take
+    /// it meanwhile: an unbound that exits at start is started again on another port.
+    pub fn start(dir: &Scratch, authority: SocketAddr, trust: Trust<'_>) -> Unbound {
+        let mut exits = Vec::new();
+        for _ in 0..5 {
+            match Self::try_start(dir, authority, &trust) {
+                Ok(unbound) => return unbound,
+                Err(log) => exits.push(log),
+            }
+        }
+        panic!("unbound exited at start five times: {exits:#?}")
+    }
+
+    /// One start: `Err` with its log when unbound exits before answering.
+    fn try_start(
+        dir: &Scratch,
+        authority: SocketAddr,
+        trust: &Trust<'_>,
+    ) -> Result<Unbound, String> {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let (modules, trust_line) = match trust {
+            Trust::Insecure => (
+                "subnetcache iterator",
+                r#"domain-insecure: "example.test""#.to_string(),
+            ),
+            Trust::Anchor(ds) => (
+                "subnetcache validator iterator",
+                format!("val-log-level: 2\n    trust-anchor: \"{ds}\""),
+            ),
+        };
+        let conf = dir.0.join("unbound.conf");
+        let log = dir.0.join("unbound.log");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"server:
+    interface: 127.0.0.1
+    port: {port}
+    do-ip6: no
+    do-daemonize: no
+    use-syslog: no
+    logfile: "{log}"
+    verbosity: 1
+    chroot: ""
+    username: ""
+    directory: "{dir}"
+    pidfile: ""
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "{modules}"
+    send-client-subnet: 127.0.0.1
+    max-client-subnet-ipv4: 24
+    qname-minimisation: no
+    {trust_line}
+    local-zone: "test." nodefault
+stub-zone:
+    name: "example.test"
+    stub-addr: {ip}@{aport}
+"#,
+                log = log.display(),
+                dir = dir.0.display(),
+                ip = authority.ip(),
+                aport = authority.port(),
+            ),
+        )
+        .expect("write unbound.conf");
+        let child = Command::new("unbound")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("unbound could not be started ({err}); install it: apt-get install unbound")
+            });
+        let mut unbound = Unbound {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        // Up when it answers a query for the zone (a validator may answer SERVFAIL where
+        // a test tampers with signatures).
+        let validating = matches!(trust, Trust::Anchor(_));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = kdig(unbound.addr, &["www.example.test", "A"]);
+            if text.contains("status: NOERROR") || validating && text.contains("status: SERVFAIL") {
+                return Ok(unbound);
+            }
+            if let Ok(Some(status)) = unbound.child.try_wait() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("{status}: {log}"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "unbound did not answer: {text}; its log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
