@@ -134,20 +134,11 @@ pub(crate) async fn serve(
                         .await;
                     }
                 }
+                // Boxed: the handshake's and the TLS stream's state would otherwise size
+                // every connection's task, plain ones included (a value moved out before
+                // an await still takes room in the task).
                 Some(acceptor) => {
-                    // The handshake is bounded like a request head: a slow client must not
-                    // hold a connection slot.
-                    let timeout = header_timeout;
-                    match tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream))).await {
-                        Ok(Ok(tls)) => {
-                            Box::pin(serve_connection(
-                                tls, peer, "https", &builder, shared, end, timeout,
-                            ))
-                            .await;
-                        }
-                        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+                    Box::pin(serve_tls(acceptor, stream, peer, &builder, shared, end)).await;
                 }
             }
             metrics.dec();
@@ -281,6 +272,24 @@ async fn serve_connection<T>(
     }
 }
 
+/// Serves one client connection on the TLS listener: the handshake, bounded like a request
+/// head (a slow client must not hold a connection slot), then the connection.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    end: Ending,
+) {
+    let timeout = shared.config.header_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_connection(tls, peer, "https", builder, shared, end, timeout).await,
+        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
 /// Waits for a new plain connection's first bytes (or its close): true then. False when
 /// none arrive within `header_timeout`, or within `drain_idle` of the proxy stopping (as
 /// an idle HTTP/1.1 connection is closed when draining).
@@ -295,7 +304,7 @@ async fn first_bytes(
     let mut draining = false;
     loop {
         tokio::select! {
-            ready = stream.readable() => return ready.is_ok(),
+            arrived = arrival(stream) => return arrived.is_ok(),
             () = deadline.as_mut() => return false,
             _ = stopped(stop), if !draining => {
                 draining = true;
@@ -304,6 +313,26 @@ async fn first_bytes(
                     deadline.as_mut().reset(sooner);
                 }
             }
+        }
+    }
+}
+
+/// Resolves once bytes (or the end) can be read from `stream`. tokio reports a newly
+/// registered socket readable before anything arrived (it cannot know what an
+/// edge-triggered registration missed), so `readable()` alone returned at once and every
+/// idle connection built hyper's state: a peek checks, and one that would block clears
+/// that readiness. `readable()` and a peek through socket2 rather than tokio's `peek`,
+/// whose future is twice the size, in every idle connection's task.
+async fn arrival(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut first = [std::mem::MaybeUninit::<u8>::uninit()];
+    loop {
+        stream.readable().await?;
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(stream).peek(&mut first)
+        }) {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
         }
     }
 }
@@ -322,4 +351,36 @@ async fn accept_tls(
 /// dropped here, since it must not be held across an await.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A connection accepted from a real client on loopback, and the client's end.
+    async fn accepted() -> (tokio::net::TcpStream, std::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        (stream, client)
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_waits_for_its_first_bytes_without_building_anything() {
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let timeout = Duration::from_millis(300);
+        // Silent: no bytes, so no hyper state, until the header timeout ends it.
+        let (stream, _client) = accepted().await;
+        assert!(!first_bytes(&stream, timeout, timeout, &mut stop).await);
+        // A byte arrives: served.
+        let (stream, mut client) = accepted().await;
+        client.write_all(b"G").unwrap();
+        assert!(first_bytes(&stream, timeout, timeout, &mut stop).await);
+        // The client closes: served too (hyper sees the end and finishes).
+        let (stream, client) = accepted().await;
+        drop(client);
+        assert!(first_bytes(&stream, timeout, timeout, &mut stop).await);
+    }
 }
