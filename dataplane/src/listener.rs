@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http::{HeaderValue, StatusCode, Version, header};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::clients::Admitted;
@@ -51,6 +54,12 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// Serves clients on the plain listener (and the TLS one, if any) until `stop` turns
 /// true, then lets in-flight requests finish for up to the shutdown grace period. From
 /// `closing` on, HTTP/1.1 responses carry `Connection: close`.
+///
+/// A plain connection that has sent nothing yet waits in this task's waiting room (a
+/// `FuturesUnordered` of small futures: its readiness and its header deadline) rather than
+/// in a task of its own: a silent connection then costs a few hundred bytes, as in
+/// HAProxy, not a task sized for everything a served connection does. Its own task is
+/// spawned when its first bytes arrive.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<(TcpListener, TlsAcceptor)>,
@@ -62,19 +71,30 @@ pub(crate) async fn serve(
     let builder = Arc::new(builder(&shared));
     let max_connections = u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(max_connections as usize));
+    let header_timeout = shared.config.header_timeout;
+    let mut waiting = FuturesUnordered::new();
+    let mut permit = None;
     loop {
         // Waiting for a free slot before accepting leaves excess clients in the kernel's
         // accept queue instead of accepting and dropping them.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+        let (accepted, acceptor) = tokio::select! {
+            Some(arrived) = waiting.next(), if !waiting.is_empty() => {
+                if let Some(arrived) = arrived {
+                    spawn_served(arrived, &builder, &shared, &stop, &closing);
+                }
+                continue;
+            }
+            free = slots.clone().acquire_owned(), if permit.is_none() => match free {
+                Ok(free) => {
+                    permit = Some(free);
+                    continue;
+                }
                 Err(_) => break,
             },
-            _ = stopped(&mut stop) => break,
-        };
-        let (accepted, acceptor) = tokio::select! {
-            accepted = listener.accept() => (accepted, None),
-            accepted = accept_tls(&tls) => (accepted, tls.as_ref().map(|(_, a)| a.clone())),
+            accepted = listener.accept(), if permit.is_some() => (accepted, None),
+            accepted = accept_tls(&tls), if permit.is_some() => {
+                (accepted, tls.as_ref().map(|(_, a)| a.clone()))
+            }
             _ = stopped(&mut stop) => break,
         };
         let (stream, peer) = match accepted {
@@ -103,51 +123,51 @@ pub(crate) async fn serve(
             None => None,
         };
         let _ = stream.set_nodelay(true);
-        let metrics = shared.metrics.connections.clone();
-        metrics.inc();
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let stop = stop.clone();
-        let closing = closing.clone();
-        tokio::spawn(async move {
-            let end = Ending {
-                stop,
-                closing,
+        let slot = Slot::new(permit.take().expect("accepted with a permit"), &shared);
+        let accepted_at = tokio::time::Instant::now();
+        match acceptor {
+            None => waiting.push(first_bytes(Accepted {
+                stream,
+                peer,
                 admitted,
-            };
-            // The task stays small while the connection has sent nothing: hyper's
-            // connection (several KiB, sized for HTTP/2) and the TLS handshake's state are
-            // boxed, and made only when the first bytes arrive (issue 15, memory per
-            // connection).
-            let mut end = end;
-            let header_timeout = shared.config.header_timeout;
-            match acceptor {
-                None => {
-                    let accepted_at = Instant::now();
-                    let drain_idle = shared.config.idle_timeout.min(DRAIN_IDLE);
-                    if first_bytes(&stream, header_timeout, drain_idle, &mut end.stop).await {
-                        // The header timeout counts from the accept.
-                        let left = header_timeout.saturating_sub(accepted_at.elapsed());
-                        Box::pin(serve_connection(
-                            stream, peer, "http", &builder, shared, end, left,
-                        ))
-                        .await;
-                    }
-                }
-                // Boxed: the handshake's and the TLS stream's state would otherwise size
-                // every connection's task, plain ones included (a value moved out before
-                // an await still takes room in the task).
-                Some(acceptor) => {
-                    Box::pin(serve_tls(acceptor, stream, peer, &builder, shared, end)).await;
-                }
+                slot,
+                header_deadline: accepted_at + header_timeout,
+            })),
+            // The handshake starts at once: its own task.
+            Some(acceptor) => {
+                let (builder, shared) = (builder.clone(), shared.clone());
+                let end = Ending {
+                    stop: stop.clone(),
+                    closing: closing.clone(),
+                    admitted,
+                };
+                tokio::spawn(async move {
+                    serve_tls(acceptor, stream, peer, &builder, shared, end).await;
+                    drop(slot);
+                });
             }
-            metrics.dec();
-            drop(permit);
-        });
+        }
     }
     drop(listener);
     drop(tls);
     tracing::info!("proxy stopped accepting; finishing requests in flight");
+    // Silent connections get what an idle HTTP/1.1 connection gets when draining: bytes
+    // arriving within DRAIN_IDLE are served, the rest are closed.
+    let drain_idle = shared.config.idle_timeout.min(DRAIN_IDLE);
+    let until = tokio::time::sleep(drain_idle);
+    let mut until = std::pin::pin!(until);
+    while !waiting.is_empty() {
+        tokio::select! {
+            Some(arrived) = waiting.next() => {
+                if let Some(arrived) = arrived {
+                    spawn_served(arrived, &builder, &shared, &stop, &closing);
+                }
+            }
+            () = until.as_mut() => break,
+        }
+    }
+    drop(waiting);
+    drop(permit);
     // Every connection holds a slot until it ends: holding them all means all have ended.
     tokio::select! {
         _ = slots.acquire_many(max_connections) => tracing::info!("all client connections closed"),
@@ -155,6 +175,64 @@ pub(crate) async fn serve(
             tracing::warn!(grace = ?shared.config.shutdown_grace, "shutdown grace period over; closing remaining connections");
         }
     }
+}
+
+/// A client connection's hold on a connection slot, counted in the connections gauge;
+/// both are given back when it is dropped, wherever the connection ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, shared: &Shared) -> Self {
+        let open = shared.metrics.connections.clone();
+        open.inc();
+        Slot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// A plain connection accepted and not served yet.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Option<Admitted>,
+    slot: Slot,
+    /// The first request head must be complete by then (counted from the accept).
+    header_deadline: tokio::time::Instant,
+}
+
+/// Spawns the task that serves a connection whose first bytes arrived.
+fn spawn_served(
+    arrived: Accepted,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    closing: &Arc<AtomicBool>,
+) {
+    let (builder, shared) = (builder.clone(), shared.clone());
+    let end = Ending {
+        stop: stop.clone(),
+        closing: closing.clone(),
+        admitted: arrived.admitted,
+    };
+    let left = arrived
+        .header_deadline
+        .saturating_duration_since(tokio::time::Instant::now());
+    let (stream, peer, slot) = (arrived.stream, arrived.peer, arrived.slot);
+    tokio::spawn(async move {
+        serve_connection(stream, peer, "http", &builder, shared, end, left).await;
+        drop(slot);
+    });
 }
 
 /// How a connection learns that the proxy stopped accepting.
@@ -276,7 +354,7 @@ async fn serve_connection<T>(
 /// head (a slow client must not hold a connection slot), then the connection.
 async fn serve_tls(
     acceptor: TlsAcceptor,
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
     shared: Arc<Shared>,
@@ -290,31 +368,16 @@ async fn serve_tls(
     }
 }
 
-/// Waits for a new plain connection's first bytes (or its close): true then. False when
-/// none arrive within `header_timeout`, or within `drain_idle` of the proxy stopping (as
-/// an idle HTTP/1.1 connection is closed when draining).
-async fn first_bytes(
-    stream: &tokio::net::TcpStream,
-    header_timeout: Duration,
-    drain_idle: Duration,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    let deadline = tokio::time::sleep(header_timeout);
-    let mut deadline = std::pin::pin!(deadline);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            arrived = arrival(stream) => return arrived.is_ok(),
-            () = deadline.as_mut() => return false,
-            _ = stopped(stop), if !draining => {
-                draining = true;
-                let sooner = tokio::time::Instant::now() + drain_idle;
-                if sooner < deadline.deadline() {
-                    deadline.as_mut().reset(sooner);
-                }
-            }
-        }
+/// A silent connection in the waiting room: `Some` once its first bytes (or its close)
+/// arrive, `None` when none arrive by its header deadline (the connection is then dropped,
+/// closed, and its slot given back).
+async fn first_bytes(accepted: Accepted) -> Option<Accepted> {
+    let deadline = accepted.header_deadline;
+    tokio::select! {
+        arrived = arrival(&accepted.stream) => arrived.is_ok(),
+        () = tokio::time::sleep_until(deadline) => false,
     }
+    .then_some(accepted)
 }
 
 /// Resolves once bytes (or the end) can be read from `stream`. tokio reports a newly
@@ -323,7 +386,7 @@ async fn first_bytes(
 /// idle connection built hyper's state: a peek checks, and one that would block clears
 /// that readiness. `readable()` and a peek through socket2 rather than tokio's `peek`,
 /// whose future is twice the size, in every idle connection's task.
-async fn arrival(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+async fn arrival(stream: &TcpStream) -> std::io::Result<()> {
     let mut first = [std::mem::MaybeUninit::<u8>::uninit()];
     loop {
         stream.readable().await?;
@@ -340,7 +403,7 @@ async fn arrival(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
 /// Accepts on the TLS listener; never resolves when there is none.
 async fn accept_tls(
     tls: &Option<(TcpListener, TlsAcceptor)>,
-) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+) -> std::io::Result<(TcpStream, SocketAddr)> {
     match tls {
         Some((listener, _)) => listener.accept().await,
         None => std::future::pending().await,
@@ -359,28 +422,39 @@ mod tests {
 
     use super::*;
 
-    /// A connection accepted from a real client on loopback, and the client's end.
-    async fn accepted() -> (tokio::net::TcpStream, std::net::TcpStream) {
+    /// A connection accepted from a real client on loopback, waiting for at most
+    /// `timeout`, and the client's end.
+    async fn accepted(timeout: Duration) -> (Accepted, std::net::TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
-        (stream, client)
+        let (stream, peer) = listener.accept().await.unwrap();
+        let slot = Slot {
+            _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            open: IntGauge::new("open", "open").unwrap(),
+        };
+        let accepted = Accepted {
+            stream,
+            peer,
+            admitted: None,
+            slot,
+            header_deadline: tokio::time::Instant::now() + timeout,
+        };
+        (accepted, client)
     }
 
     #[tokio::test]
-    async fn a_silent_connection_waits_for_its_first_bytes_without_building_anything() {
-        let (_stop_tx, mut stop) = watch::channel(false);
+    async fn a_silent_connection_waits_for_its_first_bytes_until_its_header_deadline() {
         let timeout = Duration::from_millis(300);
-        // Silent: no bytes, so no hyper state, until the header timeout ends it.
-        let (stream, _client) = accepted().await;
-        assert!(!first_bytes(&stream, timeout, timeout, &mut stop).await);
+        // Silent: no bytes, so nothing is built, until the header deadline closes it.
+        let (silent, _client) = accepted(timeout).await;
+        assert!(first_bytes(silent).await.is_none());
         // A byte arrives: served.
-        let (stream, mut client) = accepted().await;
+        let (speaking, mut client) = accepted(timeout).await;
         client.write_all(b"G").unwrap();
-        assert!(first_bytes(&stream, timeout, timeout, &mut stop).await);
+        assert!(first_bytes(speaking).await.is_some());
         // The client closes: served too (hyper sees the end and finishes).
-        let (stream, client) = accepted().await;
+        let (closed, client) = accepted(timeout).await;
         drop(client);
-        assert!(first_bytes(&stream, timeout, timeout, &mut stop).await);
+        assert!(first_bytes(closed).await.is_some());
     }
 }
