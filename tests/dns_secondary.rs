@@ -7,10 +7,10 @@ mod dns_support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use dns_support::{CONFIG, Scratch, Server, kdig};
+use dns_support::{CONFIG, Scratch, Server, daemon, kdig};
 use meridian_routing::Health;
 
 /// A base64 secret of 32 bytes, shared by Meridian and NSD.
@@ -91,17 +91,7 @@ zone:
         ),
     )
     .expect("write nsd.conf");
-    let child = Command::new("nsd")
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| {
-            panic!("nsd could not be started ({err}); install it: apt-get install nsd")
-        });
-    Nsd(child)
+    Nsd(daemon("nsd", &conf))
 }
 
 fn short(addr: SocketAddr, name: &str, rtype: &str) -> Vec<String> {

@@ -279,6 +279,21 @@ pub fn kdig(addr: SocketAddr, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Starts a DNS daemon of the Debian package of the same name (unbound, nsd) in the
+/// foreground with config file `conf`, its output dropped (each logs to a file).
+pub fn daemon(program: &str, conf: &Path) -> Child {
+    Command::new(program)
+        .arg("-d")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("{program} could not be started ({err}); install it: apt-get install {program}")
+        })
+}
+
 /// How a test unbound treats example.test: as an insecure zone, or validated from a trust
 /// anchor (a DS record in presentation form).
 pub enum Trust<'a> {
@@ -364,16 +379,7 @@ stub-zone:
             ),
         )
         .expect("write unbound.conf");
-        let child = Command::new("unbound")
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!("unbound could not be started ({err}); install it: apt-get install unbound")
-            });
+        let child = daemon("unbound", &conf);
         let mut unbound = Unbound {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
