@@ -385,7 +385,7 @@ async fn first_bytes(accepted: Accepted) -> Option<Accepted> {
 /// edge-triggered registration missed), so `readable()` alone returned at once and every
 /// idle connection built hyper's state: a peek checks, and one that would block clears
 /// that readiness. `readable()` and a peek through socket2 rather than tokio's `peek`,
-/// whose future is twice the size, in every idle connection's task.
+/// whose future is twice the size, in every waiting connection's future.
 async fn arrival(stream: &TcpStream) -> std::io::Result<()> {
     let mut first = [std::mem::MaybeUninit::<u8>::uninit()];
     loop {
