@@ -1,11 +1,15 @@
 //! Table swaps: drain stops new requests to a target while its in-flight ones finish; a
-//! swap under load loses nothing; graceful shutdown finishes what is in flight.
+//! swap under load loses nothing; graceful shutdown finishes what is in flight, and closes
+//! connections that never sent a request.
 
 mod proxy_support;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use meridian_config::proxy::ProxyConfig;
 use meridian_routing::{FailureMode, Health};
 use proxy_support::*;
 
@@ -104,4 +108,55 @@ async fn graceful_shutdown_finishes_in_flight_and_turns_readyz_503() {
         .await
         .expect("shutdown finished once the request was answered")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_silent_connections_and_serves_one_that_speaks_in_the_drain_window() {
+    let a = Upstream::start("alpha").await;
+    let table = table(1, &[(&a, 1, Health::Healthy)], FailureMode::FailOpen);
+    // A header timeout far beyond the test: only the drain may close the silent ones.
+    let config = ProxyConfig {
+        header_timeout: Duration::from_secs(60),
+        ..test_config()
+    };
+    let (proxy, _cell) = start_proxy(config, table).await;
+    let addr = proxy.local_addr();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Accepted, waiting for their first bytes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let shutdown = tokio::spawn(proxy.shutdown());
+    // One speaks within the drain window: served, and told to close.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    late.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), late.read_to_end(&mut answer))
+        .await
+        .expect("the late request was answered and the connection closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The silent ones are closed (EOF), and shutdown does not wait for their header timeout.
+    for mut stream in silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("a silent connection was closed at shutdown");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown finished")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
 }
