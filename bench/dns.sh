@@ -69,12 +69,8 @@ else
     MERIDIAN=("${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/serve")
 fi
 
-# CMD pinned to CPU $1, nice -20 in an autogroup of its own at nice -20.
-pinned() { # cpu cmd...
-    local cpu=$1
-    shift
-    setsid -w bash -c 'echo -20 > /proc/self/autogroup; cpu=$1; shift; exec nice -n -20 taskset -c "$cpu" "$@"' pinned "$cpu" "$@"
-}
+# `pinned`, `hold_to_cpu`, `check_on_cpu`.
+source "$ROOT/bench/pinning.sh"
 
 PORT_MERIDIAN=25353
 PORT_KNOT=25354
@@ -254,30 +250,12 @@ echo "geo.example.test A" >"$WORK/geo.txt"
 # --- measuring -------------------------------------------------------------------------------
 # CPU nanoseconds of a process and all its descendants (threads included), from schedstat.
 cpu_ns() {
-    python3 - "$1" <<'PY'
-import os, sys
-root = int(sys.argv[1])
-children = {}
-for entry in os.listdir('/proc'):
-    if entry.isdigit():
-        try:
-            with open(f'/proc/{entry}/stat') as f:
-                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-        except OSError:
-            pass
-total, todo = 0, [root]
-while todo:
-    pid = todo.pop()
-    todo.extend(children.get(pid, []))
-    try:
-        for task in os.listdir(f'/proc/{pid}/task'):
-            with open(f'/proc/{pid}/task/{task}/schedstat') as f:
-                total += int(f.read().split()[0])
-    except OSError:
-        pass
-print(total)
-PY
+    local total=0 pid tid ns
+    while read -r pid tid; do
+        ns=$(cut -d' ' -f1 "/proc/$pid/task/$tid/schedstat" 2>/dev/null) || continue
+        total=$((total + ns))
+    done < <(tree_threads "$1")
+    echo "$total"
 }
 
 wait_ready() { # port
@@ -318,6 +296,7 @@ start_server() { # name -> sets SERVER_PID, SERVER_PORT
     any=$(ss -Hulpn "sport = :$SERVER_PORT" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
     SERVER_PID=$(ps -o sid= -p "$any" | tr -d ' ')
     PIDS+=("$SERVER_PID")
+    hold_to_cpu "$SERVER_PID" 1
 }
 
 stop_server() {
@@ -354,6 +333,7 @@ run_one() { # server variant
     before=$(cpu_ns "$SERVER_PID")
     out=$(pinned 0 dnsperf -s 127.0.0.1 -p "$SERVER_PORT" -d "$file" -l "$SECS" -c 20 -T 1 -q 200 -t 2 "${ecs[@]}" 2>&1)
     after=$(cpu_ns "$SERVER_PID")
+    check_on_cpu "$SERVER_PID" 1
     # Latency at a fixed rate: every reply's latency from dnsperf -v.
     pinned 0 dnsperf -s 127.0.0.1 -p "$SERVER_PORT" -d "$file" -l "$FIXED_SECS" -c 20 -T 1 -q 200 -t 2 -Q "$FIXED_QPS" -v "${ecs[@]}" >"$WORK/fixed.txt" 2>&1 || true
     local pcts

@@ -85,12 +85,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# CMD pinned to CPU $1, nice -20 in an autogroup of its own at nice -20; waits for CMD.
-pinned() { # cpu cmd...
-  local cpu=$1
-  shift
-  setsid -w bash -c 'echo -20 > /proc/self/autogroup; cpu=$1; shift; exec nice -n -20 taskset -c "$cpu" "$@"' pinned "$cpu" "$@"
-}
+# `pinned`, `hold_to_cpu`, `check_on_cpu`.
+source "$ROOT/bench/pinning.sh"
 
 # Starts a server with `pinned` in the background and sets STARTED to its main process
 # once PORT listens (the session `pinned` made is led by it: bash exec'd into the server).
@@ -104,6 +100,7 @@ start_pinned() { # cpu port cmd...
   any=$(ss -Htlpn "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
   STARTED=$(ps -o sid= -p "$any" | tr -d ' ')
   PIDS+=("$STARTED")
+  hold_to_cpu "$STARTED" "$cpu"
 }
 
 wait_port() {
@@ -187,6 +184,7 @@ run_h1() {
   t0=$(ticks "$pid")
   out=$(pinned 0 wrk -t2 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
   t1=$(ticks "$pid")
+  check_on_cpu "$pid" 1
   local reqs rps p50 p99 errors
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
