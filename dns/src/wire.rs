@@ -354,6 +354,46 @@ fn skip_name(packet: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+/// Cuts a finished response down to its header, question section and OPT record (when it has one,
+/// which our responses carry last) and sets TC: what a UDP answer becomes when the link
+/// cannot carry it, so the client asks again over TCP. `None` when `response` is not a
+/// well-formed message, which never happens for one we made.
+pub fn truncate_response(response: &mut Vec<u8>) -> Option<()> {
+    let records = usize::from(u16_at(response, 6)?)
+        + usize::from(u16_at(response, 8)?)
+        + usize::from(u16_at(response, 10)?);
+    let mut at = HEADER_LEN;
+    for _ in 0..u16_at(response, 4)? {
+        at = skip_name(response, at)? + 4;
+    }
+    let question_end = at;
+    let mut last = None;
+    for _ in 0..records {
+        let start = at;
+        at = skip_name(response, at)?;
+        let rdlen = usize::from(u16_at(response, at + 8)?);
+        at += 10 + rdlen;
+        if at > response.len() {
+            return None;
+        }
+        last = Some(start);
+    }
+    let opt = last
+        .filter(|&start| u16_at(response, start + 1) == Some(rtype::OPT) && response[start] == 0)
+        .map(|start| response[start..at].to_vec());
+    response.truncate(question_end);
+    let ar = u16::from(opt.is_some());
+    if let Some(opt) = opt {
+        response.extend_from_slice(&opt);
+    }
+    let flags = get_u16(response, 2);
+    set_u16(response, 2, flags | flag::TC);
+    set_u16(response, 6, 0);
+    set_u16(response, 8, 0);
+    set_u16(response, 10, ar);
+    Some(())
+}
+
 /// Reads EDNS options; returns the client subnet, if any. A malformed option list or ECS
 /// option is an error (RFC 7871 §7.1.1: FORMERR).
 fn parse_options(mut rdata: &[u8]) -> Result<Option<Ecs>, ()> {

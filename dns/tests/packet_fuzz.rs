@@ -95,12 +95,38 @@ fn check(handler: &Handler, worker: &mut Worker, packet: &[u8], out: &mut Vec<u8
                 if transport == Transport::Udp {
                     assert!(out.len() <= 1232, "UDP response of {} bytes", out.len());
                 }
-                if let Err(err) = Message::from_vec(out) {
-                    panic!("response does not parse ({err}): {out:?} for {packet:?}");
+                let full = match Message::from_vec(out) {
+                    Ok(full) => full,
+                    Err(err) => panic!("response does not parse ({err}): {out:?} for {packet:?}"),
+                };
+                if transport == Transport::Udp {
+                    check_truncated(out, &full);
                 }
             }
         }
     }
+}
+
+/// What a UDP answer becomes when the link cannot carry it: the same header and question,
+/// TC set, no records but the OPT record, whose flags (DO) and rcode are kept.
+fn check_truncated(out: &[u8], full: &Message) {
+    let mut cut = out.to_vec();
+    meridian_dns::wire::truncate_response(&mut cut).expect("our answer is well formed");
+    let tc = Message::from_vec(&cut)
+        .unwrap_or_else(|err| panic!("truncated answer does not parse ({err}): {cut:?}"));
+    assert!(tc.metadata.truncation, "TC set");
+    assert_eq!(tc.metadata.id, full.metadata.id);
+    assert_eq!(tc.queries, full.queries);
+    assert_eq!(tc.metadata.response_code, full.metadata.response_code);
+    assert!(tc.answers.is_empty() && tc.authorities.is_empty() && tc.additionals.is_empty());
+    assert_eq!(
+        tc.edns
+            .as_ref()
+            .map(|e| (e.flags().dnssec_ok, e.max_payload())),
+        full.edns
+            .as_ref()
+            .map(|e| (e.flags().dnssec_ok, e.max_payload()))
+    );
 }
 
 fn corpus() -> Vec<Vec<u8>> {
