@@ -6,8 +6,11 @@
 # machine's cores. Every server and dnsperf run pinned (server on CPU 1, dnsperf on CPU 0)
 # and at the same autogroup priority (nice -20 in a fresh autogroup): `setsid` alone gives a
 # process a new nice-0 autogroup that loses to everything else on the machine, and the
-# ratio then measures the scheduler, not the server (docs/benchmarking.md). Beside the throughput, each server
-# answers a fixed 20k q/s for a few seconds and the latency percentiles are reported.
+# ratio then measures the scheduler, not the server (docs/benchmarking.md). Every thread of
+# a server is then held to CPU 1 and checked again after the run (bench/pinning.sh): Knot
+# pins UDP worker i to CPU i itself, which put its only worker on dnsperf's CPU 0, where a
+# query and its answer never cross CPUs. Beside the throughput, each server answers a fixed
+# 20k q/s for a few seconds and the latency percentiles are reported.
 #
 # Variants:
 #   static      a mix of SOA, NS, A, AAAA, two-address A, in-zone CNAME, MX and NXDOMAIN
