@@ -13,6 +13,7 @@
 #                                       # on ports 19004/19014, to compare in the same run
 #   ONLY="meridian meridian+log" bench/proxy.sh  # measure only these (the access log's cost)
 #   IDLE_CONNS=0 bench/proxy.sh         # skip the idle-memory test
+#   TWO_WORKERS=0 bench/proxy.sh        # skip the two-worker runs
 #
 # Meridian runs twice: as configured, and as "meridian+log" with the access log written to
 # a file (every line: the rate cap is far above the load), to show what the log costs.
@@ -24,8 +25,10 @@
 #
 # Reports, per proxy: requests per CPU-second of the proxy process (utime+stime from /proc,
 # all threads and children), requests/s, p50/p99 latency (wrk), RSS after the run; the
-# access log's cost (meridian+log against meridian, per round and on average); then the
-# idle memory of open client connections (9,000, reported per 10,000) for nginx, HAProxy
+# access log's cost (meridian+log against meridian, per round and on average); the same
+# h1 load against nginx, HAProxy and Meridian with two workers each (allowed both CPUs,
+# which on a 2-core machine they share with wrk and the upstream: compare the proxies with
+# each other there, not with their one-worker figures); then the idle memory of open client connections (9,000, reported per 10,000) for nginx, HAProxy
 # and Meridian. The run's files go to a private temporary directory, removed at the end
 # (KEEP_BENCH_DIR=1 keeps it).
 set -euo pipefail
@@ -36,6 +39,7 @@ DURATION=${DURATION:-15}
 H2_DURATION=${H2_DURATION:-10}
 # 9,000: under HAProxy's maxconn (bench/proxy-haproxy.cfg); reported per 10,000.
 IDLE_CONNS=${IDLE_CONNS:-9000}
+TWO_WORKERS=${TWO_WORKERS:-1}
 # A private directory per run: the configs in bench/ name /tmp/meridian-bench, rewritten
 # here to this run's own (the ports are still fixed: one run at a time).
 W=$(mktemp -d /tmp/meridian-bench.XXXXXX)
@@ -123,6 +127,8 @@ start_pinned 1 19003 "${MERIDIAN_CMD[@]}"
 MERIDIAN=$STARTED
 
 declare -A PID=([nginx]=$NGINX [haproxy]=$HAPROXY [meridian]=$MERIDIAN)
+# The CPUs each proxy may use (its threads are held there).
+declare -A CPUS=([nginx]=1 [haproxy]=1 [meridian]=1 [meridian+log]=1 [baseline]=1)
 declare -A H1=([nginx]=19001 [haproxy]=19002 [meridian]=19003)
 declare -A H2=([nginx]=19011 [haproxy]=19012 [meridian]=19003)
 PROXIES=(nginx haproxy meridian)
@@ -184,7 +190,7 @@ run_h1() {
   t0=$(ticks "$pid")
   out=$(pinned 0 wrk -t2 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
   t1=$(ticks "$pid")
-  check_on_cpu "$pid" 1
+  check_on_cpu "$pid" "${CPUS[$name]}"
   local reqs rps p50 p99 errors
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
@@ -228,6 +234,41 @@ for round in $(seq "$ROUNDS"); do
     run_h2 "$name"
   done
 done
+
+# Two workers each, allowed both CPUs ("0-1" as the kernel lists them), h1 only.
+if ((TWO_WORKERS)); then
+  sed -e 's/^worker_processes 1;/worker_processes 2;/' -e 's/127.0.0.1:19001 /127.0.0.1:19021 /' \
+    -e 's/127.0.0.1:19011 /127.0.0.1:19031 /' -e 's/nginx-proxy\.pid/nginx-proxy-2w.pid/' \
+    "$W/proxy-nginx.conf" >"$W/proxy-nginx-2w.conf"
+  sed -e 's/^    nbthread 1$/    nbthread 2/' -e 's/127.0.0.1:19002$/127.0.0.1:19022/' \
+    -e 's/127.0.0.1:19012 /127.0.0.1:19032 /' "$ROOT/bench/proxy-haproxy.cfg" >"$W/proxy-haproxy-2w.cfg"
+  sed -e 's/127.0.0.1:19003/127.0.0.1:19023/' -e 's/127.0.0.1:19013/127.0.0.1:19033/' \
+    "$MERIDIAN_CFG" >"$W/two-workers.yaml"
+  TWO_CMD=("${MERIDIAN_CMD[@]}")
+  for i in "${!TWO_CMD[@]}"; do
+    [[ ${TWO_CMD[i]} == "$MERIDIAN_CFG" ]] && TWO_CMD[i]=$W/two-workers.yaml
+  done
+  # Every form of MERIDIAN_CMD ends in the worker count.
+  TWO_CMD[-1]=2
+  grep -q 'worker_processes 2;' "$W/proxy-nginx-2w.conf"
+  grep -q 'nbthread 2' "$W/proxy-haproxy-2w.cfg"
+  start_pinned 0-1 19021 nginx -c "$W/proxy-nginx-2w.conf" -e "$W/nginx-proxy-2w-error.log"
+  PID[nginx-2w]=$STARTED
+  start_pinned 0-1 19022 haproxy -f "$W/proxy-haproxy-2w.cfg" -db
+  PID[haproxy-2w]=$STARTED
+  start_pinned 0-1 19023 "${TWO_CMD[@]}"
+  PID[meridian-2w]=$STARTED
+  H1+=([nginx-2w]=19021 [haproxy-2w]=19022 [meridian-2w]=19023)
+  CPUS+=([nginx-2w]=0-1 [haproxy-2w]=0-1 [meridian-2w]=0-1)
+  for round in $(seq "$ROUNDS"); do
+    order=(nginx-2w haproxy-2w meridian-2w)
+    ((round % 2 == 0)) && order=(meridian-2w haproxy-2w nginx-2w)
+    for name in "${order[@]}"; do
+      echo "round $round: $name h1" >&2
+      run_h1 "$name"
+    done
+  done
+fi
 
 # The access log's cost at the same fixed load (h2load --h1 at LOG_RPS requests/s in all):
 # at full load the proxies' throughputs differ, and so does how much each syscall batches,
@@ -283,11 +324,14 @@ echo "| proxy | proto | req/CPU-s | req/s | proxy CPU s | p50 | p99 | RSS KiB | 
 echo "|---|---|---|---|---|---|---|---|---|---|"
 sort -k2,2 -k1,1 "$RESULTS" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
 echo
-echo "Mean req/CPU-s over rounds and ratio to nginx:"
+echo "Mean req/CPU-s over rounds and ratio to HAProxy with as many workers (the goal: 1.2x):"
 awk -F'\t' '{s[$1" "$2]+=$3; n[$1" "$2]++} END {
   for (k in s) m[k] = s[k] / n[k];
-  for (k in m) { split(k, p, " "); printf "  %-12s %-4s %8.0f", p[1], p[2], m[k]; if (m["nginx " p[2]] > 0) printf "  (%.2fx nginx)", m[k] / m["nginx " p[2]]; printf "\n" }
-}' "$RESULTS" | sort -k2,2 -k1,1
+  for (k in m) {
+    split(k, p, " "); peer = (p[1] ~ /-2w$/ ? "haproxy-2w" : "haproxy") " " p[2]
+    printf "  %-12s %-4s %8.0f", p[1], p[2], m[k]; if (m[peer] > 0) printf "  (%.2fx HAProxy)", m[k] / m[peer]; printf "\n"
+  }
+}' "$RESULTS" | sort -b -k2,2 -k1,1
 echo
 echo "Access log cost (meridian+log against meridian, req/CPU-s; negative: the log costs):"
 awk -F'\t' '$1 == "meridian" || $1 == "meridian+log" {v[$1" "$2" "$11] = $3; rounds[$11]; protos[$2]}
