@@ -249,10 +249,11 @@ mod mmsg {
     /// Answers leave with Don't Fragment and are never fragmented by this host (RFC 9715,
     /// R1 and R2): an answer is at most [`OUR_UDP_PAYLOAD`](crate::wire::OUR_UDP_PAYLOAD)
     /// bytes, which fits any IPv6 link and any IPv4 link of 1,260 bytes or more; on a
-    /// smaller link the send fails and [`Batch::send`] sends the answer truncated instead. PMTU reports (ICMP) are
-    /// ignored, so a forged one cannot make this host fragment (`IP_PMTUDISC_PROBE`). A
-    /// datagram with DF also needs no IP ID, which otherwise costs every answer a shared,
-    /// hashed counter in the kernel (`__ip_select_ident`, 4.6 % of the server's time).
+    /// smaller link the send fails and [`Batch::send`] sends the answer truncated instead.
+    /// PMTU reports (ICMP) are ignored, so a forged one cannot make this host fragment
+    /// (`IP_PMTUDISC_PROBE`). A datagram with DF also needs no IP ID, which otherwise costs
+    /// every answer a shared, hashed counter in the kernel (`__ip_select_ident`, 4.6 % of
+    /// the server's time).
     pub(crate) fn dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {
         let (level, name, value) = if ipv6 {
             (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)

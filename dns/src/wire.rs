@@ -354,10 +354,10 @@ fn skip_name(packet: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
-/// Cuts a finished response down to its header, question section and OPT record (when it has one,
-/// which our responses carry last) and sets TC: what a UDP answer becomes when the link
-/// cannot carry it, so the client asks again over TCP. `None` when `response` is not a
-/// well-formed message, which never happens for one we made.
+/// Cuts a finished response down to its header, question section and OPT record (when it
+/// has one, which our responses carry last) and sets TC: what a UDP answer becomes when the
+/// link cannot carry it, so the client asks again over TCP. `None` when `response` is not
+/// a well-formed message, which never happens for one we made.
 pub fn truncate_response(response: &mut Vec<u8>) -> Option<()> {
     let records = usize::from(u16_at(response, 6)?)
         + usize::from(u16_at(response, 8)?)
