@@ -37,7 +37,11 @@ impl SmallLink {
     fn new() -> SmallLink {
         sweep();
         let name = format!("{PREFIX}{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace of this name is left only by a killed run of this process's id.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         run(&["ip", "netns", "add", &name]);
         let link = SmallLink(name);
         run(&["ip", "-n", &link.0, "link", "set", "lo", "mtu", "576", "up"]);
