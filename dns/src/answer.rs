@@ -28,7 +28,7 @@ use meridian_subscriber::TableCell;
 use crate::axfr::{AxfrAcl, Transfers};
 use crate::dnssec::{self, ZoneSigner, dtype};
 use crate::geo::{GeoDb, is_routable};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Tally};
 use crate::rrl::{Rrl, RrlAction};
 use crate::snapshot::{Node, Snapshot, Zones, node_types};
 use crate::wire::{
@@ -53,13 +53,14 @@ pub enum Transport {
     Tcp,
 }
 
-/// Per-worker state: the weighted-pick counter, the parsed query, the current snapshot and
-/// reused buffers for signature lookups.
+/// Per-worker state: the weighted-pick counter, the parsed query, the current snapshot,
+/// reused buffers for signature lookups and the query counts not yet in the metrics.
 pub struct Worker {
     counter: u64,
     query: Box<Query>,
     snapshot: Arc<Snapshot>,
     scratch: Scratch,
+    tally: Tally,
 }
 
 /// Buffers reused for every signed answer, so a lookup of a cached signature allocates
@@ -101,7 +102,14 @@ impl Worker {
                 key: Vec::with_capacity(512),
                 rdata: Vec::with_capacity(512),
             },
+            tally: Tally::new(handler.metrics.clone()),
         }
+    }
+
+    /// Adds the queries this worker answered since the last flush to the metrics (also
+    /// done when it is dropped). Call after each batch of queries.
+    pub fn flush_counts(&mut self) {
+        self.tally.flush();
     }
 }
 
@@ -355,6 +363,7 @@ impl Handler {
             query,
             snapshot,
             scratch,
+            tally,
         } = worker;
         let outcome = wire::parse_into(packet, query);
         let q = &**query;
@@ -376,7 +385,7 @@ impl Handler {
                     push_opt(out, rc, e.dnssec_ok, None);
                     set_u16(out, 10, 1);
                 }
-                m.count(0, rc);
+                tally.count(0, rc);
                 return Action::Send;
             }
             Outcome::Ok => {}
@@ -394,7 +403,7 @@ impl Handler {
         out.extend_from_slice(&packet[..q.question_end]);
         let ecs = q.edns.and_then(|e| e.ecs);
         if ecs.is_some() {
-            m.ecs_seen.fetch_add(1, Ordering::Relaxed);
+            tally.ecs_seen();
         }
         let mut signing = Signing {
             dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
@@ -466,7 +475,7 @@ impl Handler {
         set_u16(out, 6, an);
         set_u16(out, 8, ns);
         set_u16(out, 10, ar);
-        m.count(q.qtype, rc);
+        tally.count(q.qtype, rc);
         if flags & flag::TC != 0 {
             m.truncated.fetch_add(1, Ordering::Relaxed);
         }

@@ -207,6 +207,7 @@ fn connection(
             at += 2 + len;
         }
         if at > 0 {
+            worker.flush_counts();
             write_all_by(
                 &mut stream,
                 &framed,

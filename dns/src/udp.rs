@@ -73,6 +73,7 @@ pub(crate) fn serve(socket: UdpSocket, handler: Arc<Handler>, stop: Arc<AtomicBo
             send[i] = handler.handle(&mut worker, packet, src, Transport::Udp, &mut outs[i])
                 == Action::Send;
         }
+        worker.flush_counts();
         let cut = batch.send(fd, &mut outs[..n], &send[..n]);
         if cut > 0 {
             handler.metrics.truncated.fetch_add(cut, Ordering::Relaxed);

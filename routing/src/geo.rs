@@ -132,19 +132,32 @@ impl Ranges {
                 scope: 0,
             };
         };
-        // The shortest prefix whose block around `addr` stays inside [start, end]; longer
-        // prefixes give smaller blocks, so search the first that fits.
-        let (mut lo, mut hi) = (0u8, self.bits);
-        while lo < hi {
-            let len = lo + (hi - lo) / 2;
-            let mask = host_mask(self.bits, len);
-            if addr & !mask >= start && addr | mask <= end {
-                hi = len;
-            } else {
-                lo = len + 1;
-            }
+        SubnetAnswer {
+            region,
+            scope: self.shortest_block_within(addr, start, end),
         }
-        SubnetAnswer { region, scope: lo }
+    }
+
+    /// The shortest prefix whose block around `addr` stays inside `[start, end]` (which
+    /// holds `addr`). The block of a prefix `len` starts at or after `start` exactly when
+    /// `len` reaches past the bits `addr` shares with `start - 1` (the first bit after them
+    /// is 1 in `addr`, 0 in `start - 1`); likewise it ends at or before `end` when `len`
+    /// reaches past the bits `addr` shares with `end + 1`. So two leading-zero counts
+    /// instead of a search over the lengths.
+    fn shortest_block_within(&self, addr: u128, start: u128, end: u128) -> u8 {
+        let shared_bits = |other: u128| {
+            // `addr != other` here, so the count is below `bits`.
+            (addr ^ other).leading_zeros() - (128 - u32::from(self.bits))
+        };
+        let from_start = start
+            .checked_sub(1)
+            .map_or(0, |below| shared_bits(below) + 1);
+        let from_end = if end == host_mask(self.bits, 0) {
+            0
+        } else {
+            shared_bits(end + 1) + 1
+        };
+        from_start.max(from_end) as u8
     }
 }
 
@@ -370,6 +383,33 @@ mod tests {
         // No overrides at all: every address, one answer.
         let empty = RegionIndex::build(&RegionMap::default(), |_| None);
         assert_eq!(subnet(&empty, "198.51.100.7"), (None, 0));
+    }
+
+    proptest::proptest! {
+        /// The scope is the shortest prefix whose whole block lies in the address's range,
+        /// checked against every prefix length.
+        #[test]
+        fn the_scope_is_the_shortest_block_inside_the_range(
+            bits in proptest::sample::select(vec![32u8, 128]),
+            addr in proptest::num::u128::ANY,
+            below in proptest::num::u128::ANY,
+            above in proptest::num::u128::ANY,
+            // Ranges of every size, down to one address, and the family's edges.
+            below_bits in 0u32..=128,
+            above_bits in 0u32..=128,
+        ) {
+            let max = host_mask(bits, 0);
+            let addr = addr & max;
+            let start = addr.saturating_sub(below.checked_shr(below_bits).unwrap_or(0));
+            let end = addr.saturating_add(above.checked_shr(above_bits).unwrap_or(0)).min(max);
+            let ranges = Ranges { bits, ranges: Vec::new() };
+            let fits = |len: u8| {
+                let mask = host_mask(bits, len);
+                addr & !mask >= start && addr | mask <= end
+            };
+            let shortest = (0..=bits).find(|&len| fits(len)).unwrap();
+            proptest::prop_assert_eq!(ranges.shortest_block_within(addr, start, end), shortest);
+        }
     }
 
     #[test]
