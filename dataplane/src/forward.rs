@@ -648,8 +648,9 @@ async fn try_targets(
                     request,
                     bytes: &bytes,
                 };
-                race.run(target, delay, &mut tried, &mut tries.attempts)
-                    .await
+                // Boxed, as the hyper path in `send`: the race holds two attempts, and
+                // inline it would double the size of every request's future.
+                Box::pin(race.run(target, delay, &mut tried, &mut tries.attempts)).await
             }
             None => {
                 let state = &app_rt.targets[target];
@@ -905,7 +906,10 @@ async fn send(
     } else {
         std::mem::take(&mut parts.headers)
     };
-    let sent = endpoint.send(upstream, connect_timeout, request.replayable);
+    // Boxed: hyper's handshake and send are large futures, and this path is the rare one
+    // (streamed bodies, upgrades); inline, every request's future would carry their size
+    // and be copied with it.
+    let sent = Box::pin(endpoint.send(upstream, connect_timeout, request.replayable));
     tokio::time::timeout(timeout, sent).await
 }
 

@@ -208,7 +208,9 @@ impl Endpoint {
                 Some(conn) if !replayable && conn.is_stale() => continue,
                 Some(conn) => (conn, true),
                 // Boxed: moving it in and out of the pool and the body stays cheap.
-                None => match self.connect_tcp(connect_timeout).await {
+                // The connect future boxed too: it is only needed when the pool is empty,
+                // and inline it would grow every request's future.
+                None => match Box::pin(self.connect_tcp(connect_timeout)).await {
                     Ok(stream) => (Box::new(h1::Conn::new(stream)), false),
                     Err(SendError::Connect(err)) if written => {
                         return Err(SendError::Broken(Box::new(err)));
