@@ -85,7 +85,7 @@ pub(crate) struct Zone {
 }
 
 /// Every owner name of the snapshot by its lower-case wire form. Looked up once or more per
-/// query: foldhash (seeded per process) costs a quarter of SipHash there. Its keys come
+/// query: foldhash (seeded per process) costs a tenth of SipHash there. Its keys come
 /// from the config and the table, never from queries, so a client cannot shape the map.
 pub(crate) type NameIndex = HashMap<Box<[u8]>, Node, foldhash::fast::RandomState>;
 
