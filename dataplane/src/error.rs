@@ -30,6 +30,9 @@ pub enum Error {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// A worker's thread or runtime could not be started.
+    #[error("starting a proxy worker: {0}")]
+    Worker(std::io::Error),
     /// A metric could not be registered (a duplicate name is a bug in this crate).
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),

@@ -103,6 +103,12 @@ impl Shared {
         }
     }
 
+    /// For a proxy of `workers` workers, each keeping its own idle upstream connections.
+    pub(crate) fn with_workers(mut self, workers: usize) -> Self {
+        self.conn_options.workers = workers.max(1);
+        self
+    }
+
     /// Milliseconds on the proxy's own monotonic clock, never 0.
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1

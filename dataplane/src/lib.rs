@@ -13,6 +13,7 @@
 //! # Layout
 //!
 //! - `listener`: accepting clients (HTTP/1.1 and h2c), connection limits, draining.
+//! - `workers`: thread-per-core, each worker a thread with its own runtime.
 //! - `clients`: the optional limits per client address (connections, request rate).
 //! - `handover`: passing the listening sockets to a new proxy process (seamless restart).
 //! - `forward`: one request: framing checks, routing, target choice, retries, hedging.
@@ -48,6 +49,7 @@ mod state;
 mod tls;
 mod traffic;
 mod upload;
+mod workers;
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -58,7 +60,7 @@ use std::time::Duration;
 use meridian_config::proxy::ProxyConfig;
 use meridian_subscriber::TableCell;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use error::Error;
@@ -84,6 +86,8 @@ pub struct RunningProxy {
     /// True once a new process serves the listening sockets (see `handover`).
     handed_over: watch::Receiver<bool>,
     server: Option<JoinHandle<()>>,
+    /// The other workers' threads: each resolves once it has finished.
+    workers: Vec<oneshot::Receiver<()>>,
     admin: JoinHandle<()>,
     /// Reloads changed TLS certificates.
     reload: Option<JoinHandle<()>>,
@@ -118,8 +122,19 @@ pub(crate) fn status(shared: &Shared) -> Status {
 impl Proxy {
     /// Binds the client and admin listeners of `config` (port 0 picks a free port) and
     /// starts serving from whatever table `cell` holds; until it holds one, requests get 503.
-    /// Must be called within a tokio runtime.
+    /// Must be called within a tokio runtime, which serves the clients.
     pub async fn start(config: ProxyConfig, cell: Arc<TableCell>) -> Result<RunningProxy, Error> {
+        Self::start_workers(config, cell, 1).await
+    }
+
+    /// As [`Proxy::start`], with `workers` workers: the runtime it is called in is the
+    /// first, and each other one is a thread of its own with a current-thread runtime,
+    /// accepting from the same listening sockets (see `workers`).
+    pub async fn start_workers(
+        config: ProxyConfig,
+        cell: Arc<TableCell>,
+        workers: usize,
+    ) -> Result<RunningProxy, Error> {
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(Error::Config(
@@ -191,10 +206,53 @@ impl Proxy {
             }
         }
         let handover_path = config.handover_socket.clone();
-        let shared = Arc::new(Shared::new(config, cell, metrics, access_log));
+        let shared = Arc::new(Shared::new(config, cell, metrics, access_log).with_workers(workers));
         let (stop, stop_rx) = watch::channel(false);
         let stop = Arc::new(stop);
         let closing = Arc::new(AtomicBool::new(false));
+        let slots = listener::slots(&shared);
+        let extra = (1..workers)
+            .map(|index| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(Error::Worker)?;
+                let listener = duplicate(&listener, "proxy", addr)?;
+                let tls = match (&tls, tls_addr) {
+                    (Some((tls, acceptor)), Some(tls_addr)) => {
+                        Some((duplicate(tls, "tls", tls_addr)?, acceptor.clone()))
+                    }
+                    _ => None,
+                };
+                let (shared, stop, closing, slots) =
+                    (shared.clone(), stop_rx.clone(), closing.clone(), slots.clone());
+                workers::spawn(index, runtime, move || async move {
+                    let registered = TcpListener::from_std(listener).and_then(|listener| {
+                        let tls = tls.map(|(tls, acceptor)| {
+                            TcpListener::from_std(tls).map(|tls| (tls, acceptor))
+                        });
+                        Ok((listener, tls.transpose()?))
+                    });
+                    match registered {
+                        Ok((listener, tls)) => {
+                            listener::serve(listener, tls, shared, stop, closing, slots).await;
+                        }
+                        Err(err) => {
+                            tracing::error!(worker = index, %err, "a worker could not register its listening sockets");
+                        }
+                    }
+                })
+                .map_err(Error::Worker)
+            })
+            .collect::<Result<Vec<_>, Error>>();
+        let extra = match extra {
+            Ok(extra) => extra,
+            Err(err) => {
+                // The workers already started stop with the proxy they were part of.
+                let _ = stop.send(true);
+                return Err(err);
+            }
+        };
         let (handed_over_tx, handed_over) = watch::channel(false);
         let reload = reload.map(tokio::spawn);
         let server = tokio::spawn(listener::serve(
@@ -203,6 +261,7 @@ impl Proxy {
             shared.clone(),
             stop_rx,
             closing.clone(),
+            slots,
         ));
         let admin = tokio::spawn(admin::serve(
             admin_listener,
@@ -233,6 +292,7 @@ impl Proxy {
             closing,
             handed_over,
             server: Some(server),
+            workers: extra,
             admin,
             offer,
         })
@@ -321,6 +381,9 @@ impl RunningProxy {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
+        for worker in self.workers.drain(..) {
+            let _ = worker.await;
+        }
         self.admin.abort();
         if let Some(reload) = &self.reload {
             reload.abort();
@@ -333,6 +396,20 @@ impl RunningProxy {
 fn stop_accepting(closing: &AtomicBool, stop: &watch::Sender<bool>) {
     closing.store(true, Ordering::Relaxed);
     let _ = stop.send(true);
+}
+
+/// A duplicate of a listening socket, for another worker: the same socket (one accept
+/// queue), registered with that worker's reactor.
+fn duplicate(
+    listener: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<std::net::TcpListener, Error> {
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| Error::Bind { what, addr, source })?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 /// Resolves once `handed_over` turns true; never when its sender goes without.

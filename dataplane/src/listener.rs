@@ -60,18 +60,26 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// in a task of its own: a silent connection then costs a few hundred bytes, as in
 /// HAProxy, not a task sized for everything a served connection does. Its own task is
 /// spawned when its first bytes arrive.
+///
+/// Each worker runs one of these on its own copy of the listeners; `slots` are the
+/// process's, shared by all. Returns once every connection of the process has ended (or
+/// the grace period is over), so a worker's runtime, and the connections' tasks on it, is
+/// dropped only then.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<(TcpListener, TlsAcceptor)>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     closing: Arc<AtomicBool>,
+    slots: Arc<Semaphore>,
 ) {
     // Shared, not cloned per connection: each connection's task holds a pointer.
     let builder = Arc::new(builder(&shared));
-    let max_connections = u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX);
-    let slots = Arc::new(Semaphore::new(max_connections as usize));
     let header_timeout = shared.config.header_timeout;
+    let accepted_here = shared
+        .metrics
+        .worker_connections
+        .with_label_values(&[&crate::workers::current().to_string()]);
     let mut waiting = FuturesUnordered::new();
     let mut permit = None;
     loop {
@@ -122,6 +130,7 @@ pub(crate) async fn serve(
             },
             None => None,
         };
+        accepted_here.inc();
         let _ = stream.set_nodelay(true);
         let slot = Slot::new(permit.take().expect("accepted with a permit"), &shared);
         let accepted_at = tokio::time::Instant::now();
@@ -168,9 +177,25 @@ pub(crate) async fn serve(
     }
     drop(waiting);
     drop(permit);
+    all_closed(&shared, &slots).await;
+}
+
+/// The connection slots of a proxy: `max_connections` of them, shared by its workers.
+pub(crate) fn slots(shared: &Shared) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(max_connections(shared) as usize))
+}
+
+fn max_connections(shared: &Shared) -> u32 {
+    u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX)
+}
+
+/// Resolves once every client connection of the process has ended, or the shutdown grace
+/// period is over.
+async fn all_closed(shared: &Shared, slots: &Semaphore) {
     // Every connection holds a slot until it ends: holding them all means all have ended.
+    // Given back at once, so each worker's wait can take them in turn.
     tokio::select! {
-        _ = slots.acquire_many(max_connections) => tracing::info!("all client connections closed"),
+        _ = slots.acquire_many(max_connections(shared)) => tracing::debug!("all client connections closed"),
         _ = tokio::time::sleep(shared.config.shutdown_grace) => {
             tracing::warn!(grace = ?shared.config.shutdown_grace, "shutdown grace period over; closing remaining connections");
         }

@@ -23,6 +23,7 @@ pub(crate) struct Metrics {
     pub(crate) refused: IntCounterVec,
     pub(crate) request_duration: Histogram,
     pub(crate) connections: IntGauge,
+    pub(crate) worker_connections: IntCounterVec,
     pub(crate) active_requests: IntGauge,
     pub(crate) table_version: IntGauge,
     pub(crate) table_staleness: Gauge,
@@ -105,6 +106,13 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         let connections = IntGauge::new("meridian_proxy_connections", "Client connections open")?;
+        let worker_connections = IntCounterVec::new(
+            Opts::new(
+                "meridian_proxy_worker_connections_total",
+                "Client connections accepted, by the worker that serves them",
+            ),
+            &["worker"],
+        )?;
         let active_requests =
             IntGauge::new("meridian_proxy_active_requests", "Requests in flight")?;
         let table_version = IntGauge::new(
@@ -149,6 +157,7 @@ impl Metrics {
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(worker_connections.clone()))?;
         registry.register(Box::new(active_requests.clone()))?;
         registry.register(Box::new(table_version.clone()))?;
         registry.register(Box::new(table_staleness.clone()))?;
@@ -166,6 +175,7 @@ impl Metrics {
             refused,
             request_duration,
             connections,
+            worker_connections,
             active_requests,
             table_version,
             table_staleness,

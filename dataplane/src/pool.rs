@@ -54,6 +54,8 @@ pub(crate) struct ConnOptions {
     /// TCP_USER_TIMEOUT: sent bytes unacknowledged this long close the connection; zero:
     /// the kernel's default.
     pub(crate) user_timeout: Duration,
+    /// The proxy's workers: each keeps its own idle direct connections (see `workers`).
+    pub(crate) workers: usize,
 }
 
 impl ConnOptions {
@@ -62,6 +64,7 @@ impl ConnOptions {
             idle_timeout: config.upstream_idle_timeout,
             keepalive: config.upstream_keepalive,
             user_timeout: config.upstream_user_timeout,
+            workers: 1,
         }
     }
 
@@ -94,9 +97,12 @@ pub(crate) struct Endpoint {
     options: ConnOptions,
     /// Idle hyper connections with when each was last used.
     idle: Mutex<Vec<(SendRequest<UpstreamBody>, Instant)>>,
-    // Boxed so a connection moves between the pool and a response body as one pointer.
+    /// Idle direct connections, one stack per worker: a connection is registered with the
+    /// reactor of the worker that opened it, and used from another its every readiness
+    /// would cross threads. Boxed so a connection moves between the pool and a response
+    /// body as one pointer.
     #[allow(clippy::vec_box)]
-    direct: Mutex<Vec<Box<h1::Conn>>>,
+    direct: Box<[Mutex<Vec<Box<h1::Conn>>>]>,
     puts: AtomicUsize,
 }
 
@@ -123,7 +129,9 @@ impl Endpoint {
             addr,
             options,
             idle: Mutex::new(Vec::new()),
-            direct: Mutex::new(Vec::new()),
+            direct: (0..options.workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             puts: AtomicUsize::new(0),
         }
     }
@@ -133,7 +141,7 @@ impl Endpoint {
     /// most recent one has been idle past the idle timeout, all of them have: they are
     /// closed.
     fn pop_direct(&self, replayable: bool) -> Option<Box<h1::Conn>> {
-        let mut idle = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.direct_here();
         let age = idle.last()?.idle_since().elapsed();
         if age > self.options.idle_timeout {
             let expired = std::mem::take(&mut *idle);
@@ -149,7 +157,7 @@ impl Endpoint {
 
     fn put_direct(&self, mut conn: Box<h1::Conn>) {
         conn.mark_idle();
-        let mut idle = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.direct_here();
         // Idle direct connections have no task watching them: one the upstream closed
         // stays open on this side until popped. The stack's bottom may never be popped,
         // so now and then the whole list is checked and closed ones dropped.
@@ -161,6 +169,13 @@ impl Endpoint {
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
+    }
+
+    /// The idle direct connections of the worker this runs on.
+    #[allow(clippy::vec_box)]
+    fn direct_here(&self) -> std::sync::MutexGuard<'_, Vec<Box<h1::Conn>>> {
+        let stack = &self.direct[crate::workers::current() % self.direct.len()];
+        stack.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, SendError> {
@@ -548,6 +563,7 @@ mod tests {
             idle_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(10),
             user_timeout: Duration::from_secs(10),
+            workers: 1,
         }
     }
 
@@ -746,11 +762,43 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(get(&endpoint).await.unwrap(), "hi");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(
-            endpoint.direct.lock().unwrap().len(),
-            1,
-            "the old one is gone"
-        );
+        assert_eq!(endpoint.direct_here().len(), 1, "the old one is gone");
+    }
+
+    #[tokio::test]
+    async fn each_worker_reuses_only_the_connections_it_opened() {
+        let (addr, accepted) = upstream(usize::MAX, "hi").await;
+        let endpoint = Arc::new(Endpoint::new(
+            addr,
+            ConnOptions {
+                workers: 2,
+                ..options()
+            },
+        ));
+        assert_eq!(get(&endpoint).await.unwrap(), "hi");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Worker 1, on a thread and runtime of its own, finds none of worker 0's: it
+        // opens one, and then reuses that one.
+        let other = endpoint.clone();
+        // A blocking-pool thread: this runtime must go on serving the upstream.
+        tokio::task::spawn_blocking(move || {
+            crate::workers::become_worker(1);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                assert_eq!(get(&other).await.unwrap(), "hi");
+                assert_eq!(get(&other).await.unwrap(), "hi");
+            });
+        })
+        .await
+        .unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Worker 0's own is still there for it.
+        assert_eq!(get(&endpoint).await.unwrap(), "hi");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(endpoint.direct_here().len(), 1);
     }
 
     #[cfg(target_os = "linux")]
