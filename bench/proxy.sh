@@ -9,11 +9,13 @@
 #   BENCH_EXAMPLE=1 bench/proxy.sh      # build only the proxy crate (its `edge` example,
 #                                       # the same Proxy::start as `meridian proxy`)
 #   MERIDIAN_EDGE=path bench/proxy.sh   # an `edge` example built before
-#   MERIDIAN_BASELINE=path bench/proxy.sh  # also an older `edge` build as "baseline",
-#                                       # on ports 19004/19014, to compare in the same run
+#   MERIDIAN_BASELINE=path bench/proxy.sh  # also an older build (of `meridian` or of the
+#                                       # `edge` example) as "baseline" (ports 19004/19014)
+#                                       # and "baseline-2w", to compare in the same run
 #   ONLY="meridian meridian+log" bench/proxy.sh  # measure only these (the access log's cost)
 #   IDLE_CONNS=0 bench/proxy.sh         # skip the idle-memory test
 #   TWO_WORKERS=0 bench/proxy.sh        # skip the two-worker runs
+#   SAME_RPS=0 bench/proxy.sh           # skip HAProxy and Meridian at one fixed rate
 #
 # Meridian runs twice: as configured, and as "meridian+log" with the access log written to
 # a file (every line: the rate cap is far above the load), to show what the log costs.
@@ -25,7 +27,8 @@
 #
 # Reports, per proxy: requests per CPU-second of the proxy process (utime+stime from /proc,
 # all threads and children), requests/s, p50/p99 latency (wrk), RSS after the run; the
-# access log's cost (meridian+log against meridian, per round and on average); the same
+# access log's cost (meridian+log against meridian, per round and on average); HAProxy's
+# and Meridian's CPU per request at one fixed rate (SAME_RPS, 50k req/s); the same
 # h1 load against nginx, HAProxy and Meridian with two workers each (allowed both CPUs,
 # which on a 2-core machine they share with wrk and the upstream: compare the proxies with
 # each other there, not with their one-worker figures); then the idle memory of open client connections (9,000, reported per 10,000) for nginx, HAProxy
@@ -148,10 +151,19 @@ PID[meridian+log]=$STARTED
 H1[meridian+log]=19005
 H2[meridian+log]=19005
 PROXIES+=(meridian+log)
+# The baseline's command for a config and a worker count: `meridian proxy` or `edge`.
+baseline_cmd() {
+  if [[ $(basename "$MERIDIAN_BASELINE") == edge ]]; then
+    BASELINE_CMD=("$MERIDIAN_BASELINE" "$1" "$2")
+  else
+    BASELINE_CMD=("$MERIDIAN_BASELINE" proxy -c "$1" --workers "$2")
+  fi
+}
 if [[ -n "${MERIDIAN_BASELINE:-}" ]]; then
   sed -e 's/127.0.0.1:19003/127.0.0.1:19004/' -e 's/127.0.0.1:19013/127.0.0.1:19014/' \
     "$MERIDIAN_CFG" >"$W/baseline.yaml"
-  start_pinned 1 19004 "$MERIDIAN_BASELINE" "$W/baseline.yaml" 1
+  baseline_cmd "$W/baseline.yaml" 1
+  start_pinned 1 19004 "${BASELINE_CMD[@]}"
   PID[baseline]=$STARTED
   H1[baseline]=19004
   H2[baseline]=19004
@@ -260,9 +272,23 @@ if ((TWO_WORKERS)); then
   PID[meridian-2w]=$STARTED
   H1+=([nginx-2w]=19021 [haproxy-2w]=19022 [meridian-2w]=19023)
   CPUS+=([nginx-2w]=0-1 [haproxy-2w]=0-1 [meridian-2w]=0-1)
+  TWO=(nginx-2w haproxy-2w meridian-2w)
+  if [[ -n "${MERIDIAN_BASELINE:-}" ]]; then
+    sed -e 's/127.0.0.1:19003/127.0.0.1:19024/' -e 's/127.0.0.1:19013/127.0.0.1:19034/' \
+      "$MERIDIAN_CFG" >"$W/baseline-2w.yaml"
+    baseline_cmd "$W/baseline-2w.yaml" 2
+    start_pinned 0-1 19024 "${BASELINE_CMD[@]}"
+    PID[baseline-2w]=$STARTED
+    H1+=([baseline-2w]=19024)
+    CPUS+=([baseline-2w]=0-1)
+    TWO+=(baseline-2w)
+  fi
   for round in $(seq "$ROUNDS"); do
-    order=(nginx-2w haproxy-2w meridian-2w)
-    ((round % 2 == 0)) && order=(meridian-2w haproxy-2w nginx-2w)
+    order=("${TWO[@]}")
+    if ((round % 2 == 0)); then
+      order=()
+      for ((i = ${#TWO[@]} - 1; i >= 0; i--)); do order+=("${TWO[i]}"); done
+    fi
     for name in "${order[@]}"; do
       echo "round $round: $name h1" >&2
       run_h1 "$name"
@@ -274,22 +300,35 @@ fi
 # at full load the proxies' throughputs differ, and so does how much each syscall batches,
 # which blurs the log's own share; at a fixed rate both do the same work but the log.
 LOG_RPS=${LOG_RPS:-19200}
-fixed_rate() {
+fixed_rate() { # name rps file
   local name=$1 port=${H1[$1]} pid=${PID[$1]}
   local t0 t1 out done cpu
   t0=$(ticks "$pid")
-  out=$(pinned 0 h2load --h1 -t2 -c64 --rps=$((LOG_RPS / 64)) -D "$H2_DURATION" "http://127.0.0.1:$port/")
+  out=$(pinned 0 h2load --h1 -t2 -c64 --rps=$(($2 / 64)) -D "$H2_DURATION" "http://127.0.0.1:$port/")
   t1=$(ticks "$pid")
   done=$(awk '/^requests:/ {print $8}' <<<"$out")
   cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", (b - a) / hz}')
-  printf '%s\t%s\t%s\t%s\n' "$name" "$done" "$cpu" "$round" >>"$W/fixed.tsv"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$done" "$cpu" "$round" >>"$3"
 }
 : >"$W/fixed.tsv"
 if [[ " ${PROXIES[*]} " == *" meridian+log "* && " ${PROXIES[*]} " == *" meridian "* ]]; then
   for round in $(seq "$ROUNDS"); do
     echo "round $round: the access log at $LOG_RPS req/s" >&2
-    fixed_rate meridian
-    fixed_rate meridian+log
+    fixed_rate meridian "$LOG_RPS" "$W/fixed.tsv"
+    fixed_rate meridian+log "$LOG_RPS" "$W/fixed.tsv"
+  done
+fi
+
+# HAProxy and Meridian at the same fixed rate (h2load --h1, SAME_RPS requests/s in all):
+# CPU per request without the feedback of full load, where a slower proxy leaves the load
+# generator's CPU idler and so pays more for waking it.
+SAME_RPS=${SAME_RPS:-50000}
+: >"$W/same.tsv"
+if [[ " ${PROXIES[*]} " == *" haproxy "* && " ${PROXIES[*]} " == *" meridian "* ]] && ((SAME_RPS > 0)); then
+  for round in $(seq "$ROUNDS"); do
+    echo "round $round: HAProxy and Meridian at $SAME_RPS req/s" >&2
+    fixed_rate haproxy "$SAME_RPS" "$W/same.tsv"
+    fixed_rate meridian "$SAME_RPS" "$W/same.tsv"
   done
 fi
 
@@ -354,6 +393,14 @@ if [[ -s $W/fixed.tsv ]]; then
     off = s["meridian"] / n["meridian"]; on = s["meridian+log"] / n["meridian+log"]
     printf "  off %.2f  on %.2f  %+.1f%% CPU  (%s)\n", off, on, (on / off - 1) * 100, substr(line, 2)
   }' "$W/fixed.tsv"
+fi
+if [[ -s $W/same.tsv ]]; then
+  echo "At a fixed $SAME_RPS req/s (h1), proxy CPU microseconds per request (lower is better):"
+  awk -F'\t' '{us = $3 * 1e6 / $2; line[$1] = line[$1] sprintf(" %.2f", us); s[$1] += us; n[$1]++}
+  END {
+    h = s["haproxy"] / n["haproxy"]; m = s["meridian"] / n["meridian"]
+    printf "  haproxy  %.2f  (rounds:%s)\n  meridian %.2f  (rounds:%s)  %.2fx HAProxy per CPU-second\n", h, line["haproxy"], m, line["meridian"], h / m
+  }' "$W/same.tsv"
 fi
 echo
 echo "| proxy | RSS before KiB | RSS with $IDLE_CONNS idle connections KiB | per 10k connections KiB |"

@@ -17,7 +17,10 @@ use meridian_subscriber::TableCell;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args.next().ok_or("usage: edge CONFIG [WORKERS]")?;
-    let workers: usize = args.next().map_or(Ok(0), |w| w.parse())?;
+    let workers: usize = match args.next() {
+        Some(workers) => workers.parse()?,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     let loaded =
         meridian_config::load(path.as_ref()).map_err(|err| err.diagnostics().join("\n"))?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
@@ -25,20 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cell.store(Arc::new(RoutingTable::new(
         loaded.config.base_table(1, now_ms),
     )?));
-    let runtime = match workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
-    };
+    // As `meridian proxy`: this thread's runtime is the first worker.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let proxy = Proxy::start(loaded.config.proxy.clone(), cell).await?;
+        let proxy = Proxy::start_workers(loaded.config.proxy.clone(), cell, workers.max(1)).await?;
         eprintln!(
             "edge proxy on {} (admin {})",
             proxy.local_addr(),
