@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use process_support::{Kill, TempDir, free_port, one_cluster_config};
+use process_support::{Kill, TempDir, proxy_config};
 use proxy_support::Upstream;
 
 /// Clients sending at once, each on its own kept-alive connection.
@@ -32,30 +32,20 @@ struct Setup {
 }
 
 fn setup(dir: &Path, upstream: SocketAddr) -> Setup {
-    let (port, admin_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let config = dir.join("proxy.yaml");
     // The drain delay is far longer than a new process needs to start: the handover, not
     // the delay, is what ends the old process's accepting.
-    std::fs::write(
-        &config,
-        one_cluster_config("alpha", upstream, false)
-            + &format!(
-                r#"
-proxy:
-  listen: 127.0.0.1:{port}
-  admin_listen: 127.0.0.1:{admin_port}
-  drain_delay: 20s
-  shutdown_grace: 10s
-  handover_socket: {sock}
-"#,
-                sock = dir.join("proxy.sock").display()
-            ),
-    )
-    .unwrap();
+    let (config, addr, admin) = proxy_config(
+        dir,
+        upstream,
+        &format!(
+            "  drain_delay: 20s\n  shutdown_grace: 10s\n  handover_socket: {}\n",
+            dir.join("proxy.sock").display()
+        ),
+    );
     Setup {
         config,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        addr,
+        admin,
     }
 }
 

@@ -5,39 +5,21 @@
 mod process_support;
 mod proxy_support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use process_support::{Kill, TempDir, free_port, one_cluster_config};
+use process_support::{Kill, TempDir, proxy_config};
 use proxy_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_real_binary() {
     let upstream = Upstream::start("alpha").await;
     let temp = TempDir::new("proxy-sigterm");
-    let dir = &temp.0;
-    let config = dir.join("proxy.yaml");
-    let (port, admin_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let mut file = std::fs::File::create(&config).unwrap();
-    write!(
-        file,
-        "{}",
-        one_cluster_config("alpha", upstream.addr, false)
-    )
-    .unwrap();
-    write!(
-        file,
-        r#"
-proxy:
-  listen: 127.0.0.1:{port}
-  admin_listen: 127.0.0.1:{admin_port}
-  drain_delay: 1s
-  shutdown_grace: 5s
-"#,
-    )
-    .unwrap();
-    drop(file);
+    let (config, addr, admin) = proxy_config(
+        &temp.0,
+        upstream.addr,
+        "  drain_delay: 1s\n  shutdown_grace: 5s\n",
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["proxy", "-c"])
         .arg(&config)
@@ -48,8 +30,6 @@ proxy:
         .unwrap();
     let mut child = Kill(child);
     let pid = child.0.id();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
 
     let started = Instant::now();
     loop {

@@ -6,12 +6,11 @@
 mod process_support;
 mod proxy_support;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use process_support::{Kill, TempDir, free_port, one_cluster_config};
+use process_support::{Kill, TempDir, proxy_config};
 use proxy_support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -45,28 +44,13 @@ async fn accepted(admin: SocketAddr) -> (f64, f64) {
 async fn two_workers_share_the_listener_the_connection_limit_and_the_drain() {
     let upstream = Upstream::start("alpha").await;
     let temp = TempDir::new("proxy-workers");
-    let config = temp.0.join("proxy.yaml");
-    let (port, admin_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let mut file = std::fs::File::create(&config).unwrap();
-    write!(
-        file,
-        "{}",
-        one_cluster_config("alpha", upstream.addr, false)
-    )
-    .unwrap();
-    write!(
-        file,
-        r#"
-proxy:
-  listen: 127.0.0.1:{port}
-  admin_listen: 127.0.0.1:{admin_port}
-  max_connections: {MAX_CONNECTIONS}
-  drain_delay: 0s
-  shutdown_grace: 10s
-"#,
-    )
-    .unwrap();
-    drop(file);
+    let (config, addr, admin) = proxy_config(
+        &temp.0,
+        upstream.addr,
+        &format!(
+            "  max_connections: {MAX_CONNECTIONS}\n  drain_delay: 0s\n  shutdown_grace: 10s\n"
+        ),
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["proxy", "-c"])
         .arg(&config)
@@ -76,8 +60,6 @@ proxy:
         .spawn()
         .unwrap();
     let mut child = Kill(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let started = Instant::now();
     while !matches!(get(&client(), admin, "admin", "/readyz").await, Ok(a) if a.status == 200) {
         assert!(

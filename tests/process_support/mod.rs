@@ -1,6 +1,6 @@
 //! Shared by tests that run the `meridian` binary: a child killed on drop, a temporary
 //! directory, a free port, a token's SHA-256 as the config wants it, the config of one
-//! app on one cluster, and one plain HTTP/1.1 request.
+//! app on one cluster (and of a proxy in front of it), and one plain HTTP/1.1 request.
 
 #![allow(
     dead_code,
@@ -10,7 +10,7 @@
 use std::fmt::Display;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A child process killed (and reaped) when the test ends, however it ends.
@@ -52,11 +52,7 @@ pub fn free_port(ip: &str) -> u16 {
 
 /// Starts `meridian controller -c CONFIG --listen 127.0.0.1:0 --data-dir DATA` with
 /// `extra` arguments; the child and its URL, read from the first line it prints.
-pub fn start_controller(
-    config: &std::path::Path,
-    data: &std::path::Path,
-    extra: &[&str],
-) -> (Kill, String) {
+pub fn start_controller(config: &Path, data: &Path, extra: &[&str]) -> (Kill, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["controller", "--listen", "127.0.0.1:0", "-c"])
@@ -119,6 +115,29 @@ clusters:
       - {{ cluster: {cluster}, weight: 100 }}
 "#
     )
+}
+
+/// A config file for `meridian proxy`, written to `dir/proxy.yaml`: [`one_cluster_config`]
+/// on `endpoint`, and a `proxy:` section listening on free loopback ports with `settings`
+/// (lines of that section, indented by two spaces) added. Returns the file, the client
+/// address and the admin address.
+pub fn proxy_config(
+    dir: &Path,
+    endpoint: impl Display,
+    settings: &str,
+) -> (PathBuf, SocketAddr, SocketAddr) {
+    let (port, admin_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let config = dir.join("proxy.yaml");
+    std::fs::write(
+        &config,
+        one_cluster_config("alpha", endpoint, false)
+            + &format!(
+                "\nproxy:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n{settings}"
+            ),
+    )
+    .unwrap();
+    let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    (config, addr(port), addr(admin_port))
 }
 
 /// One HTTP/1.1 request with `Connection: close`: (status, body).
