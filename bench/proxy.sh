@@ -319,7 +319,8 @@ if [[ " ${PROXIES[*]} " == *" meridian+log "* && " ${PROXIES[*]} " == *" meridia
   done
 fi
 
-# HAProxy and Meridian at the same fixed rate (h2load --h1, SAME_RPS requests/s in all):
+# HAProxy and Meridian (and the baseline) at the same fixed rate (h2load --h1, SAME_RPS
+# requests/s in all):
 # CPU per request without the feedback of full load, where a slower proxy leaves the load
 # generator's CPU idler and so pays more for waking it.
 SAME_RPS=${SAME_RPS:-50000}
@@ -327,8 +328,9 @@ SAME_RPS=${SAME_RPS:-50000}
 if [[ " ${PROXIES[*]} " == *" haproxy "* && " ${PROXIES[*]} " == *" meridian "* ]] && ((SAME_RPS > 0)); then
   for round in $(seq "$ROUNDS"); do
     echo "round $round: HAProxy and Meridian at $SAME_RPS req/s" >&2
-    fixed_rate haproxy "$SAME_RPS" "$W/same.tsv"
-    fixed_rate meridian "$SAME_RPS" "$W/same.tsv"
+    for name in haproxy meridian baseline; do
+      [[ " ${PROXIES[*]} " == *" $name "* ]] && fixed_rate "$name" "$SAME_RPS" "$W/same.tsv"
+    done
   done
 fi
 
@@ -398,8 +400,9 @@ if [[ -s $W/same.tsv ]]; then
   echo "At a fixed $SAME_RPS req/s (h1), proxy CPU microseconds per request (lower is better):"
   awk -F'\t' '{us = $3 * 1e6 / $2; line[$1] = line[$1] sprintf(" %.2f", us); s[$1] += us; n[$1]++}
   END {
-    h = s["haproxy"] / n["haproxy"]; m = s["meridian"] / n["meridian"]
-    printf "  haproxy  %.2f  (rounds:%s)\n  meridian %.2f  (rounds:%s)  %.2fx HAProxy per CPU-second\n", h, line["haproxy"], m, line["meridian"], h / m
+    h = s["haproxy"] / n["haproxy"]
+    printf "  haproxy  %.2f  (rounds:%s)\n", h, line["haproxy"]
+    for (p in s) if (p != "haproxy") printf "  %-8s %.2f  (rounds:%s)  %.2fx HAProxy per CPU-second\n", p, s[p] / n[p], line[p], h * n[p] / s[p]
   }' "$W/same.tsv"
 fi
 echo

@@ -709,6 +709,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn header_values_survive_the_next_response_read_on_the_connection() {
+        // Names in any case frame the body, and reading the next response into the same
+        // buffer leaves the first one's header values as they were.
+        let (mut conn, _server) = conn_with_reply(
+            b"HTTP/1.1 200 OK\r\nX-Case: First\r\nCONTENT-LENGTH: 1\r\n\r\na\
+              HTTP/1.1 201 Created\r\nx-case: second\r\nTransfer-Encoding: gzip, CHUNKED\r\n\r\n\
+              2\r\nok\r\n0\r\n\r\n",
+        )
+        .await;
+        conn.write_request(
+            &Method::GET,
+            &PathAndQuery::from_static("/"),
+            &HeaderMap::new(),
+            &Bytes::new(),
+        )
+        .await
+        .unwrap();
+        let first = conn.read_head(false).await.unwrap();
+        assert_eq!(first.framing, Framing::Length(1));
+        assert_eq!(conn.take_buffered(1).unwrap(), Bytes::from_static(b"a"));
+        let second = conn.read_head(false).await.unwrap();
+        assert_eq!(second.status, StatusCode::CREATED);
+        assert_eq!(second.framing, Framing::Chunked);
+        let (body, _) = body_of(&mut conn, second.framing).await.unwrap();
+        assert_eq!(body, b"ok");
+        assert_eq!(first.headers["x-case"], "First");
+        assert_eq!(first.headers[header::CONTENT_LENGTH], "1");
+        assert_eq!(second.headers["x-case"], "second");
+        assert_eq!(second.headers[header::TRANSFER_ENCODING], "gzip, CHUNKED");
+    }
+
+    #[tokio::test]
     async fn truncated_length_body_is_an_error() {
         let (mut conn, _server) =
             conn_with_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").await;
