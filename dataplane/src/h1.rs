@@ -568,6 +568,18 @@ mod tests {
         (Conn::new(stream), server)
     }
 
+    /// Writes `GET /` with no headers and no body.
+    async fn send_get(conn: &mut Conn) {
+        conn.write_request(
+            &Method::GET,
+            &PathAndQuery::from_static("/"),
+            &HeaderMap::new(),
+            &Bytes::new(),
+        )
+        .await
+        .unwrap();
+    }
+
     async fn body_of(conn: &mut Conn, framing: Framing) -> Result<(Vec<u8>, bool), ReadError> {
         let mut reader = BodyReader::new(framing);
         let mut out = Vec::new();
@@ -609,14 +621,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n",
         )
         .await;
-        conn.write_request(
-            &Method::GET,
-            &PathAndQuery::from_static("/"),
-            &HeaderMap::new(),
-            &Bytes::new(),
-        )
-        .await
-        .unwrap();
+        send_get(&mut conn).await;
         let head = conn.read_head(false).await.unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         let (body, reusable) = body_of(&mut conn, head.framing).await.unwrap();
@@ -630,14 +635,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
         )
         .await;
-        conn.write_request(
-            &Method::GET,
-            &PathAndQuery::from_static("/"),
-            &HeaderMap::new(),
-            &Bytes::new(),
-        )
-        .await
-        .unwrap();
+        send_get(&mut conn).await;
         let head = conn.read_head(false).await.unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
@@ -650,14 +648,7 @@ mod tests {
         let (mut conn, _server) =
             conn_with_reply(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\n\r\nto the end")
                 .await;
-        conn.write_request(
-            &Method::GET,
-            &PathAndQuery::from_static("/"),
-            &HeaderMap::new(),
-            &Bytes::new(),
-        )
-        .await
-        .unwrap();
+        send_get(&mut conn).await;
         let head = conn.read_head(false).await.unwrap();
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.framing, Framing::Close);
@@ -682,26 +673,12 @@ mod tests {
         ] {
             let reply: &'static [u8] = Box::leak(reply.to_vec().into_boxed_slice());
             let (mut conn, _server) = conn_with_reply(reply).await;
-            conn.write_request(
-                &Method::GET,
-                &PathAndQuery::from_static("/"),
-                &HeaderMap::new(),
-                &Bytes::new(),
-            )
-            .await
-            .unwrap();
+            send_get(&mut conn).await;
             let err = conn.read_head(false).await.err().expect("must fail");
             assert!(err.to_string().contains(want), "{err} lacks {want}");
         }
         let (mut conn, _server) = conn_with_reply(b"").await;
-        conn.write_request(
-            &Method::GET,
-            &PathAndQuery::from_static("/"),
-            &HeaderMap::new(),
-            &Bytes::new(),
-        )
-        .await
-        .unwrap();
+        send_get(&mut conn).await;
         assert!(matches!(
             conn.read_head(false).await,
             Err(ReadError::ClosedBeforeResponse)
@@ -718,14 +695,7 @@ mod tests {
               2\r\nok\r\n0\r\n\r\n",
         )
         .await;
-        conn.write_request(
-            &Method::GET,
-            &PathAndQuery::from_static("/"),
-            &HeaderMap::new(),
-            &Bytes::new(),
-        )
-        .await
-        .unwrap();
+        send_get(&mut conn).await;
         let first = conn.read_head(false).await.unwrap();
         assert_eq!(first.framing, Framing::Length(1));
         assert_eq!(conn.take_buffered(1).unwrap(), Bytes::from_static(b"a"));
@@ -744,14 +714,7 @@ mod tests {
     async fn truncated_length_body_is_an_error() {
         let (mut conn, _server) =
             conn_with_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").await;
-        conn.write_request(
-            &Method::GET,
-            &PathAndQuery::from_static("/"),
-            &HeaderMap::new(),
-            &Bytes::new(),
-        )
-        .await
-        .unwrap();
+        send_get(&mut conn).await;
         let head = conn.read_head(false).await.unwrap();
         assert!(body_of(&mut conn, head.framing).await.is_err());
     }
