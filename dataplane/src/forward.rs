@@ -21,7 +21,7 @@ use meridian_subscriber::TableCell;
 use tokio::time::error::Elapsed;
 
 use crate::access::{AccessLog, Line};
-use crate::clients::{ClientLimits, RetryAfter};
+use crate::clients::{Admitted, ClientLimits, RetryAfter};
 use crate::framing::FramingWatch;
 use crate::headers::{self, Refusal};
 use crate::idle::{self, Activity, Tracked};
@@ -175,50 +175,112 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Serves one request from a client at `peer`; `limited` when the client is over its
-/// request rate (see `clients`).
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
+/// What every request on one client connection shares, behind one `Arc`: a request
+/// clones one pointer, not one per part.
+pub(crate) struct ClientConnection {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) framing: Arc<FramingWatch>,
+    pub(crate) forwarded: headers::ForwardedFor,
+    pub(crate) activity: Arc<Activity>,
+    /// Set once the proxy stops accepting: HTTP/1.1 answers then carry `Connection: close`.
+    pub(crate) closing: Arc<AtomicBool>,
+    /// The connection's hold on its client address's limits, when there are any.
+    pub(crate) admitted: Option<Admitted>,
+}
+
+/// Serves one request on `conn`.
+///
+/// A function returning a block rather than an `async fn`, here and in `forward`: an
+/// `async fn` keeps each argument twice in its future (as passed, and as bound), and this
+/// future is written into its box once per request.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold the request twice in its future"
+)]
+pub(crate) fn handle(
+    conn: Arc<ClientConnection>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    framing: Arc<FramingWatch>,
-    forwarded: Arc<headers::ForwardedFor>,
-    activity: Arc<Activity>,
-    limited: Option<RetryAfter>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let _request = activity.request();
-    let started = Instant::now();
-    shared.metrics.active_requests.inc();
-    let early = if let Some(after) = limited {
-        Some(too_many_requests(&shared, after))
-    } else if headers::is_http1(req.version()) && framing.next_request_is_ambiguous() {
-        Some(refuse(&shared, Refusal::AmbiguousOnWire))
-    } else {
-        None
-    };
-    let response = match early {
-        Some(response) => {
-            log_unrouted(
-                &shared,
-                &forwarded,
-                req.method(),
-                req.uri(),
-                &response,
-                started,
-            );
-            response
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+    async move {
+        let _request = conn.activity.request();
+        let started = Instant::now();
+        let version = req.version();
+        if version == Version::HTTP_2 {
+            conn.activity.mark_h2();
         }
-        None => forward(&shared, req, peer, &forwarded, started).await,
-    };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        framing.upgraded();
+        conn.shared.metrics.active_requests.inc();
+        let (table, app) = match early(&conn, &req, started) {
+            Ok(routed) => routed,
+            Err(response) => return Ok(finish(&conn, version, started, response)),
+        };
+        let (parts, body) = req.into_parts();
+        let response = forward(&conn, table, app, parts, body, started).await;
+        Ok(finish(&conn, version, started, response))
     }
-    shared.metrics.active_requests.dec();
-    shared
-        .metrics
+}
+
+/// The table and app of a request to forward, or the proxy's own answer, logged: over the
+/// client's request rate (see `clients`), ambiguous framing on the wire, refused, no table
+/// or no app.
+#[expect(
+    clippy::result_large_err,
+    reason = "once per request, on the stack; boxing the answer would allocate"
+)]
+fn early(
+    conn: &ClientConnection,
+    req: &Request<Incoming>,
+    started: Instant,
+) -> Result<(Arc<RoutingTable>, AppId), Response<ProxyBody>> {
+    let shared = &*conn.shared;
+    let limited = match (&shared.clients, &conn.admitted) {
+        (Some(limits), Some(admitted)) => limits.request(admitted, started).err(),
+        _ => None,
+    };
+    let routed = if let Some(after) = limited {
+        Err(too_many_requests(shared, after))
+    } else if headers::is_http1(req.version()) && conn.framing.next_request_is_ambiguous() {
+        Err(refuse(shared, Refusal::AmbiguousOnWire))
+    } else {
+        admit(shared, req)
+            .and_then(|()| route(shared, req))
+            .map_err(|early| early.response(shared))
+    };
+    if let Err(response) = &routed {
+        log_unrouted(
+            shared,
+            &conn.forwarded,
+            req.method(),
+            req.uri(),
+            response,
+            started,
+        );
+    }
+    routed
+}
+
+/// The end of every request: an upgrade hands the connection over, a stopping proxy tells
+/// an HTTP/1.1 client to reconnect (to whichever process, or behind a balancer proxy,
+/// accepts now), and the request is counted.
+fn finish(
+    conn: &ClientConnection,
+    version: Version,
+    started: Instant,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        conn.framing.upgraded();
+    } else if version < Version::HTTP_2 && conn.closing.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let metrics = &conn.shared.metrics;
+    metrics.active_requests.dec();
+    metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(response)
+    response
 }
 
 /// The access log line of a request answered before a target was chosen (refused, over
@@ -350,93 +412,87 @@ struct Tries {
     upstream_time: Duration,
 }
 
-/// The request path, in phases, each a function below in the order it runs: `admit`
-/// (refusals that need no table), `route` (table and app), `read_body` (buffer or stream),
-/// `prepare` (the upstream head), `try_targets` (per attempt: `choose`, `send`, `classify`,
+/// The request path, in phases, each a function below in the order it runs: `early` (in
+/// `handle`: `admit`, refusals that need no table, and `route`, table and app), `read_body`
+/// (buffer or stream), `prepare` (the upstream head), `try_targets` (per attempt: `choose`, `send`, `classify`,
 /// then retry or stop), `answer` (the client's response) and `record` (metrics, access log).
 /// Every outcome writes its access log line.
-async fn forward(
-    shared: &Shared,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    forwarded: &headers::ForwardedFor,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold the request head twice in its future (see `handle`)"
+)]
+fn forward<'a>(
+    conn: &'a ClientConnection,
+    table: Arc<RoutingTable>,
+    app: AppId,
+    mut parts: http::request::Parts,
+    body: Incoming,
     started: Instant,
-) -> Response<ProxyBody> {
-    let (table, app) = match admit(shared, &req).and_then(|()| route(shared, &req)) {
-        Ok(routed) => routed,
-        Err(early) => {
-            let response = early.response(shared);
-            log_unrouted(
-                shared,
-                forwarded,
-                req.method(),
-                req.uri(),
-                &response,
-                started,
-            );
-            return response;
-        }
-    };
-    let runtime = shared.runtime_for(&table);
-    let app_rt = &runtime.apps[app.0 as usize];
-    let (mut parts, body) = req.into_parts();
-    let mut body = match read_body(shared, &parts.headers, body).await {
-        Ok(body) => body,
-        Err(early) => {
-            let response = early.response(shared);
-            log_unrouted(
-                shared,
-                forwarded,
-                &parts.method,
-                &parts.uri,
-                &response,
-                started,
-            );
-            return response;
-        }
-    };
-    let mut request = prepare(shared, &mut parts, forwarded);
-    let client = meridian_routing::Client {
-        addr: peer.ip(),
-        // Only the geo and latency policies look at the region: skip the lookup otherwise.
-        region: match table.app(app).policy {
-            Policy::Geo | Policy::Latency => table.resolve_region(peer.ip(), None).map(|(r, _)| r),
-            Policy::Weighted | Policy::Failover => None,
-        },
-    };
-    let pick = match request.affinity {
-        Some(key) => Pick::Affinity(key),
-        None => Pick::Spread(shared.spread.fetch_add(1, Ordering::Relaxed)),
-    };
-    let target = Targets {
-        table: &table,
-        app,
-        app_rt,
-        client: &client,
-        pick,
-    };
-    let tries = try_targets(shared, &target, &mut parts, &request, &mut body).await;
-    let (response, answered_by) = answer(shared, tries.outcome, &mut request.client_upgrade);
-    let now = Instant::now();
-    record(
-        shared,
-        &target,
-        &Line {
-            client: forwarded.client(),
-            method: parts.method.as_str(),
-            path: request.path.as_str(),
-            app: &table.app(app).name,
-            target: answered_by.map_or("", |t| &*app_rt.targets[t].cluster),
-            attempts: tries.attempts,
-            status: response.status().as_u16(),
-            at: now,
-            duration: now.saturating_duration_since(started),
-            upstream: tries.upstream_time,
-            table_version: table.version(),
-        },
-        answered_by,
-    );
-    response
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        let (shared, forwarded, peer) = (&*conn.shared, &conn.forwarded, conn.peer);
+        let runtime = shared.runtime_for(&table);
+        let app_rt = &runtime.apps[app.0 as usize];
+        let mut body = match read_body(shared, &parts.headers, body).await {
+            Ok(body) => body,
+            Err(early) => {
+                let response = early.response(shared);
+                log_unrouted(
+                    shared,
+                    forwarded,
+                    &parts.method,
+                    &parts.uri,
+                    &response,
+                    started,
+                );
+                return response;
+            }
+        };
+        let mut request = prepare(shared, &mut parts, forwarded);
+        let client = meridian_routing::Client {
+            addr: peer.ip(),
+            // Only the geo and latency policies look at the region: skip the lookup otherwise.
+            region: match table.app(app).policy {
+                Policy::Geo | Policy::Latency => {
+                    table.resolve_region(peer.ip(), None).map(|(r, _)| r)
+                }
+                Policy::Weighted | Policy::Failover => None,
+            },
+        };
+        let pick = match request.affinity {
+            Some(key) => Pick::Affinity(key),
+            None => Pick::Spread(shared.spread.fetch_add(1, Ordering::Relaxed)),
+        };
+        let target = Targets {
+            table: &table,
+            app,
+            app_rt,
+            client: &client,
+            pick,
+        };
+        let tries = try_targets(shared, &target, &mut parts, &request, &mut body).await;
+        let (response, answered_by) = answer(shared, tries.outcome, &mut request.client_upgrade);
+        let now = Instant::now();
+        record(
+            shared,
+            &target,
+            &Line {
+                client: forwarded.client(),
+                method: parts.method.as_str(),
+                path: request.path.as_str(),
+                app: &table.app(app).name,
+                target: answered_by.map_or("", |t| &*app_rt.targets[t].cluster),
+                attempts: tries.attempts,
+                status: response.status().as_u16(),
+                at: now,
+                duration: now.saturating_duration_since(started),
+                upstream: tries.upstream_time,
+                table_version: table.version(),
+            },
+            answered_by,
+        );
+        response
+    }
 }
 
 /// Why the proxy answers a request itself, before any attempt.

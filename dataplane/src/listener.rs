@@ -3,12 +3,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use http::{HeaderValue, StatusCode, Version, header};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::clients::Admitted;
-use crate::forward::{Shared, handle};
+use crate::forward::{ClientConnection, Shared, handle};
 use crate::framing::{FramingWatch, Watched};
 use crate::headers::ForwardedFor;
 use crate::idle::{self, Activity, Quiet, Tracked};
@@ -291,7 +290,6 @@ async fn serve_connection<T>(
         Watched::new(io, framing.clone()),
         activity.clone(),
     ));
-    let forwarded = Arc::new(ForwardedFor::new(peer.ip(), proto));
     let (header_timeout, idle_timeout) = (shared.config.header_timeout, shared.config.idle_timeout);
     let drain_idle = idle_timeout.min(DRAIN_IDLE);
     let watched = activity.clone();
@@ -300,44 +298,20 @@ async fn serve_connection<T>(
         closing,
         admitted,
     } = end;
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let version = req.version();
-        let limited = match (&shared.clients, &admitted) {
-            (Some(limits), Some(admitted)) => limits.request(admitted, Instant::now()).err(),
-            _ => None,
-        };
-        if version == Version::HTTP_2 {
-            activity.mark_h2();
-        }
-        let closing = closing.clone();
-        let response = handle(
-            shared.clone(),
-            req,
-            peer,
-            framing.clone(),
-            forwarded.clone(),
-            activity.clone(),
-            limited,
-        );
-        // Boxed: the request's future is ≈ 4 KiB, and hyper moves the service's future
-        // several times per request (into its h1 slot; into each h2 stream's task as it is
-        // spawned and finished). Those copies were most of the proxy's memmove (9 % of its
-        // time under h2c); boxed, each is a pointer and the state is written once.
-        Box::pin(async move {
-            let mut response = response.await?;
-            // Stopping: this client learns it on this response, and reconnects to
-            // whichever process (or, behind a balancer, proxy) accepts now.
-            if closing.load(Ordering::Relaxed)
-                && version < Version::HTTP_2
-                && response.status() != StatusCode::SWITCHING_PROTOCOLS
-            {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok::<_, std::convert::Infallible>(response)
-        })
+    let client = Arc::new(ClientConnection {
+        shared,
+        peer,
+        framing,
+        forwarded: ForwardedFor::new(peer.ip(), proto),
+        activity,
+        closing,
+        admitted,
     });
+    // Boxed: the request's future is ≈ 2 KiB, and hyper moves the service's future
+    // several times per request (into its h1 slot; into each h2 stream's task as it is
+    // spawned and finished). Those copies were most of the proxy's memmove (9 % of its
+    // time under h2c); boxed, each is a pointer and the state is written once.
+    let service = service_fn(move |req| Box::pin(handle(client.clone(), req)));
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
     let quiet = idle::watch(&watched, first_head_within, idle_timeout);
