@@ -67,8 +67,8 @@ pub(crate) struct Watched<T> {
     /// Heads begun on this connection.
     heads: u64,
     line_no: u32,
-    /// The current line's first bytes, lower-cased (enough for the names we look for and
-    /// a length value).
+    /// The current line's first bytes, as sent (enough for the names looked for and a
+    /// length value).
     line: [u8; 48],
     line_len: usize,
     lengths: u32,
@@ -150,13 +150,18 @@ impl<T> Watched<T> {
                     }
                 }
                 State::Head | State::Trailers => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    if b == b'\n' {
+                    // A line at a time: find its end and keep its first bytes. (Byte by
+                    // byte, this reader was 5 % of the proxy's instructions per request.)
+                    let (part, rest, ended) = match memchr::memchr(b'\n', bytes) {
+                        Some(end) => (&bytes[..end], &bytes[end + 1..], true),
+                        None => (bytes, &[][..], false),
+                    };
+                    let keep = part.len().min(self.line.len() - self.line_len);
+                    self.line[self.line_len..self.line_len + keep].copy_from_slice(&part[..keep]);
+                    self.line_len += keep;
+                    bytes = rest;
+                    if ended {
                         self.end_line();
-                    } else if b != b'\r' && self.line_len < self.line.len() {
-                        self.line[self.line_len] = b.to_ascii_lowercase();
-                        self.line_len += 1;
                     }
                 }
             }
@@ -173,7 +178,10 @@ impl<T> Watched<T> {
     }
 
     fn end_line(&mut self) {
-        let line = &self.line[..self.line_len];
+        let mut line = &self.line[..self.line_len];
+        while let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
         self.line_len = 0;
         if self.state == State::Trailers {
             if line.is_empty() {
@@ -190,17 +198,17 @@ impl<T> Watched<T> {
             self.line_no = 1;
             // The h2c preface switches away from HTTP/1 framing. (CONNECT and Upgrade do
             // only once answered with success: see `FramingWatch::upgraded`.)
-            if line.starts_with(b"pri * http/2") {
+            if starts_with_ignoring_case(line, b"pri * http/2") {
                 self.state = State::Off;
             }
             return;
         }
         self.line_no += 1;
         if !line.is_empty() {
-            if let Some(value) = line.strip_prefix(b"content-length:") {
+            if starts_with_ignoring_case(line, b"content-length:") {
                 self.lengths += 1;
-                self.length = parse_length(value);
-            } else if line.starts_with(b"transfer-encoding:") {
+                self.length = parse_length(&line[b"content-length:".len()..]);
+            } else if starts_with_ignoring_case(line, b"transfer-encoding:") {
                 // hyper refuses a Transfer-Encoding whose last coding is not chunked.
                 self.chunked = true;
             }
@@ -232,6 +240,11 @@ impl<T> Watched<T> {
             }
         };
     }
+}
+
+fn starts_with_ignoring_case(line: &[u8], prefix: &[u8]) -> bool {
+    line.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// A Content-Length value (digits between optional whitespace), without allocating.
@@ -341,6 +354,24 @@ mod tests {
     fn body_text_that_looks_like_headers_is_not_a_head() {
         let wire = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n24\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n0\r\n\r\n";
         assert_eq!(ambiguous(wire, 5), 0);
+    }
+
+    #[test]
+    fn lines_are_read_in_any_case_with_bare_line_ends_and_past_what_is_kept() {
+        let long = format!("X-Long: {}\r\n", "a".repeat(200));
+        let wire = [
+            b"POST / HTTP/1.1\nHOST: a\n".as_slice(),
+            long.as_bytes(),
+            b"CONTENT-LENGTH: 2\nTransfer-Encoding: chunked\n\n0\r\n\r\n",
+        ]
+        .concat();
+        for step in [1, 2, 5, 1000] {
+            assert_eq!(ambiguous(&wire, step), 1, "step {step}");
+        }
+        // The h2c preface, in any case, switches the watch off: what follows is not HTTP/1.
+        let h2c = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(ambiguous(h2c, 3), 0);
+        assert_eq!(ambiguous(&h2c[4..], 3), 3);
     }
 
     #[test]

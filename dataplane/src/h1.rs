@@ -9,6 +9,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -211,9 +212,15 @@ impl Conn {
     /// Parses a complete head at the front of the read buffer and consumes it; None when
     /// more bytes are needed.
     fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, ReadError> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let used = match response.parse(&self.rbuf) {
+        // Uninitialised: httparse writes the slots it fills (writing all hundred first
+        // cost more than parsing a short head).
+        let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let used = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &self.rbuf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(used)) => used,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
