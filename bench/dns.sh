@@ -50,18 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-need=()
-for pkg in knot knot-module-geoip nsd dnsperf knot-dnsutils; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    # Keep the packaged services from starting on install; we start each server ourselves.
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source "$ROOT/bench/packages.sh"
+install_packages knot knot-module-geoip nsd dnsperf knot-dnsutils
 
 if [ -n "$MERIDIAN_BIN" ]; then
     MERIDIAN=("$(realpath "$MERIDIAN_BIN")" dns -c)

@@ -28,17 +28,8 @@ ROOT=$PWD
 REQUESTS=${REQUESTS:-20000}
 W=$(mktemp -d /tmp/meridian-instr.XXXXXX)
 
-need=()
-for tool in valgrind:valgrind nginx:nginx-light haproxy:haproxy h2load:nghttp2-client; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
-done
-if ((${#need[@]})); then
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source "$ROOT/bench/packages.sh"
+install_packages valgrind nginx-light haproxy nghttp2-client
 if [[ -z ${MERIDIAN_BIN:-} ]]; then
   cargo build --release -p meridian
   MERIDIAN_BIN=$ROOT/target/release/meridian

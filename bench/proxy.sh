@@ -51,18 +51,8 @@ for conf in proxy-upstream-nginx.conf proxy-nginx.conf; do
 done
 CLK_TCK=$(getconf CLK_TCK)
 
-need=()
-for tool in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
-done
-if ((${#need[@]})); then
-  # Keep the packaged services from starting: each peer is started here on its own port.
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source "$ROOT/bench/packages.sh"
+install_packages nginx-light haproxy wrk nghttp2-client
 
 MERIDIAN_CFG=$ROOT/bench/proxy-meridian.yaml
 if [[ -n "${MERIDIAN_BIN:-}" ]]; then
