@@ -407,4 +407,11 @@ for v in variants:
     if knot and m:
         label = "meridian-signed / knot-signed" if signed else "meridian / knot"
         print(f"{'':<11} {label} = {statistics.median(m) / knot:.2f}")
+        # Each round's pair, so the spread is on record: a shared VM's rounds can differ by
+        # more than the goal's margin.
+        mr = by.get((v, "meridian-signed" if signed else "meridian"), [])
+        kr = by.get((v, "knot-signed" if signed else "knot"), [])
+        pairs = [f"{float(a[6]) / float(b[6]):.2f} (p99 {float(a[10]):.0f}/{float(b[10]):.0f})"
+                 for a, b in zip(mr, kr) if float(b[6]) > 0]
+        print(f"{'':<11} by round: {', '.join(pairs)}")
 PY
