@@ -402,15 +402,13 @@ for v in variants:
         p99 = statistics.median(float(r[10]) for r in rs)
         note = "" if not (s == "nsd" and v == "geo+ecs") else " (static: NSD has no geo)"
         print(f"{v:<11} {s:<15} {per_cpu:>9.0f} {qps:>8.0f} {cpu:>6.2f} {lat:>7.0f} {p50:>7.0f} {p99:>7.0f} {lost:>5}  {rs[0][8]}{note}")
-    signed = v.endswith("+do")
-    m = [float(r[6]) for r in by.get((v, "meridian-signed" if signed else "meridian"), [])]
-    if knot and m:
-        label = "meridian-signed / knot-signed" if signed else "meridian / knot"
-        print(f"{'':<11} {label} = {statistics.median(m) / knot:.2f}")
+    mine, theirs = ("meridian-signed", "knot-signed") if v.endswith("+do") else ("meridian", "knot")
+    mr, kr = by.get((v, mine), []), by.get((v, theirs), [])
+    if knot and mr:
+        m = [float(r[6]) for r in mr]
+        print(f"{'':<11} {mine} / {theirs} = {statistics.median(m) / knot:.2f}")
         # Each round's pair, so the spread is on record: a shared VM's rounds can differ by
         # more than the goal's margin.
-        mr = by.get((v, "meridian-signed" if signed else "meridian"), [])
-        kr = by.get((v, "knot-signed" if signed else "knot"), [])
         pairs = [f"{float(a[6]) / float(b[6]):.2f} (p99 {float(a[10]):.0f}/{float(b[10]):.0f})"
                  for a, b in zip(mr, kr) if float(b[6]) > 0]
         print(f"{'':<11} by round: {', '.join(pairs)}")
