@@ -29,6 +29,7 @@ REQUESTS=${REQUESTS:-20000}
 W=$(mktemp -d /tmp/meridian-instr.XXXXXX)
 
 source "$ROOT/bench/packages.sh"
+source "$ROOT/bench/ports.sh"
 install_packages valgrind nginx-light haproxy nghttp2-client
 if [[ -z ${MERIDIAN_BIN:-} ]]; then
   cargo build --release -p meridian
@@ -43,20 +44,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2
-  return 1
-}
 
 # The upstream, on the port the configs in bench/ name.
 sed "s|/tmp/meridian-bench|$W|g" bench/proxy-upstream-nginx.conf >"$W/upstream.conf"
 nginx -c "$W/upstream.conf" -e "$W/upstream-error.log" &
 PIDS+=($!)
-wait_port 19000
+wait_port 19000 60
 
 # Each proxy's command and ports, moved to 191xx so a bench/proxy.sh run cannot collide.
 sed -e 's/127.0.0.1:19002$/127.0.0.1:19102/' -e 's/127.0.0.1:19012 /127.0.0.1:19112 /' \
@@ -87,7 +80,7 @@ count() { # name proto
     ${CMD[$name]} >"$W/$name-$proto.log" 2>&1 &
   local vg=$!
   PIDS+=("$vg")
-  wait_port "$port"
+  wait_port "$port" 60
   h2load "${flag[@]}" -n 2000 -c 16 -m 1 "http://127.0.0.1:$port/" >/dev/null
   callgrind_control -z "$vg" >/dev/null
   out=$(h2load "${flag[@]}" -n "$REQUESTS" -c 16 -m 1 "http://127.0.0.1:$port/")

@@ -52,6 +52,7 @@ done
 CLK_TCK=$(getconf CLK_TCK)
 
 source "$ROOT/bench/packages.sh"
+source "$ROOT/bench/ports.sh"
 install_packages nginx-light haproxy wrk nghttp2-client
 
 MERIDIAN_CFG=$ROOT/bench/proxy-meridian.yaml
@@ -100,14 +101,6 @@ start_pinned() { # cpu port cmd...
   hold_to_cpu "$STARTED" "$cpu"
 }
 
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2
-  return 1
-}
 
 # Upstream and load generators on CPU 0, the proxy under test on CPU 1.
 start_pinned 0 19000 nginx -c "$W/proxy-upstream-nginx.conf" -e "$W/upstream-error.log"
